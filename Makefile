@@ -1,0 +1,79 @@
+# Reproducible compendium: daratumumab-lenalidomide resistance in multiple myeloma.
+#   make all                 set up .venv, build the default cohort, run every notebook, write figures/results
+#   make all COHORT=tiny     the same for another cohort (a folder under data/cohorts/)
+#   make test                unit tests + an end-to-end run of every notebook on the tiny cohort
+#   make lab                 JupyterLab with the project's kernel
+#   make clean               remove generated outputs of COHORT (figures/, results/, data/processed/)
+SHELL := /bin/bash
+.DEFAULT_GOAL := all
+.DELETE_ON_ERROR:
+
+COHORT ?= ifm2017_sim
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+UV_VERSION := 0.13.9
+STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
+
+export DR_THREADS ?= 2
+export OMP_NUM_THREADS := $(DR_THREADS)
+export OPENBLAS_NUM_THREADS := $(DR_THREADS)
+export MKL_NUM_THREADS := $(DR_THREADS)
+export NUMBA_NUM_THREADS := $(DR_THREADS)
+export NUMBA_CACHE_DIR := $(CURDIR)/.cache/numba
+export MPLBACKEND := Agg
+export PYTHONHASHSEED := 0
+export DR_ROOT := $(CURDIR)
+
+HELPERS := $(wildcard src/helpers/*.py)
+SHARED_DATA := $(wildcard data/simulation/*) $(wildcard data/genesets/*) $(wildcard data/*.yaml)
+COHORT_FILES := $(wildcard data/cohorts/$(COHORT)/*)
+OUT := results/$(COHORT)/notebooks
+RUN := $(PY) -m helpers.runner run --cohort $(COHORT) --notebook
+
+# The notebook chain, in order. A notebook re-runs when it, its inputs, the helpers or the cohort changed.
+NOTEBOOKS := $(sort $(notdir $(basename $(wildcard notebooks/[0-9][0-9]_*.ipynb))))
+TARGETS := $(addprefix $(OUT)/,$(addsuffix .ipynb,$(NOTEBOOKS)))
+
+.PHONY: all setup test test-unit lab clean validate list bench
+all: $(TARGETS)
+	@echo "done: figures in figures/$(COHORT)/, results in results/$(COHORT)/"
+
+setup: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
+	$(VENV)/bin/uv pip sync -q --python $(PY) requirements.lock
+	$(VENV)/bin/uv pip install -q --python $(PY) --no-deps -e .
+	$(PY) -m ipykernel install --sys-prefix --name dr-compendium --display-name "DR compendium (.venv)" >/dev/null
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+validate: $(STAMP)
+	$(PY) -m helpers.runner validate --cohort $(COHORT)
+
+list:
+	@printf '%s\n' $(NOTEBOOKS)
+
+# explicit inputs of each notebook (outputs of earlier notebooks it reads)
+$(OUT)/01_qc_integration.ipynb: $(OUT)/00_cohort.ipynb
+$(OUT)/02_annotation.ipynb: $(OUT)/01_qc_integration.ipynb
+$(OUT)/03_inflammation.ipynb $(OUT)/04_monocytes.ipynb $(OUT)/05_nk_cd16.ipynb $(OUT)/06_tumour_nfkb.ipynb: $(OUT)/02_annotation.ipynb
+$(OUT)/07_classifier.ipynb $(OUT)/08_resistance_atlas.ipynb: $(OUT)/02_annotation.ipynb
+$(OUT)/10_scorecard.ipynb: $(filter-out $(OUT)/10_scorecard.ipynb,$(TARGETS))
+
+$(OUT)/%.ipynb: notebooks/%.ipynb $(STAMP) $(HELPERS) $(SHARED_DATA) $(COHORT_FILES)
+	$(RUN) $<
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+test-unit: $(STAMP)
+	$(PY) -m pytest -m "not slow"
+
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+
+clean:
+	rm -rf results/$(COHORT) figures/$(COHORT) data/processed/$(COHORT)

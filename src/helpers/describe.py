@@ -1,0 +1,39 @@
+"""Descriptive tables of a cohort: design counts, per-sample cell and library-size summaries."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+
+def design_table(samples: pd.DataFrame) -> pd.DataFrame:
+    """Samples per tissue and response (rows tissue, columns response)."""
+    return pd.crosstab(samples["tissue"], samples["response"]).rename_axis(index="tissue", columns="response")
+
+
+def per_sample_summary(adata: ad.AnnData, layer: str | None = "counts") -> pd.DataFrame:
+    """Per sample: response, tissue, batch, number of cells, median UMIs and genes per cell, median mito %."""
+    X = adata.layers[layer] if layer and layer in adata.layers else adata.X
+    X = sp.csr_matrix(X)
+    umis = np.asarray(X.sum(1)).ravel()
+    genes = np.diff(X.indptr)
+    mt = np.asarray(adata.var_names.str.upper().str.startswith("MT-"))
+    mito = np.asarray(X[:, mt].sum(1)).ravel() / np.maximum(umis, 1)
+    df = pd.DataFrame({"sample_id": adata.obs["sample_id"].astype(str).to_numpy(), "umis": umis, "genes": genes,
+                       "mito_pct": 100 * mito})
+    out = df.groupby("sample_id", sort=True).agg(n_cells=("umis", "size"), median_umis=("umis", "median"),
+                                                  median_genes=("genes", "median"), median_mito_pct=("mito_pct", "median"))
+    meta = adata.obs.drop_duplicates("sample_id").set_index("sample_id")[["patient_id", "tissue", "response", "batch"]]
+    meta = meta.astype(str)
+    return meta.join(out, how="right").reset_index()
+
+
+def patients_per_group(samples: pd.DataFrame, groups: list[str]) -> dict[str, dict[str, int]]:
+    """{tissue: {group: number of distinct patients}}."""
+    out = {}
+    for t in sorted(samples["tissue"].astype(str).unique()):
+        sub = samples[samples["tissue"].astype(str) == t]
+        out[t] = {g: int(sub.loc[sub["response"].astype(str) == g, "patient_id"].nunique()) for g in groups}
+    return out

@@ -1,0 +1,99 @@
+"""Small I/O utilities: atomic writes, JSON, figures.
+
+Every output of the compendium goes through these so that a failed step never leaves a
+half-written file in place of a previous good one (write to a temporary name, then rename).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sfx = suffix if suffix is not None else "".join(path.suffixes)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{sfx}", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def _to_builtin(obj: Any) -> Any:
+    """Convert numpy scalars/arrays and pandas objects to plain JSON types (numbers stay numbers)."""
+    if isinstance(obj, dict):
+        return {str(k): _to_builtin(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_to_builtin(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return [_to_builtin(v) for v in obj.tolist()]
+    if isinstance(obj, (np.bool_,)):
+        return bool(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        v = float(obj)
+        return None if not np.isfinite(v) else v
+    if isinstance(obj, float):
+        return None if not np.isfinite(obj) else obj
+    if hasattr(obj, "to_dict") and callable(obj.to_dict):
+        return _to_builtin(obj.to_dict())
+    return obj
+
+
+def write_json(obj: Any, path: str | os.PathLike) -> Path:
+    """Write ``obj`` as pretty, key-sorted JSON atomically; numpy types become plain numbers."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(_to_builtin(obj), indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: run the notebook that writes it first (make all)")
+    return json.loads(path.read_text())
+
+
+def write_table(df, path: str | os.PathLike, index: bool = False) -> Path:
+    """Write a DataFrame to CSV atomically with a fixed float format (stable across runs)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=index, float_format="%.6g")
+    return path
+
+
+def write_h5ad(adata, path: str | os.PathLike) -> Path:
+    """Write an AnnData atomically (compressed)."""
+    path = Path(path)
+    with atomic_path(path, suffix=".h5ad") as tmp:
+        adata.write_h5ad(tmp, compression="gzip")
+    return path
+
+
+def save_figure(fig, figures_dir: str | os.PathLike, name: str, dpi: int = 150) -> list[Path]:
+    """Save ``fig`` as PNG and PDF under ``figures_dir`` (deterministic metadata)."""
+    figures_dir = Path(figures_dir)
+    out = []
+    for ext in ("png", "pdf"):
+        target = figures_dir / f"{name}.{ext}"
+        with atomic_path(target, suffix=f".{ext}") as tmp:
+            meta = {"CreationDate": None} if ext == "pdf" else {"Software": None}
+            fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=ext, metadata=meta)
+        out.append(target)
+    return out

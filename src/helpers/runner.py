@@ -1,0 +1,127 @@
+"""Execute one numbered notebook for one cohort with papermill (the Makefile's runner).
+
+    python -m helpers.runner validate --cohort ifm2017_sim
+    python -m helpers.runner run --cohort ifm2017_sim --notebook notebooks/01_qc_integration.ipynb
+
+``run`` validates the cohort (exit 2 with the named error if it is wrong), writes the parameters to
+results/<cohort>/params/<notebook>.yaml, executes the notebook into a temporary file, and only when every
+cell succeeded moves it to results/<cohort>/notebooks/ and exports HTML to results/<cohort>/html/.
+A failing notebook leaves the previous good outputs in place, keeps the failed copy as
+``<name>.failed.ipynb`` and exits 1 naming the notebook and the cell.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from .cohort import CohortError, load_cohort, notebook_parameters
+from .io import atomic_path
+
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+
+
+def pin_environment(root: Path, threads: int | None = None) -> None:
+    """Pin BLAS/OpenMP/numba threads and caches so runs are reproducible; kernels inherit this."""
+    threads = threads or int(os.environ.get("DR_THREADS", "2"))
+    for v in THREAD_VARS:
+        os.environ.setdefault(v, str(threads))
+    os.environ.setdefault("NUMBA_CACHE_DIR", str(root / ".cache" / "numba"))
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    os.environ["DR_ROOT"] = str(root)
+
+
+def export_html(ipynb: Path, html: Path) -> None:
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    nb = nbformat.read(ipynb, as_version=4)
+    body, _ = HTMLExporter(template_name="lab").from_notebook_node(nb)
+    with atomic_path(html) as tmp:
+        tmp.write_text(body)
+
+
+def run_notebook(cohort_name: str, notebook: str | Path, kernel: str = "python3", log_output: bool = False) -> Path:
+    """Execute ``notebook`` for ``cohort_name``; return the executed notebook path. Raises on failure."""
+    import papermill as pm
+
+    cohort = load_cohort(cohort_name)
+    root = cohort.root
+    pin_environment(root)
+    nb = Path(notebook)
+    if not nb.is_absolute():
+        nb = root / nb
+    if not nb.exists():
+        raise FileNotFoundError(f"notebook {nb} does not exist")
+    cohort.make_dirs()
+    name = nb.stem
+    params = notebook_parameters(cohort, name)
+    pdir = cohort.results_dir / "params"
+    pdir.mkdir(parents=True, exist_ok=True)
+    (pdir / f"{name}.yaml").write_text(yaml.safe_dump(params, sort_keys=True))
+    out_dir = cohort.results_dir / "notebooks"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final = out_dir / f"{name}.ipynb"
+    failed = out_dir / f"{name}.failed.ipynb"
+    t0 = time.time()
+    with atomic_path(final) as tmp:
+        try:
+            pm.execute_notebook(str(nb), str(tmp), parameters=params, kernel_name=kernel, cwd=str(nb.parent),
+                                progress_bar=False, log_output=log_output)
+        except pm.PapermillExecutionError as e:
+            os.replace(tmp, failed)
+            raise NotebookFailed(
+                f"notebook {nb.relative_to(root)} failed for cohort '{cohort_name}' in cell {e.cell_index} "
+                f"(execution count {e.exec_count}): {e.ename}: {e.evalue}\n"
+                f"The executed copy with the traceback is {failed}; previous good outputs were left in place."
+            ) from None
+    if failed.exists():
+        failed.unlink()
+    export_html(final, cohort.results_dir / "html" / f"{name}.html")
+    print(f"[runner] {name} ({cohort_name}) done in {time.time() - t0:.0f} s -> {final.relative_to(root)}")
+    return final
+
+
+class NotebookFailed(RuntimeError):
+    pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m helpers.runner", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    v = sub.add_parser("validate", help="validate a cohort definition")
+    v.add_argument("--cohort", required=True)
+    r = sub.add_parser("run", help="execute one notebook for a cohort")
+    r.add_argument("--cohort", required=True)
+    r.add_argument("--notebook", required=True)
+    r.add_argument("--kernel", default="python3")
+    r.add_argument("--log-output", action="store_true")
+    args = ap.parse_args(argv)
+    try:
+        if args.cmd == "validate":
+            c = load_cohort(args.cohort)
+            print(f"cohort '{c.name}' is valid: {len(c.samples)} samples, "
+                  f"{c.samples['patient_id'].nunique()} patients, tissues {sorted(c.samples['tissue'].unique())}")
+            return 0
+        run_notebook(args.cohort, args.notebook, kernel=args.kernel, log_output=args.log_output)
+        return 0
+    except CohortError as e:
+        print(f"ERROR (cohort definition): {e}", file=sys.stderr)
+        return 2
+    except NotebookFailed as e:
+        print(f"ERROR: {e}", file=sys.stderr)
+        return 1
+    except FileNotFoundError as e:
+        print(f"ERROR: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""Shared fixtures: tiny in-memory cohorts (simulated once per session) and a scratch project root."""
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("DR_ROOT", str(ROOT))
+os.environ.setdefault("NUMBA_CACHE_DIR", str(ROOT / ".cache" / "numba"))
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+@pytest.fixture(scope="session")
+def root() -> Path:
+    return ROOT
+
+
+@pytest.fixture(scope="session")
+def tiny_cohort():
+    from helpers.cohort import load_cohort
+
+    return load_cohort("tiny", root=ROOT)
+
+
+@pytest.fixture(scope="session")
+def tiny_sim(tiny_cohort):
+    """(adata, truth) of the tiny cohort, simulated in memory."""
+    from helpers.simulate import simulate_cohort
+
+    return simulate_cohort(tiny_cohort.samples, copy.deepcopy(tiny_cohort.simulation), tiny_cohort.seed,
+                           progress=False)
+
+
+def null_config(sim: dict) -> dict:
+    sim = copy.deepcopy(sim)
+    for e in sim["effects"].values():
+        e["strength"] = 0.0
+    return sim
+
+
+@pytest.fixture(scope="session")
+def tiny_null_sim(tiny_cohort):
+    from helpers.simulate import simulate_cohort
+
+    return simulate_cohort(tiny_cohort.samples, null_config(tiny_cohort.simulation), tiny_cohort.seed, progress=False)
+
+
+@pytest.fixture()
+def scratch_root(tmp_path: Path) -> Path:
+    """A minimal project root (data/cohorts/ + genesets + simulation inputs) for cohort-validation tests."""
+    (tmp_path / "data" / "cohorts").mkdir(parents=True)
+    (tmp_path / "pyproject.toml").write_text("")
+    shutil.copytree(ROOT / "data" / "cohorts" / "tiny", tmp_path / "data" / "cohorts" / "tiny")
+    return tmp_path
+
+
+def pseudobulk_effect(adata, genes, cell_types, tissue="BM") -> pd.DataFrame:
+    """Per patient mean log2 CPM of ``genes`` in truth ``cell_types`` (good cells): a truth-side check."""
+    import scipy.sparse as sp
+
+    X = sp.csr_matrix(adata.X)
+    obs = adata.obs
+    sel = (obs["truth_quality"] == "good").to_numpy() & (obs["tissue"] == tissue).to_numpy() & \
+        obs["truth_cell_type"].isin(cell_types).to_numpy()
+    gi = adata.var_names.get_indexer(genes)
+    rows = []
+    for p in obs.loc[sel, "patient_id"].unique():
+        m = sel & (obs["patient_id"] == p).to_numpy()
+        s = np.asarray(X[m].sum(0)).ravel()
+        rows.append({"patient_id": p, "response": obs.loc[m, "response"].iloc[0],
+                     "value": float(np.mean(np.log2(s[gi] / s.sum() * 1e6 + 1)))})
+    return pd.DataFrame(rows)

@@ -1,0 +1,73 @@
+"""End to end: every numbered notebook runs on the tiny cohort through the Makefile's runner, in chain order,
+and leaves its executed notebook, HTML, findings JSON and figures."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from helpers.runner import main as runner_main
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+@pytest.fixture(scope="module")
+def tiny_run():
+    """Run the whole chain on the tiny cohort from scratch (its generated outputs are removed first)."""
+    for d in (ROOT / "results" / "tiny", ROOT / "figures" / "tiny", ROOT / "data" / "processed" / "tiny"):
+        shutil.rmtree(d, ignore_errors=True)
+    codes = {}
+    for nb in NOTEBOOKS:
+        codes[nb.stem] = runner_main(["run", "--cohort", "tiny", "--notebook", str(nb)])
+        if codes[nb.stem] != 0:
+            break
+    return codes
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("nb", [p.stem for p in NOTEBOOKS])
+def test_notebook_runs_on_tiny(tiny_run, nb):
+    assert tiny_run.get(nb) == 0, f"{nb} failed on the tiny cohort (see results/tiny/notebooks/{nb}.failed.ipynb)"
+    res = ROOT / "results" / "tiny"
+    assert (res / "notebooks" / f"{nb}.ipynb").exists()
+    assert (res / "html" / f"{nb}.html").stat().st_size > 10_000
+    num = nb[:2]
+    findings = json.loads((res / "findings" / f"{num}.json").read_text())
+    assert findings, f"{nb} wrote an empty findings JSON"
+    figs = list((ROOT / "figures" / "tiny").glob(f"{num}_*.png"))
+    assert figs, f"{nb} saved no figure"
+    assert all((f.with_suffix(".pdf")).exists() for f in figs)
+
+
+@pytest.mark.slow
+def test_second_make_all_executes_nothing(tiny_run):
+    if not list((ROOT / ".venv").glob(".installed-*")):
+        pytest.skip("environment stamp absent (pytest run outside make); make's up-to-date check needs it")
+    r = subprocess.run(["make", "-n", "all", "COHORT=tiny"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0 and "helpers.runner run" not in r.stdout, \
+        f"make all COHORT=tiny would re-execute notebooks although nothing changed:\n{r.stdout}"
+
+
+@pytest.mark.slow
+def test_broken_cohort_through_make_exits_2(tmp_path):
+    """The Makefile reports a bad samples.csv with the named error and exit status 2."""
+    cdir = ROOT / "data" / "cohorts" / "zz_broken_test"
+    shutil.copytree(ROOT / "data" / "cohorts" / "tiny", cdir)
+    try:
+        text = (cdir / "cohort.yaml").read_text().replace("name: tiny", "name: zz_broken_test")
+        (cdir / "cohort.yaml").write_text(text)
+        s = (cdir / "samples.csv").read_text().replace(",NR,", ",PR,", 1)
+        (cdir / "samples.csv").write_text(s)
+        r = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-m", "helpers.runner", "run", "--cohort",
+                            "zz_broken_test", "--notebook", "notebooks/00_cohort.ipynb"], cwd=ROOT,
+                           capture_output=True, text=True)
+        assert r.returncode == 2 and "response 'PR' is not one of" in r.stderr
+        r = subprocess.run(["make", "all", "COHORT=zz_broken_test"], cwd=ROOT, capture_output=True, text=True)
+        assert r.returncode == 2 and "response 'PR' is not one of" in r.stderr
+    finally:
+        shutil.rmtree(cdir, ignore_errors=True)
+        shutil.rmtree(ROOT / "results" / "zz_broken_test", ignore_errors=True)

@@ -1,0 +1,44 @@
+"""The papermill runner: atomic outputs, a failing notebook names its cell and keeps previous good outputs."""
+from __future__ import annotations
+
+import json
+
+import nbformat
+import pytest
+
+from helpers.runner import main as runner_main
+
+
+def _nb(path, fail: bool):
+    nb = nbformat.v4.new_notebook()
+    p = nbformat.v4.new_code_cell("cohort = 'x'\nseed = 0\nroot = processed_dir = results_dir = figures_dir = notebook = ''")
+    p.metadata["tags"] = ["parameters"]
+    body = "raise ValueError('planted failure')" if fail else "from pathlib import Path\nPath(results_dir, 'ok.txt').write_text(cohort)"
+    nb.cells = [nbformat.v4.new_markdown_cell("# t"), p, nbformat.v4.new_code_cell("x = 1"), nbformat.v4.new_code_cell(body)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+
+
+@pytest.mark.slow
+def test_failure_names_cell_and_keeps_previous_output(scratch_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DR_ROOT", str(scratch_root))
+    nbp = tmp_path / "99_probe.ipynb"
+    _nb(nbp, fail=False)
+    assert runner_main(["run", "--cohort", "tiny", "--notebook", str(nbp)]) == 0
+    out = scratch_root / "results" / "tiny" / "notebooks" / "99_probe.ipynb"
+    html = scratch_root / "results" / "tiny" / "html" / "99_probe.html"
+    assert out.exists() and html.exists()
+    assert (scratch_root / "results" / "tiny" / "ok.txt").read_text() == "tiny"  # parameters were injected
+    good = out.read_bytes()
+    _nb(nbp, fail=True)
+    assert runner_main(["run", "--cohort", "tiny", "--notebook", str(nbp)]) == 1
+    err = capsys.readouterr().err
+    assert "99_probe" in err and "cell" in err and "planted failure" in err
+    assert out.read_bytes() == good  # previous good output intact
+    assert (scratch_root / "results" / "tiny" / "notebooks" / "99_probe.failed.ipynb").exists()
+    assert not list((scratch_root / "results" / "tiny" / "notebooks").glob(".*tmp*"))
+
+
+def test_missing_notebook_exit_2(scratch_root, monkeypatch):
+    monkeypatch.setenv("DR_ROOT", str(scratch_root))
+    assert runner_main(["run", "--cohort", "tiny", "--notebook", "notebooks/none.ipynb"]) == 2
