@@ -1,0 +1,88 @@
+"""QC thresholds, doublet calls, normalisation and Harmony on small hand-made data."""
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from helpers import integrate
+from helpers.evaluation import qc_against_truth
+from helpers.qc import apply_thresholds, mad_thresholds, qc_metrics
+
+
+def _toy(n=200, seed=0):
+    rng = np.random.default_rng(seed)
+    genes = [f"G{i}" for i in range(50)] + ["MT-CO1", "MT-ND1"]
+    X = rng.poisson(5, size=(n, len(genes))).astype(np.float32)
+    X[:, -2:] = rng.poisson(1, size=(n, 2))
+    a = ad.AnnData(sp.csr_matrix(X), obs=pd.DataFrame({"sample_id": ["s1"] * (n // 2) + ["s2"] * (n - n // 2)},
+                                                      index=[f"c{i}" for i in range(n)]), var=pd.DataFrame(index=genes))
+    a.layers["counts"] = a.X.copy()
+    return a
+
+
+def test_qc_metrics_hand_computed():
+    a = _toy()
+    m = qc_metrics(a)
+    X = a.X.toarray()
+    assert np.allclose(m["total_counts"], X.sum(1))
+    assert np.array_equal(m["n_genes"], (X > 0).sum(1))
+    assert np.allclose(m["pct_mt"], 100 * X[:, -2:].sum(1) / X.sum(1))
+
+
+def test_mad_thresholds_flag_damaged_cells():
+    a = _toy()
+    X = a.X.toarray()
+    X[:10, :50] = 0  # damaged: little cytoplasmic RNA, mito dominates
+    X[:10, -2:] = 40
+    a.X = sp.csr_matrix(X)
+    a.layers["counts"] = a.X.copy()
+    m = qc_metrics(a)
+    thr = mad_thresholds(m, a.obs["sample_id"])
+    ok = apply_thresholds(m, a.obs["sample_id"], thr)
+    assert not ok.iloc[:10].any()
+    assert ok.iloc[10:].mean() > 0.95
+    assert set(thr.index) == {"s1", "s2"}
+
+
+def test_qc_requires_symbols():
+    a = _toy()
+    a.var_names = [f"ENSG{i:011d}" for i in range(a.n_vars)]
+    with pytest.raises(ValueError, match="mitochondrial"):
+        qc_metrics(a)
+
+
+def test_qc_against_truth_counts():
+    q = pd.Series(["good"] * 8 + ["doublet", "low_quality"], index=list("abcdefghij"))
+    keep = pd.Series([True] * 7 + [False, False, True], index=list("abcdefghij"))
+    r = qc_against_truth(q, keep)
+    assert r["junk_removed_fraction"] == 0.5 and r["good_kept_fraction"] == 7 / 8
+
+
+def test_normalize_keeps_counts():
+    a = _toy()
+    integrate.normalize_log(a)
+    X = a.layers["counts"].toarray()
+    expect = np.log1p(X / X.sum(1, keepdims=True) * 1e4)
+    assert np.allclose(a.X.toarray(), expect, atol=1e-5)
+
+
+def test_harmony_shape_mixing_and_no_response():
+    rng = np.random.default_rng(0)
+    n = 600
+    batch = np.repeat(["a", "b", "c"], n // 3)
+    cell = np.tile(["x", "y"], n // 2)
+    X = rng.normal(size=(n, 10)) + np.where(cell == "x", 4, -4)[:, None] * np.eye(10)[0]
+    X += np.select([batch == "a", batch == "b"], [3, -3], 0)[:, None] * np.eye(10)[1]
+    a = ad.AnnData(obs=pd.DataFrame({"sample_id": batch, "response": batch, "cell": cell}))
+    a.obsm["X_pca"] = X.astype(np.float32)
+    Z = integrate.harmony(a, key="sample_id", seed=0)
+    assert Z.shape == X.shape
+    before = integrate.knn_label_entropy(X, batch, k=20)
+    after = integrate.knn_label_entropy(Z, batch, k=20)
+    assert after > before + 0.2  # batches mixed
+    assert integrate.knn_label_purity(Z, cell, k=20) > 0.95  # cell identity kept
+    with pytest.raises(ValueError, match="response"):
+        integrate.harmony(a, key="response")
