@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from helpers import annotate, composition
+from helpers import annotate, composition, stats
 
 
 def _cells(types: dict[str, int], seed=0):
@@ -104,9 +104,9 @@ def test_agreement_with_pbmc68k_bulk_labels():
 
 def test_composition_and_hodges_lehmann():
     x, y = np.array([1.0, 2, 3, 4, 5]), np.array([3.0, 4, 5, 6, 7])
-    est, lo, hi = composition.hodges_lehmann_ci(x, y)
+    est, lo, hi = stats.hodges_lehmann_ci(x, y)
     assert est == 2.0 and lo <= 2.0 <= hi
-    q = composition.bh_fdr(np.array([0.01, 0.04, 0.03, 0.5]))
+    q = stats.bh_fdr(np.array([0.01, 0.04, 0.03, 0.5]))
     assert np.allclose(q, [0.04, 0.04 * 4 / 3, 0.04 * 4 / 3, 0.5])  # hand-computed BH
     obs = pd.DataFrame({"patient_id": ["a"] * 4 + ["b"] * 4, "cell_type": ["T", "T", "M", "P"] * 2})
     fr = composition.patient_fractions(obs, exclude=["P"])

@@ -128,3 +128,121 @@ def composition_figure(fractions: pd.DataFrame, groups: pd.Series, stats_table: 
         ax.set_visible(False)
     fig.tight_layout()
     return fig
+
+
+def effect_heatmap(grid: pd.DataFrame, row: str, col: str, title: str = "", q_col: str = "q") -> plt.Figure:
+    """Heat map of NR-vs-CR effects (rows x columns) with '*' where q < 0.05."""
+    eff = grid.pivot(index=row, columns=col, values="effect").astype(float)
+    q = grid.pivot(index=row, columns=col, values=q_col).astype(float)
+    ann = q.map(lambda v: "*" if v < 0.05 else "").reindex_like(eff)
+    lim = np.nanmax(np.abs(eff.to_numpy())) if eff.size else 1
+    fig, ax = plt.subplots(figsize=(1.4 * eff.shape[1] + 3, 0.32 * eff.shape[0] + 1.8))
+    sns.heatmap(eff, cmap="RdBu_r", center=0, vmin=-lim, vmax=lim, annot=ann, fmt="", ax=ax,
+                cbar_kws={"label": "shift (NR - CR)"})
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def patient_points(panels: dict[str, tuple[pd.Series, str | None]], responses: pd.Series, groups: list[str],
+                   records: dict[str, dict] | None = None, ylabel: str = "score (z)") -> plt.Figure:
+    """One panel per measure: per-patient values by response with the claim's effect, CI and p in the title."""
+    pal = palette(groups)
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6), squeeze=False)
+    for ax, (name, (values, ylab)) in zip(axes.ravel(), panels.items()):
+        df = pd.DataFrame({"value": values, "response": responses.reindex(values.index).astype(str)}).dropna()
+        if df["response"].value_counts().reindex(groups).fillna(0).min() >= 2:  # seaborn fails on empty groups
+            sns.boxplot(data=df, x="response", y="value", order=groups, hue="response", palette=pal, ax=ax,
+                        showfliers=False, width=0.5, legend=False)
+        sns.stripplot(data=df, x="response", y="value", order=groups, color="k", size=4, ax=ax)
+        r = (records or {}).get(name)
+        sub = (f"\nshift {r['effect']:+.2f} [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}], p={r['p']:.2g}"
+               if r and r.get("effect") is not None else "")
+        ax.set_title(name + sub, fontsize=8)
+        ax.set_xlabel("")
+        ax.set_ylabel(ylab or ylabel)
+    fig.tight_layout()
+    return fig
+
+
+def top_effects(table: pd.DataFrame, label: str, n: int = 20, title: str = "") -> plt.Figure:
+    """Horizontal effect plot with 95% CIs for the first ``n`` rows of a comparison table."""
+    t = table.dropna(subset=["effect"]).head(n).iloc[::-1]
+    fig, ax = plt.subplots(figsize=(7, 0.3 * len(t) + 1.5))
+    y = np.arange(len(t))
+    colors = ["#c8453c" if e > 0 else "#3b75af" for e in t["effect"]]
+    ax.errorbar(t["effect"], y, xerr=[t["effect"] - t["ci_low"], t["ci_high"] - t["effect"]], fmt="none",
+                ecolor="grey", lw=1)
+    ax.scatter(t["effect"], y, c=colors, zorder=3)
+    ax.axvline(0, color="k", lw=0.6)
+    ax.set_yticks(y)
+    ax.set_yticklabels([f"{l}  (q={q:.1g})" for l, q in zip(t[label], t["q"])], fontsize=7)
+    ax.set_xlabel("shift NR - CR (95% CI)")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def volcano_grid(de: dict[str, pd.DataFrame], highlight: dict[str, list[str]] | None = None) -> plt.Figure:
+    """One volcano per DE table (log2 fold change vs -log10 p), genes of highlighted sets coloured."""
+    fig, axes = plt.subplots(1, max(len(de), 1), figsize=(4.5 * max(len(de), 1), 4), squeeze=False)
+    cols = ["#c8453c", "#e39a2d", "#5b8f3a"]
+    for ax, (name, res) in zip(axes.ravel(), de.items()):
+        r = res.dropna(subset=["pvalue"])
+        ax.scatter(r["log2FoldChange"], -np.log10(r["pvalue"]), s=3, c="lightgrey", rasterized=True)
+        for (hname, genes), col in zip((highlight or {}).items(), cols):
+            h = r[r.index.isin(genes)]
+            ax.scatter(h["log2FoldChange"], -np.log10(h["pvalue"]), s=8, c=col, label=hname[:32])
+        ax.set_title(name)
+        ax.set_xlabel("log2 fold change NR / CR")
+        ax.set_ylabel("-log10 p")
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    return fig
+
+
+def enrichment_bars(enr: pd.DataFrame) -> plt.Figure:
+    """ULM enrichment scores per cell type and set."""
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(enr) + 1.5))
+    e = enr.assign(label=enr["cell_type"] + " | " + enr["set"].str.slice(0, 45)).iloc[::-1]
+    ax.barh(e["label"], e["score"], color=["#c8453c" if v > 0 else "#3b75af" for v in e["score"]])
+    for y, (v, p) in enumerate(zip(e["score"], e["p"])):
+        ax.text(v, y, f" p={p:.1g}", va="center", fontsize=6)
+    ax.axvline(0, color="k", lw=0.6)
+    ax.set_xlabel("ULM score on DESeq2 Wald statistics (NR vs CR)")
+    ax.tick_params(axis="y", labelsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def scatter_by_group(x: pd.Series, y: pd.Series, groups: pd.Series, order: list[str], xlabel: str, ylabel: str,
+                     corr: dict | None = None) -> plt.Figure:
+    pal = palette(order)
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    g = groups.reindex(x.index).astype(str)
+    for lev in order:
+        m = (g == lev).to_numpy()
+        ax.scatter(x[m], y[m], c=pal[lev], label=lev, s=25)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if corr:
+        ax.set_title(f"Spearman {corr['rho']:.2f} [{corr['ci_low']:.2f}, {corr['ci_high']:.2f}], p={corr['p']:.2g}",
+                     fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def km_figure(curves: dict[str, pd.DataFrame], surv: dict, title: str = "") -> plt.Figure:
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for name, col in (("high", "#c8453c"), ("low", "#3b75af")):
+        c = curves[name]
+        ax.step(c.index, c.iloc[:, 0], where="post", color=col, label=f"{name} (median split)")
+        ax.fill_between(c.index, c.iloc[:, 1], c.iloc[:, 2], step="post", color=col, alpha=0.15)
+    ax.set_xlabel("months")
+    ax.set_ylabel("progression-free survival")
+    ax.set_title(f"{title}\nHR/SD {surv['hazard_ratio_per_sd']:.2f} [{surv['hr_ci_low']:.2f}, {surv['hr_ci_high']:.2f}], "
+                 f"log-rank p={surv['logrank_p']:.2g}", fontsize=8)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

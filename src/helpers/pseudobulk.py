@@ -1,0 +1,98 @@
+"""Pseudobulk: summed raw counts per patient (and cell type), the unit of every CR-vs-NR comparison."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+PATIENT_COLUMNS = ["patient_id", "sample_id", "response", "tissue", "batch", "age"]
+
+
+def pseudobulk_by_patient(adata: ad.AnnData, cell_types: list[str] | None = None, label: str = "cell_type",
+                          tissue: str | None = None, min_cells: int = 10, layer: str = "counts",
+                          patient: str = "patient_id") -> ad.AnnData:
+    """Sum raw counts of the cells of ``cell_types`` (all cells when None) per patient.
+
+    Patients with fewer than ``min_cells`` such cells are dropped (their pseudobulk would be noise). Returns a
+    patients x genes AnnData of integer counts with obs: the patient-level design columns and ``n_cells``."""
+    obs = adata.obs
+    mask = np.ones(adata.n_obs, bool)
+    if tissue is not None:
+        mask &= (obs["tissue"].astype(str) == tissue).to_numpy()
+    if cell_types is not None:
+        missing = set(cell_types) - set(obs[label].astype(str))
+        if len(missing) == len(set(cell_types)):
+            raise ValueError(f"none of the cell types {sorted(cell_types)} is in obs['{label}']")
+        mask &= obs[label].astype(str).isin(cell_types).to_numpy()
+    X = sp.csr_matrix(adata.layers[layer] if layer in adata.layers else adata.X)[mask]
+    pid = obs.loc[mask, patient].astype(str).to_numpy()
+    pats, inv = np.unique(pid, return_inverse=True)
+    M = sp.csr_matrix((np.ones(len(pid)), (inv, np.arange(len(pid)))), shape=(len(pats), len(pid)))
+    summed = np.asarray((M @ X).todense())
+    n_cells = np.bincount(inv, minlength=len(pats))
+    cols = [c for c in PATIENT_COLUMNS if c in obs.columns]
+    meta = obs.loc[mask, cols].astype({c: str for c in cols if c != "age"}).copy()
+    meta[patient] = pid
+    meta = meta.drop_duplicates(patient).set_index(patient).reindex(pats)
+    meta["n_cells"] = n_cells
+    meta.index.name = None
+    meta.insert(0, patient, pats)
+    keep = n_cells >= min_cells
+    pb = ad.AnnData(X=summed[keep].astype(np.float64), obs=meta[keep].copy(), var=pd.DataFrame(index=adata.var_names))
+    pb.obs_names = pats[keep]
+    return pb
+
+
+def log_cpm(pb: ad.AnnData, prior: float = 1.0) -> pd.DataFrame:
+    """log2(counts per million + prior) of a pseudobulk, patients x genes."""
+    X = np.asarray(pb.X, dtype=float)
+    lib = X.sum(1, keepdims=True)
+    return pd.DataFrame(np.log2(X / np.maximum(lib, 1) * 1e6 + prior), index=pb.obs_names, columns=pb.var_names)
+
+
+def set_score(logcpm: pd.DataFrame, genes: list[str], min_genes: int = 5, min_mean: float = 1.0) -> pd.Series:
+    """Per-patient gene-set score: mean over the set's expressed genes of the gene's z-score across patients
+    (genes with mean log2 CPM below ``min_mean`` are left out as unmeasured)."""
+    present = [g for g in dict.fromkeys(genes) if g in logcpm.columns]
+    L = logcpm[present]
+    L = L.loc[:, L.mean() >= min_mean]
+    if L.shape[1] < min_genes:
+        raise ValueError(f"only {L.shape[1]} genes of the set are expressed (need {min_genes}); "
+                         f"set of {len(genes)} genes, {len(present)} in the data")
+    sd = L.std(ddof=1).replace(0, np.nan)
+    Z = (L - L.mean()) / sd
+    return Z.mean(1, skipna=True).rename("score")
+
+
+def progeny_activity(logcpm: pd.DataFrame, pathway: str = "NFkB", top: int = 100) -> pd.Series:
+    """PROGENy pathway activity per patient: decoupler's univariate linear model (ULM) of the patient's
+    gene-wise z-scored log CPM on the committed PROGENy weights (no download)."""
+    import decoupler as dc
+
+    from .genesets import progeny_weights
+
+    net = progeny_weights(top)
+    net = net[net["source"] == pathway]
+    L = logcpm.loc[:, logcpm.mean() >= 1.0]
+    Z = (L - L.mean()) / L.std(ddof=1).replace(0, np.nan)
+    Z = Z.fillna(0.0)
+    es, _ = dc.mt.ulm(Z, net, tmin=5)
+    return es[pathway].rename(f"progeny_{pathway}")
+
+
+def gene_per_patient(adata: ad.AnnData, cell_types: list[str], gene: str, min_cells: int = 10,
+                     layer: str = "counts") -> pd.DataFrame:
+    """One gene per patient in ``cell_types``: pseudobulk log2 CPM, fraction of cells with >= 1 count, n cells."""
+    if gene not in adata.var_names:
+        raise KeyError(f"gene {gene} is not in the data")
+    pb = pseudobulk_by_patient(adata, cell_types, min_cells=min_cells, layer=layer)
+    L = log_cpm(pb)[gene]
+    sub = adata[adata.obs["cell_type"].astype(str).isin(cell_types).to_numpy()]
+    X = sp.csr_matrix(sub.layers[layer] if layer in sub.layers else sub.X)[:, sub.var_names.get_loc(gene)]
+    pos = pd.Series(np.asarray(X.todense()).ravel() > 0, index=sub.obs_names)
+    frac = pos.groupby(sub.obs["patient_id"].astype(str).to_numpy()).mean()
+    return pd.DataFrame({"patient_id": pb.obs_names, "response": pb.obs["response"].to_numpy(),
+                         "n_cells": pb.obs["n_cells"].to_numpy(), "log2_cpm": L.to_numpy(),
+                         "fraction_positive": frac.reindex(pb.obs_names).to_numpy()})
