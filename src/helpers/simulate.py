@@ -219,8 +219,8 @@ RESISTANCE_GENES = [
 # --------------------------------------------------------------------------------------------------
 def cell_type_profiles(gm: GeneModel, seed: int = 0, type_sd: float = 1.0) -> pd.DataFrame:
     """Types x genes mean fractions (rows sum to 1): reference baseline, a type-specific deviation of every
-    gene (log2 normal, sd ``type_sd``; cell types differ in thousands of genes, not only in markers),
-    then the marker programme.
+    gene (log2 normal, sd ``type_sd``; cell types differ in thousands of genes, not only in markers; mitochondrial
+    genes are left alone), then the marker programme.
 
     Marker genes are lineage-restricted: outside the types that list them they keep at most 5% of the
     pooled reference level (capped at 0.5 CP10k)."""
@@ -232,8 +232,11 @@ def cell_type_profiles(gm: GeneModel, seed: int = 0, type_sd: float = 1.0) -> pd
     mi = gidx[markers].to_numpy()
     base[mi] = np.minimum(base[mi] * 0.05, 0.5e-4)
     rows = {}
+    mt = np.asarray(gm.genes.str.startswith("MT-"))
     for name, t in progs.items():
-        prof = base * np.exp2(rng.normal(0, type_sd, len(base)))
+        dev = rng.normal(0, type_sd, len(base))
+        dev[mt] = 0.0  # the mitochondrial fraction is a cell-state property, not a cell-type programme
+        prof = base * np.exp2(dev)
         for g, cp10k in t["markers"].items():
             if g in gidx.index:
                 prof[gidx[g]] = cp10k * 1e-4
