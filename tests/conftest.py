@@ -1,8 +1,12 @@
 """Shared fixtures: tiny in-memory cohorts (simulated once per session) and a scratch project root."""
 from __future__ import annotations
 
-import copy
 import os
+
+for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    os.environ.setdefault(_v, "2")  # pinned before numpy loads, as the Makefile does: results are reproducible
+
+import copy
 import shutil
 from pathlib import Path
 
@@ -76,3 +80,11 @@ def pseudobulk_effect(adata, genes, cell_types, tissue="BM") -> pd.DataFrame:
         rows.append({"patient_id": p, "response": obs.loc[m, "response"].iloc[0],
                      "value": float(np.mean(np.log2(s[gi] / s.sum() * 1e6 + 1)))})
     return pd.DataFrame(rows)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Say plainly how many tests ran (pytest exits non-zero when none were collected)."""
+    stats = terminalreporter.stats
+    n = sum(len(stats.get(k, [])) for k in ("passed", "failed", "error"))
+    terminalreporter.write_line(f"TESTS RAN: {n} ({len(stats.get('passed', []))} passed, "
+                                f"{len(stats.get('failed', []))} failed, {len(stats.get('skipped', []))} skipped)")

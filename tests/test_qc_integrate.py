@@ -86,3 +86,15 @@ def test_harmony_shape_mixing_and_no_response():
     assert integrate.knn_label_purity(Z, cell, k=20) > 0.95  # cell identity kept
     with pytest.raises(ValueError, match="response"):
         integrate.harmony(a, key="response")
+
+
+def test_scrublet_same_result_any_n_jobs(tiny_sim):
+    from helpers.qc import call_doublets
+
+    a = tiny_sim[0]
+    a = a[a.obs["sample_id"].isin(["P01_BM", "P02_BM"])].copy()
+    d1 = call_doublets(a, seed=1, n_jobs=1)
+    d2 = call_doublets(a, seed=1, n_jobs=2)
+    assert d1.equals(d2)
+    assert d1.loc[a.obs["truth_quality"] == "doublet", "doublet_score"].mean() > \
+        d1.loc[a.obs["truth_quality"] == "good", "doublet_score"].mean()

@@ -63,23 +63,32 @@ def apply_thresholds(metrics: pd.DataFrame, groups: pd.Series, thr: pd.DataFrame
     return pd.Series(ok, index=metrics.index, name="qc_pass")
 
 
-def call_doublets(adata: ad.AnnData, batch_key: str = "sample_id", layer: str = "counts", seed: int = 0,
-                  expected_rate: float = 0.06) -> pd.DataFrame:
-    """scanpy's Scrublet per sample on raw counts; returns doublet_score and predicted_doublet per cell."""
+def _scrublet_one(X: sp.spmatrix, obs_names: pd.Index, var_names: pd.Index, seed: int,
+                  expected_rate: float) -> pd.DataFrame:
     import scanpy as sc
+
+    a = ad.AnnData(X=sp.csr_matrix(X).astype(np.float32), obs=pd.DataFrame(index=obs_names),
+                   var=pd.DataFrame(index=var_names))
+    if a.n_obs < 30:
+        return pd.DataFrame({"doublet_score": 0.0, "predicted_doublet": False}, index=a.obs_names)
+    sc.pp.scrublet(a, expected_doublet_rate=expected_rate, random_state=seed, verbose=False,
+                   n_prin_comps=min(30, a.n_obs - 1))
+    return a.obs[["doublet_score", "predicted_doublet"]].astype({"predicted_doublet": bool})
+
+
+def call_doublets(adata: ad.AnnData, batch_key: str = "sample_id", layer: str = "counts", seed: int = 0,
+                  expected_rate: float = 0.06, n_jobs: int = 2) -> pd.DataFrame:
+    """scanpy's Scrublet per sample on raw counts (samples in parallel; each with the same seed, so the
+    result does not depend on ``n_jobs``); returns doublet_score and predicted_doublet per cell."""
+    from joblib import Parallel, delayed
     from tqdm.auto import tqdm
 
-    out = []
-    for s in tqdm(list(adata.obs[batch_key].astype(str).unique()), desc="scrublet per sample"):
-        sub = adata[adata.obs[batch_key].astype(str) == s]
-        a = ad.AnnData(X=sp.csr_matrix(sub.layers[layer] if layer in sub.layers else sub.X).astype(np.float32),
-                       obs=pd.DataFrame(index=sub.obs_names), var=pd.DataFrame(index=sub.var_names))
-        if a.n_obs < 30:
-            out.append(pd.DataFrame({"doublet_score": 0.0, "predicted_doublet": False}, index=a.obs_names))
-            continue
-        sc.pp.scrublet(a, expected_doublet_rate=expected_rate, random_state=seed, verbose=False,
-                       n_prin_comps=min(30, a.n_obs - 1))
-        out.append(a.obs[["doublet_score", "predicted_doublet"]].astype({"predicted_doublet": bool}))
+    X = sp.csr_matrix(adata.layers[layer] if layer in adata.layers else adata.X)
+    keys = adata.obs[batch_key].astype(str).to_numpy()
+    samples = list(dict.fromkeys(keys))
+    jobs = (delayed(_scrublet_one)(X[keys == s], adata.obs_names[keys == s], adata.var_names, seed, expected_rate)
+            for s in tqdm(samples, desc="scrublet per sample"))
+    out = Parallel(n_jobs=n_jobs)(jobs)
     return pd.concat(out).loc[adata.obs_names]
 
 

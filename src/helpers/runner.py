@@ -64,7 +64,9 @@ def run_notebook(cohort_name: str, notebook: str | Path, kernel: str = "python3"
     params = notebook_parameters(cohort, name)
     pdir = cohort.results_dir / "params"
     pdir.mkdir(parents=True, exist_ok=True)
-    (pdir / f"{name}.yaml").write_text(yaml.safe_dump(params, sort_keys=True))
+    params_file = pdir / f"{name}.yaml"
+    params_file.write_text(yaml.safe_dump(params, sort_keys=True))
+    params = yaml.safe_load(params_file.read_text())  # the notebook gets exactly what the YAML file records
     out_dir = cohort.results_dir / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / f"{name}.ipynb"
