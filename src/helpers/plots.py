@@ -246,3 +246,29 @@ def km_figure(curves: dict[str, pd.DataFrame], surv: dict, title: str = "") -> p
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def roc_figure(curves: dict[str, tuple[np.ndarray, np.ndarray, float, float | None]]) -> plt.Figure:
+    """ROC curves (name: y, score, AUC, study AUC); the study's value is given in the legend for comparison."""
+    from sklearn.metrics import roc_curve
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for (name, (y, p, auc, study)), col in zip(curves.items(), ["#c8453c", "#e39a2d", "#3b75af"]):
+        fpr, tpr, _ = roc_curve(y, p)
+        ax.plot(fpr, tpr, color=col, label=f"{name}: AUC {auc:.2f}" + (f" (study {study:.2f})" if study else ""))
+    ax.plot([0, 1], [0, 1], "k--", lw=0.6)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def selection_figure(freq: pd.Series, final: list[str]) -> plt.Figure:
+    fig, ax = plt.subplots(figsize=(6, 0.22 * len(freq) + 1))
+    f = freq.iloc[::-1]
+    ax.barh(f.index, f.to_numpy(), color=["#c8453c" if g in final else "lightgrey" for g in f.index])
+    ax.set_xlabel("fraction of training folds selecting the gene (top 8)")
+    ax.tick_params(axis="y", labelsize=7)
+    fig.tight_layout()
+    return fig

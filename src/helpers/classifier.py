@@ -1,0 +1,119 @@
+"""NF-kB random-forest response classifier evaluated by patient-level cross-validation.
+
+Features are per-patient pseudobulk log2 CPM of a gene panel, standardised gene-wise within each tissue
+cohort (label-free, so a marrow-trained model can be applied to blood). Gene selection for the top-k model
+happens inside every training fold (a scikit-learn Pipeline), never on all data.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+from sklearn.base import clone
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.feature_selection import SelectFromModel
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import RepeatedStratifiedKFold
+from sklearn.pipeline import Pipeline
+
+from .cohort import project_root
+from .pseudobulk import log_cpm, pseudobulk_by_patient
+
+
+def load_panel(path: str | Path | None = None) -> pd.DataFrame:
+    """The 34-gene NF-kB panel (data/genesets/nfkb_panel.csv: gene, role, source) or another panel file."""
+    path = Path(path) if path else project_root() / "data" / "genesets" / "nfkb_panel.csv"
+    if not path.exists():
+        raise FileNotFoundError(f"panel file {path} does not exist")
+    df = pd.read_csv(path)
+    if "gene" not in df:
+        raise ValueError(f"{path}: a panel file needs a 'gene' column")
+    return df
+
+
+def panel_features(adata: ad.AnnData, genes: list[str], tissue: str, cell_types: list[str] | None = None,
+                   min_cells: int = 10) -> tuple[pd.DataFrame, pd.Series]:
+    """Per-patient log2 CPM of the panel genes (pseudobulk of the chosen cells) and the responses."""
+    missing = [g for g in genes if g not in adata.var_names]
+    if missing:
+        raise KeyError(f"panel genes missing from the data: {missing}")
+    pb = pseudobulk_by_patient(adata, cell_types, tissue=tissue, min_cells=min_cells)
+    return log_cpm(pb)[genes], pb.obs["response"].astype(str)
+
+
+def standardise(X: pd.DataFrame, stats: dict[str, pd.Series] | None = None) -> tuple[pd.DataFrame, dict[str, pd.Series]]:
+    """Gene-wise z-score; with ``stats`` given (mean, sd) they are reused (label-free, per tissue)."""
+    if stats is None:
+        stats = {"mean": X.mean(), "sd": X.std(ddof=1).replace(0, 1.0).fillna(1.0)}
+    return (X - stats["mean"]) / stats["sd"], stats
+
+
+def make_model(seed: int, top_k: int | None = None, n_estimators: int = 100) -> Pipeline:
+    """Random forest, optionally preceded by in-fold selection of the ``top_k`` genes by RF importance."""
+    rf = RandomForestClassifier(n_estimators=n_estimators, random_state=seed, n_jobs=1, min_samples_leaf=1)
+    if top_k is None:
+        return Pipeline([("rf", rf)])
+    sel = SelectFromModel(RandomForestClassifier(n_estimators=n_estimators, random_state=seed + 1, n_jobs=1),
+                          max_features=top_k, threshold=-np.inf)
+    return Pipeline([("select", sel), ("rf", rf)])
+
+
+def cross_validate(model: Pipeline, X: pd.DataFrame, y: np.ndarray, seed: int, n_splits: int = 5,
+                   n_repeats: int = 5) -> dict:
+    """Repeated stratified k-fold over patients (one sample per patient). Per repeat the out-of-fold
+    probabilities of all patients are pooled into one AUC; the estimate is the mean over repeats. Also
+    returns the mean out-of-fold probability per patient and how often each gene was selected."""
+    n_splits = min(n_splits, int(np.bincount(y).min()))
+    if n_splits < 2:
+        raise ValueError("need at least two patients per group for cross-validation")
+    cv = RepeatedStratifiedKFold(n_splits=n_splits, n_repeats=n_repeats, random_state=seed)
+    oof = np.zeros((n_repeats, len(y)))
+    selected = pd.Series(0, index=X.columns, dtype=int)
+    for i, (tr, te) in enumerate(cv.split(X, y)):
+        m = clone(model).fit(X.iloc[tr], y[tr])
+        oof[i // n_splits, te] = m.predict_proba(X.iloc[te])[:, 1]
+        if "select" in m.named_steps:
+            selected[X.columns[m.named_steps["select"].get_support()]] += 1
+    aucs = [roc_auc_score(y, o) for o in oof]
+    return {"auc": float(np.mean(aucs)), "auc_per_repeat": aucs, "oof": oof.mean(0), "oof_by_repeat": oof,
+            "n_splits": n_splits, "n_repeats": n_repeats, "selection_frequency": selected / (n_splits * n_repeats)}
+
+
+def bootstrap_auc_ci(y: np.ndarray, p: np.ndarray, seed: int, n_boot: int = 2000, alpha: float = 0.05) -> tuple[float, float]:
+    """Percentile CI of the AUC, resampling patients within each group. ``p`` is one score per patient, or a
+    repeats x patients matrix of out-of-fold scores: the statistic is then the mean AUC over repeats, as
+    reported by :func:`cross_validate` (no refitting: the out-of-fold predictions are resampled)."""
+    rng = np.random.default_rng(seed)
+    P = np.atleast_2d(p)
+    i0, i1 = np.where(y == 0)[0], np.where(y == 1)[0]
+    aucs = []
+    for _ in range(n_boot):
+        idx = np.concatenate([rng.choice(i0, len(i0)), rng.choice(i1, len(i1))])
+        aucs.append(np.mean([roc_auc_score(y[idx], row[idx]) for row in P]))
+    lo, hi = np.quantile(aucs, [alpha / 2, 1 - alpha / 2])
+    return float(lo), float(hi)
+
+
+def permutation_pvalue(model: Pipeline, X: pd.DataFrame, y: np.ndarray, observed: float, seed: int,
+                       n_perm: int = 1000, n_jobs: int = 2) -> tuple[float, np.ndarray]:
+    """Label-permutation p of the cross-validated AUC: the whole CV (selection included) is re-run on
+    permuted labels, one repeat of stratified k-fold per permutation; p = (1 + #null >= observed)/(1 + n)."""
+    from joblib import Parallel, delayed
+
+    def one(k):
+        yp = np.random.default_rng([seed, k]).permutation(y)
+        return cross_validate(model, X, yp, seed + k, n_repeats=1)["auc"]
+
+    null = np.array(Parallel(n_jobs=n_jobs)(delayed(one)(k) for k in range(n_perm)))
+    return float((1 + np.sum(null >= observed)) / (1 + n_perm)), null
+
+
+def evaluate_external(model: Pipeline, X: pd.DataFrame, y: np.ndarray, seed: int) -> dict:
+    """AUC of an already fitted model on an independent set, with a bootstrap CI."""
+    p = model.predict_proba(X)[:, 1]
+    auc = roc_auc_score(y, p)
+    lo, hi = bootstrap_auc_ci(y, p, seed)
+    return {"auc": float(auc), "ci_low": lo, "ci_high": hi, "prob": p}
