@@ -117,3 +117,19 @@ def evaluate_external(model: Pipeline, X: pd.DataFrame, y: np.ndarray, seed: int
     auc = roc_auc_score(y, p)
     lo, hi = bootstrap_auc_ci(y, p, seed)
     return {"auc": float(auc), "ci_low": lo, "ci_high": hi, "prob": p}
+
+
+def build_bundle(model: Pipeline, genes: list[str], panel: pd.DataFrame, tissue_stats: dict[str, dict],
+                 cell_types: list[str] | None, cohort: str, seed: int, classes: list[str]) -> dict:
+    """Everything a prediction needs, with provenance: fitted pipeline, input genes, selected genes, the panel
+    and its sources, per-tissue normalisation statistics, training cohort and package versions."""
+    import platform
+    from importlib.metadata import version
+
+    top = list(np.asarray(genes)[model.named_steps["select"].get_support()]) if "select" in model.named_steps else genes
+    return {"model": model, "genes_in": list(genes), "top_genes": top, "panel": panel.to_dict("records"),
+            "normalisation": "log2(CPM+1) of per-sample pseudobulk, gene-wise z-score with the tissue's statistics",
+            "tissue_stats": tissue_stats, "cell_types": cell_types, "training_cohort": cohort, "seed": seed,
+            "classes": classes,
+            "versions": {p: version(p) for p in ("scikit-learn", "numpy", "pandas", "anndata", "scanpy")} |
+                        {"python": platform.python_version()}}
