@@ -272,3 +272,23 @@ def selection_figure(freq: pd.Series, final: list[str]) -> plt.Figure:
     ax.tick_params(axis="y", labelsize=7)
     fig.tight_layout()
     return fig
+
+
+def scorecard_figure(card: pd.DataFrame) -> plt.Figure:
+    """Reproduced value with 95% CI per claim, coloured by verdict; study values marked for the AUC rows."""
+    colors = {"reproduced": "#2e8b57", "not reproduced": "#c8453c", "not applicable": "grey"}
+    c = card.iloc[::-1].reset_index(drop=True)
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(c) + 1.2))
+    for i, r in c.iterrows():
+        if r["reproduced"] is None or pd.isna(r["reproduced"]):
+            continue
+        ax.errorbar(r["reproduced"], i, xerr=[[r["reproduced"] - r["ci_low"]], [r["ci_high"] - r["reproduced"]]],
+                    fmt="o", color=colors[r["verdict"]])
+        if isinstance(r["study_value"], float):
+            ax.plot(r["study_value"], i, marker="*", color="k", ms=10)
+    ax.set_yticks(range(len(c)))
+    ax.set_yticklabels([f"{a} [{v}]" for a, v in zip(c["claim"], c["verdict"])], fontsize=7)
+    ax.axvline(0, color="k", lw=0.5)
+    ax.set_xlabel("reproduced value (shift NR-CR, hazard ratio, or AUC) with 95% CI; * = study's AUC")
+    fig.tight_layout()
+    return fig
