@@ -160,11 +160,9 @@ def build_gene_model(n_genes: int, seed: int) -> GeneModel:
     ref_p = pd.Series(p_ref, index=ref.var_names)
     ref_phi = pd.Series(phi_ref, index=ref.var_names)
 
-    required = required_genes()
+    required = required_genes()  # all real symbols from the committed programmes and gene sets
     mt = [g for g in ref.var_names if g.startswith("MT-")]
     pos = gene_positions()
-    known = set(pos.index) | set(ref.var_names) | set(required)
-    required = [g for g in dict.fromkeys(required) if g in known]
 
     detected = ref_p[ref_p > 0].sort_values(ascending=False)
     core = list(dict.fromkeys(mt + required))
