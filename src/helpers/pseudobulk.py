@@ -46,8 +46,9 @@ def pseudobulk_by_patient(adata: ad.AnnData, cell_types: list[str] | None = None
 
 
 def log_cpm(pb: ad.AnnData, prior: float = 1.0) -> pd.DataFrame:
-    """log2(counts per million + prior) of a pseudobulk, patients x genes."""
-    X = np.asarray(pb.X, dtype=float)
+    """log2(counts per million + prior) of a pseudobulk (or a bulk cohort; dense or sparse), samples x genes."""
+    X = pb.X.toarray() if sp.issparse(pb.X) else np.asarray(pb.X)
+    X = X.astype(float)
     lib = X.sum(1, keepdims=True)
     return pd.DataFrame(np.log2(X / np.maximum(lib, 1) * 1e6 + prior), index=pb.obs_names, columns=pb.var_names)
 

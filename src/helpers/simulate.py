@@ -581,15 +581,19 @@ def simulate_flow(samples: pd.DataFrame, patients: dict[str, dict[str, Any]], se
 # --------------------------------------------------------------------------------------------------
 # whole cohort
 # --------------------------------------------------------------------------------------------------
+def cohort_model(sim: dict[str, Any], seed: int) -> tuple[GeneModel, pd.DataFrame, dict[str, dict[str, float]]]:
+    """The gene model, cell-type profiles and planted-effect gene weights of a simulation config (one place)."""
+    gm = build_gene_model(int(sim.get("n_genes", 16000)), seed)
+    return gm, cell_type_profiles(gm, seed, float(sim.get("type_sd", 1.2))), draw_effect_weights(gm, seed)
+
+
 def simulate_cohort(samples: pd.DataFrame, sim: dict[str, Any], seed: int, n_jobs: int = 1,
                     progress: bool = True) -> tuple[ad.AnnData, dict[str, Any]]:
     """Simulate every sample of ``samples`` (cells.h5ad content) and return it with the truth record."""
     from joblib import Parallel, delayed
     from tqdm.auto import tqdm
 
-    gm = build_gene_model(int(sim.get("n_genes", 16000)), seed)
-    base = cell_type_profiles(gm, seed, float(sim.get("type_sd", 1.2)))
-    weights = draw_effect_weights(gm, seed)
+    gm, base, weights = cohort_model(sim, seed)
     patients = draw_patients(samples, sim, seed)
     rows = [r for _, r in samples.iterrows()]
     it = tqdm(rows, desc="simulating samples", disable=not progress)
@@ -651,9 +655,7 @@ def build_simulated_cohort(cohort: Cohort, n_jobs: int = 2, progress: bool = Tru
     sim = cohort.simulation
     adata, truth = simulate_cohort(cohort.samples, sim, cohort.seed, n_jobs=n_jobs, progress=progress)
     adata.uns["cohort"] = {"name": cohort.name, "kind": "simulated", "seed": cohort.seed}
-    gm = build_gene_model(int(sim.get("n_genes", 16000)), cohort.seed)
-    base = cell_type_profiles(gm, cohort.seed, float(sim.get("type_sd", 1.2)))
-    weights = draw_effect_weights(gm, cohort.seed)
+    gm, base, weights = cohort_model(sim, cohort.seed)
     out = cohort.processed_dir
     out.mkdir(parents=True, exist_ok=True)
     paths = {"cells": write_h5ad(adata, out / "cells.h5ad")}
