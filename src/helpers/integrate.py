@@ -60,12 +60,25 @@ def harmony(adata: ad.AnnData, key: str = "sample_id", basis: str = "X_pca", see
     return adata.obsm[out]
 
 
+EXACT_KNN_MAX_CELLS = 120_000
+
+
+def knn_transformer(n_obs: int) -> str | None:
+    """Exact kNN (scikit-learn, brute force) up to EXACT_KNN_MAX_CELLS cells, pynndescent above.
+
+    Measured on the default cohort (66k cells x 50 dims, 2 cores): exact 28 s; pynndescent 68 s in a fresh
+    process, of which ~60 s is compiling its numba kernels (not cached across processes). Exact search
+    grows with n^2, so large cohorts switch to the approximate index whose compile cost is then amortised."""
+    return "sklearn" if n_obs <= EXACT_KNN_MAX_CELLS else None
+
+
 def embed(adata: ad.AnnData, use_rep: str, seed: int = 0, n_neighbors: int = 15, resolution: float = 1.0,
           umap: bool = True, key_added: str = "leiden") -> ad.AnnData:
-    """Neighbours, Leiden (igraph) and UMAP, seeded."""
+    """Neighbours (see :func:`knn_transformer`), Leiden (igraph) and UMAP, seeded."""
     import scanpy as sc
 
-    sc.pp.neighbors(adata, n_neighbors=n_neighbors, use_rep=use_rep, random_state=seed)
+    sc.pp.neighbors(adata, n_neighbors=n_neighbors, use_rep=use_rep, random_state=seed,
+                    transformer=knn_transformer(adata.n_obs))
     sc.tl.leiden(adata, resolution=resolution, random_state=seed, flavor="igraph", n_iterations=2,
                  directed=False, key_added=key_added)
     if umap:

@@ -78,11 +78,23 @@ def write_table(df, path: str | os.PathLike, index: bool = False) -> Path:
     return path
 
 
-def write_h5ad(adata, path: str | os.PathLike) -> Path:
-    """Write an AnnData atomically (compressed)."""
+def h5ad_compression() -> str | None:
+    """Compression of the intermediate .h5ad files: none by default (measured on the default cohort's 66k cells:
+    gzip writes in 35 s and reads in 11 s, uncompressed in 1.5 s and 6 s, at 3.5x the disk); set the
+    environment variable DR_H5AD_COMPRESSION=gzip (or lzf) where disk is short."""
+    value = os.environ.get("DR_H5AD_COMPRESSION", "").strip().lower() or None
+    if value not in (None, "gzip", "lzf"):
+        raise ValueError(f"DR_H5AD_COMPRESSION={value!r}: use gzip, lzf or leave it unset (no compression)")
+    return value
+
+
+def write_h5ad(adata, path: str | os.PathLike, compression: str | None = "auto") -> Path:
+    """Write an AnnData atomically (temporary file, then rename); compression from :func:`h5ad_compression`."""
     path = Path(path)
+    if compression == "auto":
+        compression = h5ad_compression()
     with atomic_path(path, suffix=".h5ad") as tmp:
-        adata.write_h5ad(tmp, compression="gzip")
+        adata.write_h5ad(tmp, compression=compression)
     return path
 
 

@@ -397,7 +397,7 @@ def sample_profiles(gm: GeneModel, base: pd.DataFrame, row: pd.Series, patient: 
 
     means = pd.Series({t: float(v[tissue_key]) for t, v in types.items()})
     means = means[means > 0]
-    conc = float(sim.get("composition_concentration", 100.0))
+    conc = float(sim.get("composition_concentration", 300.0))
     props = pd.Series(rng.dirichlet(conc * means.to_numpy() / means.sum()), index=means.index)
     if tissue == "BM":
         f = patient["malignant_fraction"]
