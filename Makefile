@@ -61,6 +61,7 @@ $(OUT)/01_qc_integration.ipynb: $(OUT)/00_cohort.ipynb
 $(OUT)/02_annotation.ipynb: $(OUT)/01_qc_integration.ipynb
 $(OUT)/03_inflammation.ipynb $(OUT)/04_monocytes.ipynb $(OUT)/05_nk_cd16.ipynb $(OUT)/06_tumour_nfkb.ipynb: $(OUT)/02_annotation.ipynb
 $(OUT)/07_classifier.ipynb $(OUT)/08_resistance_atlas.ipynb: $(OUT)/02_annotation.ipynb
+$(OUT)/09_power.ipynb: $(OUT)/00_cohort.ipynb
 $(OUT)/10_scorecard.ipynb: $(filter-out $(OUT)/10_scorecard.ipynb,$(TARGETS))
 
 $(OUT)/%.ipynb: notebooks/%.ipynb $(STAMP) $(HELPERS) $(SHARED_DATA) $(COHORT_FILES)

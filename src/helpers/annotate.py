@@ -48,6 +48,17 @@ def lognorm(adata: ad.AnnData, genes: list[str], layer: str | None = "counts") -
     return pd.DataFrame(np.log1p(sub / np.maximum(total, 1)[:, None] * 1e4), index=adata.obs_names, columns=genes)
 
 
+def lognorm_matrix(adata: ad.AnnData, genes: list[str] | None = None, layer: str = "counts") -> sp.csr_matrix:
+    """Sparse log1p(counts per 10k) of all genes (or ``genes``, in that order) from raw counts in ``layer``."""
+    X = sp.csr_matrix(adata.layers[layer] if layer in adata.layers else adata.X, dtype=np.float32)
+    total = np.asarray(X.sum(1)).ravel()
+    X = sp.csr_matrix(sp.diags((1e4 / np.maximum(total, 1)).astype(np.float32)) @ X)
+    if genes is not None:
+        X = X[:, adata.var_names.get_indexer(genes)]
+    X.data = np.log1p(X.data)
+    return sp.csr_matrix(X)
+
+
 def marker_scores(adata: ad.AnnData, sets: dict[str, dict[str, Any]], layer: str | None = "counts") -> pd.DataFrame:
     """Per cell and set: mean log-expression of the set's ``markers`` minus half the mean of its ``negative``."""
     genes = [g for s in sets.values() for g in s.get("markers", []) + s.get("negative", [])]

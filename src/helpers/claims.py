@@ -60,6 +60,12 @@ def claim_values(adata: ad.AnnData, name: str, min_cells: int = 10, label: str =
     """Per-patient value of a claim's quantity and the patients' responses (pseudobulk of raw counts)."""
     c = CLAIMS[name]
     pb = pseudobulk_by_patient(adata, claim_cell_types(adata, c, label, compartment), label=label, min_cells=min_cells)
+    return claim_value_from_pseudobulk(pb, name), pb.obs["response"].astype(str)
+
+
+def claim_value_from_pseudobulk(pb: ad.AnnData, name: str) -> pd.Series:
+    """The claim's per-patient quantity from a patients x genes pseudobulk of raw counts (the claim's cells)."""
+    c = CLAIMS[name]
     L = log_cpm(pb)
     if c.kind == "set":
         v = set_score(L, gene_set(c.feature))
@@ -69,5 +75,4 @@ def claim_values(adata: ad.AnnData, name: str, min_cells: int = 10, label: str =
         v = progeny_activity(L, c.feature)
     else:
         raise ValueError(f"unknown claim kind {c.kind}")
-    resp = pb.obs["response"].astype(str)
-    return v.rename(name), resp
+    return v.rename(name)

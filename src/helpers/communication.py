@@ -1,10 +1,16 @@
-"""Cell-cell communication per patient from liana's bundled consensus ligand-receptor resource.
+"""Cell-cell communication per sample with liana, compared between response groups at the patient level.
 
-For each patient, sender and receiver group, an interaction's score is the product of the ligand's mean
-log-normalised expression in the sender and the receptor's (complexes: minimum over subunits) in the
-receiver (liana's 'expression product'); CR and NR are then compared per interaction at the patient level."""
+liana's method ensemble (``rank_aggregate``: CellPhoneDB, Connectome, log2FC, NATMI, SingleCellSignalR,
+CellChat-style scores, aggregated by rank) runs on every sample separately with liana's bundled
+consensus resource (no download). Groups are compared on each interaction's per-sample ``lr_means`` (mean of
+ligand and receptor expression; the aggregate rank ``magnitude`` is kept too, but ranks within a sample shift
+whenever other interactions change), NR vs CR by a rank test across patients, never across cells. Permutation-based specificity is skipped (``n_perms=None``):
+the comparison between groups, not the within-sample specificity, is the question here.
+"""
 
 from __future__ import annotations
+
+import warnings
 
 import anndata as ad
 import numpy as np
@@ -12,46 +18,119 @@ import pandas as pd
 
 
 def lr_resource(name: str = "consensus") -> pd.DataFrame:
+    """liana's bundled ligand-receptor resource (ligand, receptor; complexes joined by '_')."""
     import liana as li
 
     return li.resource.select_resource(name)
 
 
-def _mean_expr(adata: ad.AnnData, genes: list[str], group: pd.Series) -> pd.DataFrame:
-    from .annotate import lognorm
+def liana_by_sample(adata: ad.AnnData, groupby: str, sample_key: str = "sample_id",
+                    pairs: list[tuple[str, str]] | None = None, resource_name: str = "consensus",
+                    ligands: set[str] | None = None, expr_prop: float = 0.1, min_cells: int = 10,
+                    layer: str = "counts", return_all_lrs: bool = True) -> pd.DataFrame:
+    """liana ``rank_aggregate`` per sample on log-normalised counts; long table with one row per sample and
+    interaction: sample, source, target, ligand, receptor, magnitude (-log10 rank), lr_means, expr_prod.
 
-    L = lognorm(adata, genes)
-    return L.groupby(group.to_numpy(), observed=True).mean()
+    ``pairs`` restricts (source, target) groups (e.g. myeloid -> tumour), ``ligands`` the resource's ligands.
+    Groups with fewer than ``min_cells`` cells in a sample are left out of that sample."""
+    import liana as li
 
+    from .annotate import lognorm_matrix
 
-def lr_scores_per_patient(adata: ad.AnnData, group_key: str, ligands: set[str] | None = None,
-                          senders: list[str] | None = None, receivers: list[str] | None = None,
-                          patient: str = "patient_id", min_cells: int = 10,
-                          resource: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Long table: patient, sender, receiver, ligand, receptor, score (expression product)."""
-    res = resource if resource is not None else lr_resource()
+    for col in (groupby, sample_key):
+        if col not in adata.obs:
+            raise KeyError(f"obs column '{col}' not found (needed for liana by sample)")
+    res = lr_resource(resource_name)
     if ligands is not None:
         res = res[res["ligand"].isin(ligands)]
-    rec_sub = {r: r.split("_") for r in res["receptor"].unique()}
-    genes = sorted(set(res["ligand"]) | {g for subs in rec_sub.values() for g in subs})
-    genes = [g for g in genes if g in adata.var_names]
-    res = res[res["ligand"].isin(genes) & res["receptor"].map(lambda r: all(g in genes for g in rec_sub[r]))]
-    rows = []
-    grp = adata.obs[group_key].astype(str)
-    for p in adata.obs[patient].astype(str).unique():
-        m = (adata.obs[patient].astype(str) == p).to_numpy()
-        sizes = grp[m].value_counts()
-        ok = sizes.index[sizes >= min_cells]
-        E = _mean_expr(adata[m], genes, grp[m])
-        E = E.loc[E.index.isin(ok)]
-        for s in senders or E.index:
-            if s not in E.index:
+    keep = np.ones(adata.n_obs, bool)
+    if pairs is not None:
+        groups = {g for p in pairs for g in p}
+        keep &= adata.obs[groupby].astype(str).isin(groups).to_numpy()
+    subunits = {g for x in pd.concat([res["ligand"], res["receptor"]]).unique() for g in x.split("_")}
+    genes = [g for g in adata.var_names if g in subunits]
+    if not genes:
+        raise ValueError(f"none of the {resource_name} resource's genes is in var_names (gene symbols expected)")
+    sub = ad.AnnData(X=lognorm_matrix(adata[keep], genes, layer=layer), obs=adata.obs.loc[keep, [groupby, sample_key]].copy(),
+                     var=pd.DataFrame(index=genes))
+    sub.obs[groupby] = sub.obs[groupby].astype(str)
+    sub.obs[sample_key] = sub.obs[sample_key].astype(str)
+    out = []
+    from tqdm.auto import tqdm
+
+    for s in tqdm(sorted(sub.obs[sample_key].unique()), desc="liana per sample"):
+        a = sub[(sub.obs[sample_key] == s).to_numpy()]
+        sizes = a.obs[groupby].value_counts()
+        ok = set(sizes.index[sizes >= min_cells])
+        a = a[a.obs[groupby].isin(ok).to_numpy()].copy()
+        gp = None
+        if pairs is not None:
+            gp = pd.DataFrame([p for p in pairs if p[0] in ok and p[1] in ok], columns=["source", "target"])
+            if gp.empty:
                 continue
-            for r in receivers or E.index:
-                if r not in E.index:
-                    continue
-                lig = E.loc[s, res["ligand"]].to_numpy()
-                rec = np.array([min(E.loc[r, g] for g in rec_sub[x]) for x in res["receptor"]])
-                rows.append(pd.DataFrame({"patient_id": p, "sender": s, "receiver": r, "ligand": res["ligand"].to_numpy(),
-                                          "receptor": res["receptor"].to_numpy(), "score": lig * rec}))
-    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
+        elif len(ok) < 2:
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            r = li.mt.rank_aggregate(a, groupby=groupby, resource=res[["ligand", "receptor"]], expr_prop=expr_prop,
+                                     min_cells=min_cells, use_raw=False, n_perms=None, groupby_pairs=gp,
+                                     return_all_lrs=return_all_lrs, verbose=False, inplace=False)
+        if r is None or len(r) == 0:
+            continue
+        r = r.rename(columns={"ligand_complex": "ligand", "receptor_complex": "receptor"})
+        r.insert(0, sample_key, s)
+        r["magnitude"] = -np.log10(r["magnitude_rank"].clip(lower=1e-300))
+        # return_all_lrs keeps interactions below expr_prop with their values and flags them via the ranks
+        props = _detected_fraction(a, groupby)
+        r["expressed"] = (_complex_prop(props, r["source"], r["ligand"]) >= expr_prop) & \
+                         (_complex_prop(props, r["target"], r["receptor"]) >= expr_prop)
+        out.append(r[[sample_key, "source", "target", "ligand", "receptor", "magnitude", "lr_means", "expr_prod",
+                      "expressed"]])
+    if not out:
+        return pd.DataFrame(columns=[sample_key, "source", "target", "ligand", "receptor", "magnitude", "lr_means",
+                                     "expr_prod", "expressed"])
+    return pd.concat(out, ignore_index=True)
+
+
+def _detected_fraction(a: ad.AnnData, groupby: str) -> pd.DataFrame:
+    """Groups x genes: fraction of the group's cells with the gene detected."""
+    import scipy.sparse as sp
+
+    X = sp.csr_matrix(a.X)
+    g = a.obs[groupby].astype(str).to_numpy()
+    rows = {k: np.asarray((X[g == k] > 0).mean(0)).ravel() for k in np.unique(g)}
+    return pd.DataFrame(rows, index=a.var_names).T
+
+
+def _complex_prop(props: pd.DataFrame, groups: pd.Series, complexes: pd.Series) -> np.ndarray:
+    """Per row, the smallest detected fraction over a complex's subunits ('A_B') in the row's group."""
+    out = np.zeros(len(groups))
+    for i, (grp, cx) in enumerate(zip(groups.to_numpy(), complexes.to_numpy())):
+        subs = [x for x in str(cx).split("_")]
+        out[i] = min(float(props.at[grp, x]) if x in props.columns else 0.0 for x in subs)
+    return out
+
+
+def interaction_key(lr: pd.DataFrame) -> pd.Series:
+    """'source>target: ligand-receptor' labels of a liana table."""
+    return lr["source"] + ">" + lr["target"] + ": " + lr["ligand"] + "-" + lr["receptor"]
+
+
+def interaction_matrix(lr: pd.DataFrame, obs: pd.DataFrame, value: str = "lr_means", sample_key: str = "sample_id",
+                       patient_key: str = "patient_id", min_present: float = 0.5) -> pd.DataFrame:
+    """Patients x interactions (:func:`interaction_key`) of ``value`` (default ``lr_means``: the mean of ligand
+    and receptor expression, an absolute quantity; ranks shift with every other interaction of the sample).
+    With ``return_all_lrs`` every interaction has a value in every sample where both groups exist; an
+    interaction is kept when it passes liana's expression filter (``expressed``) in at least ``min_present``
+    of the patients."""
+    if lr.empty:
+        return pd.DataFrame()
+    lr = lr.copy()
+    lr["interaction"] = interaction_key(lr)
+    to_patient = obs.drop_duplicates(sample_key).set_index(sample_key)[patient_key].astype(str)
+    lr[patient_key] = lr[sample_key].map(to_patient)
+    wide = lr.pivot_table(index=patient_key, columns="interaction", values=value, aggfunc="mean")
+    expressed = lr.pivot_table(index=patient_key, columns="interaction", values="expressed", aggfunc="max")
+    patients = sorted(obs[patient_key].astype(str).unique())
+    frac = expressed.reindex(index=patients, columns=wide.columns).fillna(False).astype(bool).mean()
+    return wide.reindex(patients).loc[:, frac >= min_present]

@@ -80,8 +80,14 @@ def progeny_weights(top: int = 100) -> pd.DataFrame:
 
 
 def gene_positions() -> pd.DataFrame:
-    """GRCh38 gene positions (symbol, chromosome, start, end), for CNV simulation and inference."""
-    df = pd.read_csv(genesets_dir() / "gene_positions_grch38.tsv", sep="\t")
+    """GRCh38 gene positions (symbol, chromosome, start, end), for CNV simulation and inference (a copy of
+    the table read once per process)."""
+    return _gene_positions(str(genesets_dir())).copy()
+
+
+@lru_cache(maxsize=2)
+def _gene_positions(folder: str) -> pd.DataFrame:
+    df = pd.read_csv(Path(folder) / "gene_positions_grch38.tsv", sep="\t")
     return df.drop_duplicates("symbol").set_index("symbol")
 
 

@@ -292,3 +292,82 @@ def scorecard_figure(card: pd.DataFrame) -> plt.Figure:
     ax.set_xlabel("reproduced value (shift NR-CR, hazard ratio, or AUC) with 95% CI; * = study's AUC")
     fig.tight_layout()
     return fig
+
+
+def atlas_heatmap(values: pd.DataFrame, table: pd.DataFrame, responses: pd.Series, groups: list[str],
+                  n_interactions: int = 12) -> plt.Figure:
+    """Mechanism x patient overview: each feature z-scored across patients, patients ordered by response,
+    rows grouped by mechanism and labelled with the NR-vs-CR shift's q. Of the (many) ligand-receptor
+    interactions only the ``n_interactions`` with the smallest p are drawn; the table holds them all."""
+    t = table.dropna(subset=["p"]).copy()
+    inter = t[t["kind"] == "interaction"].nsmallest(n_interactions, "p")
+    rows = pd.concat([t[t["kind"] != "interaction"], inter]).sort_values(["mechanism", "p"])
+    order = responses.reindex(values.index).astype(str)
+    cols = [p for g in groups for p in order.index[order == g]]
+    Z = values.loc[cols, rows["feature"]].astype(float)
+    Z = ((Z - Z.mean()) / Z.std(ddof=1).replace(0, 1)).T
+    Z.index = [f"{m[:14]} | {f[:48]} (q={q:.2g})" for m, f, q in zip(rows["mechanism"], rows["feature"], rows["q"])]
+    fig, ax = plt.subplots(figsize=(0.28 * len(cols) + 6, 0.24 * len(Z) + 2))
+    sns.heatmap(Z, cmap="RdBu_r", center=0, vmin=-2.5, vmax=2.5, ax=ax, cbar_kws={"label": "z across patients"},
+                xticklabels=True, yticklabels=True)
+    pal = palette(groups)
+    for i, p in enumerate(cols):
+        ax.add_patch(plt.Rectangle((i, -0.9), 1, 0.7, color=pal[order[p]], clip_on=False))
+    ax.tick_params(axis="both", labelsize=6)
+    ax.set_xlabel("patients, ordered by response (" + ", ".join(groups) + ")")
+    ax.set_title("resistance-mechanism atlas (tumour cells; microenvironment -> tumour)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def power_figure(summary: pd.DataFrame, target: float = 0.8) -> plt.Figure:
+    """Power curves (one panel per test, one line per effect scale, exact 95% CI as bars) and the classifier's
+    expected AUC (band: 2.5-97.5% of simulated cohorts) and mean bootstrap-CI width against group size."""
+    s = summary[summary["n_per_group"].map(lambda v: isinstance(v, (int, np.integer)))].copy()
+    tests = [t for t in s["test"].unique() if t != "classifier_auc"]
+    has_clf = (s["test"] == "classifier_auc").any()
+    n_pan = len(tests) + (2 if has_clf else 0)
+    ncol = 4
+    nrow = int(np.ceil(n_pan / ncol))
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.2 * ncol, 2.7 * nrow), squeeze=False)
+    scales = sorted(s["effect_scale"].unique())
+    cmap = plt.get_cmap("viridis", len(scales) + 1)
+    for ax, t in zip(axes.flat, tests):
+        d = s[s["test"] == t]
+        for i, sc in enumerate(scales):
+            e = d[d["effect_scale"] == sc].sort_values("n_per_group")
+            x = e["n_per_group"].astype(float)
+            ax.errorbar(x, e["power"], yerr=[e["power"] - e["power_ci_low"], e["power_ci_high"] - e["power"]],
+                        marker="o", ms=3, lw=1, capsize=2, color=cmap(i), label=f"x{sc:g}")
+        ax.axhline(target, color="grey", ls=":", lw=0.8)
+        ax.set_xscale("log", base=2)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(t.replace("_", " "), fontsize=8)
+        ax.set_xlabel("patients per group", fontsize=7)
+        ax.set_ylabel("power (p < 0.05)", fontsize=7)
+    if tests:
+        axes.flat[0].legend(title="planted effect", fontsize=6, title_fontsize=6)
+    if has_clf:
+        d = s[s["test"] == "classifier_auc"].sort_values("n_per_group")
+        ax = axes.flat[len(tests)]
+        for i, sc in enumerate(sorted(d["effect_scale"].unique())):
+            e = d[d["effect_scale"] == sc]
+            x = e["n_per_group"].astype(float)
+            ax.plot(x, e["mean_auc"], marker="o", ms=3, color=cmap(scales.index(sc)), label=f"x{sc:g}")
+            ax.fill_between(x, e["auc_q025"], e["auc_q975"], color=cmap(scales.index(sc)), alpha=0.2)
+        ax.axhline(0.5, color="grey", ls=":", lw=0.8)
+        ax.set_xscale("log", base=2)
+        ax.set_ylim(0, 1.02)
+        ax.set_title("classifier AUC (34 genes, CV)", fontsize=8)
+        ax.set_xlabel("patients per group", fontsize=7)
+        ax = axes.flat[len(tests) + 1]
+        for sc in sorted(d["effect_scale"].unique()):
+            e = d[d["effect_scale"] == sc]
+            ax.plot(e["n_per_group"].astype(float), e["mean_ci_width"], marker="o", ms=3, color=cmap(scales.index(sc)))
+        ax.set_xscale("log", base=2)
+        ax.set_title("width of the AUC's 95% CI", fontsize=8)
+        ax.set_xlabel("patients per group", fontsize=7)
+    for ax in list(axes.flat)[n_pan:]:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig

@@ -344,11 +344,64 @@ def draw_patients(samples: pd.DataFrame, sim: dict[str, Any], seed: int) -> dict
 # --------------------------------------------------------------------------------------------------
 # one sample
 # --------------------------------------------------------------------------------------------------
-def cnv_factors(genes: pd.Index, events: list[str]) -> tuple[np.ndarray, list[dict[str, Any]]]:
-    """Per-gene expression factor for a list of CNV events (gain 1.5x, loss 0.5x) and the segments."""
+def _event_arm(ev: str) -> tuple[str, str, str]:
+    if ev in CNV_EVENTS:
+        chrom, arm, kind, _ = CNV_EVENTS[ev]
+    else:  # whole-chromosome gain of the hyperdiploid group, e.g. 'chr3_gain'
+        chrom, kind = ev.split("_")
+        arm = "whole"
+    return chrom, arm, kind
+
+
+@lru_cache(maxsize=512)
+def _event_mask(genes: tuple[str, ...], ev: str) -> tuple[np.ndarray, float, float]:
+    """Genes (bool mask) on the arm of a CNV event, and the arm's start/end (Mb); cached per gene universe."""
     from .genesets import gene_positions
 
-    pos = gene_positions().reindex(genes)
+    pos = _positions(genes)
+    chrom, arm, _ = _event_arm(ev)
+    c = centromeres().loc[chrom]
+    start, end = {"p": (0, c.centromere_mb), "q": (c.centromere_mb, c.length_mb), "whole": (0, c.length_mb)}[arm]
+    mb = (pos["start"] / 1e6).to_numpy()
+    sel = (pos["chromosome"] == chrom).to_numpy() & (mb >= start) & (mb < end)
+    sel.setflags(write=False)
+    return sel, float(start), float(end)
+
+
+@lru_cache(maxsize=4)
+def _positions(genes: tuple[str, ...]) -> pd.DataFrame:
+    from .genesets import gene_positions
+
+    return gene_positions().reindex(list(genes))
+
+
+def cnv_factors(genes: pd.Index, events: list[str]) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Per-gene expression factor for a list of CNV events (gain 1.5x, loss 0.5x) and the segments."""
+    key = tuple(genes)
+    f = np.ones(len(genes))
+    segs = []
+    for ev in events:
+        chrom, arm, kind = _event_arm(ev)
+        sel, start, end = _event_mask(key, ev)
+        f[sel] *= 1.5 if kind == "gain" else 0.5
+        segs.append({"event": ev, "chromosome": chrom, "arm": arm, "kind": kind,
+                     "start_mb": start, "end_mb": end, "n_genes": int(sel.sum())})
+    return f, segs
+
+
+# --------------------------------------------------------------------------------------------------
+# one sample
+# --------------------------------------------------------------------------------------------------
+@lru_cache(maxsize=4)
+def _positions(genes: tuple[str, ...]) -> pd.DataFrame:
+    from .genesets import gene_positions
+
+    return gene_positions().reindex(list(genes))
+
+
+def cnv_factors(genes: pd.Index, events: list[str]) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Per-gene expression factor for a list of CNV events (gain 1.5x, loss 0.5x) and the segments."""
+    pos = _positions(tuple(genes))
     cen = centromeres()
     f = np.ones(len(genes))
     segs = []

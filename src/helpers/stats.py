@@ -3,6 +3,8 @@ and the claim record every finding notebook writes (effect, ci_low, ci_high, p, 
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 import pandas as pd
 from scipy import stats
@@ -26,7 +28,13 @@ def bh_fdr(p: np.ndarray) -> np.ndarray:
 
 
 def mann_whitney_cdf(n: int, m: int) -> np.ndarray:
-    """Exact null CDF of the Mann-Whitney U statistic for group sizes n, m (no ties), by counting."""
+    """Exact null CDF of the Mann-Whitney U statistic for group sizes n, m (no ties), by counting (cached per
+    (n, m); the array is read-only)."""
+    return _mann_whitney_cdf(int(n), int(m))
+
+
+@lru_cache(maxsize=512)
+def _mann_whitney_cdf(n: int, m: int) -> np.ndarray:
     # f[i][j][u]: number of arrangements of i x's and j y's with U = u (recursion on the largest value)
     f = [[None] * (m + 1) for _ in range(n + 1)]
     for i in range(n + 1):
@@ -39,7 +47,9 @@ def mann_whitney_cdf(n: int, m: int) -> np.ndarray:
             size = max(len(a), len(b))
             f[i][j] = np.pad(a, (0, size - len(a))) + np.pad(b, (0, size - len(b)))
     counts = f[n][m]
-    return np.cumsum(counts) / counts.sum()
+    cdf = np.cumsum(counts) / counts.sum()
+    cdf.setflags(write=False)
+    return cdf
 
 
 def hodges_lehmann_ci(x: np.ndarray, y: np.ndarray, alpha: float = 0.05) -> tuple[float, float, float]:

@@ -1,0 +1,200 @@
+"""Resistance-mechanism atlas (notebook 08): per-patient measures of each resistance mechanism, compared
+between response groups (and with age) with one FDR over the whole atlas.
+
+Mechanisms and their genes / gene sets are declared in ``data/resistance_atlas.yaml``:
+- expression mechanisms (drug efflux, epigenetic regulators, DNA repair, therapy targets) in the malignant
+  plasma-cell pseudobulk: genes as log2 CPM, gene sets as mean z-scored log2 CPM;
+- protective microenvironment: liana magnitudes per sample from stromal / myeloid senders to tumour cells;
+- genetic heterogeneity: infercnvpy copy-number burden and number of CNV subclones per patient.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from .cohort import project_root
+from .genesets import gene_set
+from .pseudobulk import log_cpm, pseudobulk_by_patient, set_score
+from .stats import bh_fdr, compare_two_groups, spearman_ci
+
+TUMOUR = "malignant_PC"
+
+
+def load_atlas(path: str | Path | None = None) -> dict[str, Any]:
+    """The atlas definition (data/resistance_atlas.yaml or another file with the same keys)."""
+    import yaml
+
+    path = Path(path) if path else project_root() / "data" / "resistance_atlas.yaml"
+    if not path.exists():
+        raise FileNotFoundError(f"atlas definition {path} does not exist")
+    spec = yaml.safe_load(path.read_text()) or {}
+    if "mechanisms" not in spec:
+        raise ValueError(f"{path}: needs a 'mechanisms' mapping (name: {{genes: [...], sets: [...]}})")
+    return spec
+
+
+def expression_features(logcpm: pd.DataFrame, spec: dict[str, Any], min_mean: float = 1.0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Patients x features for the expression mechanisms, and a feature table (feature, mechanism, kind,
+    genes, measured). A gene absent or unexpressed (mean log2 CPM below ``min_mean``), or a set with fewer
+    than 5 expressed genes, is listed with ``measured=False`` instead of silently dropped."""
+    values, meta = {}, []
+    for mech, m in spec["mechanisms"].items():
+        for g in m.get("genes", []):
+            ok = g in logcpm.columns and logcpm[g].mean() >= min_mean
+            meta.append({"feature": g, "mechanism": mech, "kind": "gene", "genes": [g], "measured": bool(ok),
+                         "note": "" if ok else ("not in the data" if g not in logcpm.columns else "not expressed")})
+            if ok:
+                values[g] = logcpm[g]
+        for s in m.get("sets", []):
+            genes = gene_set(s)
+            try:
+                values[s] = set_score(logcpm, genes, min_mean=min_mean)
+                meta.append({"feature": s, "mechanism": mech, "kind": "set", "genes": genes, "measured": True, "note": ""})
+            except ValueError as e:
+                meta.append({"feature": s, "mechanism": mech, "kind": "set", "genes": genes, "measured": False,
+                             "note": str(e)})
+    return pd.DataFrame(values), pd.DataFrame(meta)
+
+
+def tumour_expression_features(adata: ad.AnnData, spec: dict[str, Any], tissue: str | None = None,
+                               min_cells: int = 10, label: str = "cell_type") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """:func:`expression_features` on the per-patient pseudobulk of malignant plasma cells."""
+    pb = pseudobulk_by_patient(adata, [TUMOUR], label=label, tissue=tissue, min_cells=min_cells)
+    return expression_features(log_cpm(pb), spec)
+
+
+def microenvironment_features(adata: ad.AnnData, spec: dict[str, Any], min_cells: int = 10,
+                              label: str = "cell_type", compartment: str = "compartment") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """liana magnitudes per patient of every interaction from the sender compartments' cell types to tumour
+    cells (kept when expressed in at least ``min_present`` of patients; the named pairs are always reported)."""
+    from .communication import interaction_key, interaction_matrix, liana_by_sample
+
+    me = spec.get("microenvironment", {})
+    min_present = float(me.get("min_present", 0.5))
+    senders = sorted(adata.obs.loc[adata.obs[compartment].astype(str).isin(me.get("sender_compartments", [])),
+                                   label].astype(str).unique())
+    pairs = [(s, TUMOUR) for s in senders if s != TUMOUR]
+    lr = liana_by_sample(adata, label, pairs=pairs, min_cells=min_cells, return_all_lrs=True)
+    W = interaction_matrix(lr, adata.obs, value="lr_means", min_present=min_present)
+    lr["feature"] = interaction_key(lr)
+    lr["pair"] = lr["ligand"] + "-" + lr["receptor"]
+    named = set(me.get("named_pairs", []))
+    info = lr.drop_duplicates("feature").set_index("feature")
+    meta = [{"feature": f, "mechanism": "microenvironment", "kind": "interaction",
+             "genes": [*info.at[f, "ligand"].split("_"), *info.at[f, "receptor"].split("_")], "measured": True,
+             "note": "named pair" if info.at[f, "pair"] in named else "", "sender": info.at[f, "source"]}
+            for f in W.columns]
+    for pair in sorted(named - set(info.loc[W.columns, "pair"]) if len(W.columns) else named):
+        meta.append({"feature": f"any>{TUMOUR}: {pair}", "mechanism": "microenvironment", "kind": "interaction",
+                     "genes": [], "measured": False, "sender": "",
+                     "note": f"named pair not expressed in >= {min_present:.0%} of patients (or not in the resource)"})
+    return W, pd.DataFrame(meta)
+
+
+def count_subclones(X: np.ndarray, max_k: int = 4, seed: int = 0, min_silhouette: float = 0.25,
+                    min_fraction: float = 0.1, n_pcs: int = 10) -> int:
+    """Number of CNV subclones among one patient's tumour cells: k-means on the first PCs of the CNV profiles
+    for k = 2..max_k; the k with the best silhouette is accepted when its silhouette is at least
+    ``min_silhouette`` and every cluster holds ``min_fraction`` of the cells, otherwise 1 clone."""
+    from sklearn.cluster import KMeans
+    from sklearn.decomposition import PCA
+    from sklearn.metrics import silhouette_score
+
+    X = np.asarray(X, dtype=float)
+    if X.shape[0] < 20:
+        return 1
+    Z = PCA(n_components=min(n_pcs, X.shape[0] - 1, X.shape[1]), random_state=seed).fit_transform(X)
+    best_k, best_s = 1, -1.0
+    for k in range(2, max_k + 1):
+        lab = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(Z)
+        if np.bincount(lab, minlength=k).min() < min_fraction * len(lab):
+            continue
+        s = silhouette_score(Z, lab, random_state=seed)
+        if s > best_s:
+            best_k, best_s = k, s
+    return best_k if best_s >= min_silhouette else 1
+
+
+def cnv_features(adata: ad.AnnData, spec: dict[str, Any], seed: int = 0, label: str = "cell_type",
+                 compartment: str = "compartment", patient: str = "patient_id") -> pd.DataFrame:
+    """Per patient: CNV burden (mean |infercnv score| of tumour cells minus that of the patient's reference
+    cells) and number of CNV subclones (:func:`count_subclones`); patients with fewer than ``min_cells``
+    tumour cells get NaN."""
+    import scipy.sparse as sp
+
+    from .annotate import infer_cnv
+
+    gh = spec.get("genetic_heterogeneity", {})
+    min_cells = int(gh.get("min_cells", 30))
+    query = (adata.obs[label].astype(str) == TUMOUR).to_numpy()
+    ref = adata.obs[compartment].astype(str).isin(["T", "NK", "myeloid"]).to_numpy()
+    if query.sum() < min_cells:
+        raise ValueError(f"only {int(query.sum())} '{TUMOUR}' cells: cannot infer copy numbers")
+    cnv = infer_cnv(adata, query, ref, seed=seed)
+    X = cnv.obsm["X_cnv"]
+    X = X.toarray() if sp.issparse(X) else np.asarray(X)
+    obs = cnv.obs
+    absx = np.abs(X).mean(1)
+    rows = {}
+    for p in sorted(obs[patient].astype(str).unique()):
+        m = (obs[patient].astype(str) == p).to_numpy()
+        q = m & (obs["cnv_group"] == "query").to_numpy()
+        r = m & (obs["cnv_group"] == "reference").to_numpy()
+        if q.sum() < min_cells:
+            rows[p] = {"cnv_burden": np.nan, "cnv_subclones": np.nan, "n_tumour_cells": int(q.sum())}
+            continue
+        base = absx[r].mean() if r.sum() >= 10 else absx[(obs["cnv_group"] == "reference").to_numpy()].mean()
+        rows[p] = {"cnv_burden": float(absx[q].mean() - base),
+                   "cnv_subclones": float(count_subclones(X[q], int(gh.get("max_subclones", 4)), seed)),
+                   "n_tumour_cells": int(q.sum())}
+    return pd.DataFrame(rows).T.rename_axis(patient)
+
+
+def atlas_table(values: pd.DataFrame, meta: pd.DataFrame, groups: pd.Series, reference: str, test: str,
+                ages: pd.Series | None = None) -> pd.DataFrame:
+    """One row per measured feature: Hodges-Lehmann shift (test minus reference) with 95% CI, Mann-Whitney p
+    and BH q over the whole atlas; with ``ages`` (numeric, varying), Spearman rho with age and its own BH q."""
+    rows = []
+    for f in values.columns:
+        rec = compare_two_groups(values[f], groups, reference, test, "per-patient value, Hodges-Lehmann, Mann-Whitney")
+        if ages is not None:
+            a = ages.reindex(values.index).astype(float)
+            if a.nunique() > 2:
+                sc = spearman_ci(values[f].to_numpy(), a.to_numpy())
+                rec.update({"age_rho": sc["rho"], "age_p": sc["p"]})
+        rows.append({"feature": f, **rec})
+    df = pd.DataFrame(rows)
+    m = meta.drop_duplicates("feature").set_index("feature")
+    df.insert(1, "mechanism", m["mechanism"].reindex(df["feature"]).to_numpy())
+    df.insert(2, "kind", m["kind"].reindex(df["feature"]).to_numpy())
+    df["q"] = bh_fdr(pd.to_numeric(df["p"], errors="coerce").to_numpy())
+    if "age_p" in df:
+        df["age_q"] = bh_fdr(pd.to_numeric(df["age_p"], errors="coerce").to_numpy())
+    return df
+
+
+def planted_features(meta: pd.DataFrame, truth: dict[str, Any]) -> pd.Series:
+    """True where a feature could carry a planted effect (simulated cohorts): one of its genes is planted in
+    tumour cells (expression features) or in the sender / tumour for an interaction. CNV features: never."""
+    by_type: dict[str, set[str]] = {}
+    for eff in truth.get("effects", {}).values():
+        if eff.get("strength_log2", 0) == 0:
+            continue
+        for ct in eff["cell_types"]:
+            by_type.setdefault(ct, set()).update(eff["genes"])
+    out = {}
+    for _, r in meta.iterrows():
+        genes = set(r["genes"]) if isinstance(r["genes"], (list, tuple, set)) else set()
+        if r["kind"] in ("gene", "set"):
+            out[r["feature"]] = bool(genes & by_type.get(TUMOUR, set()))
+        elif r["kind"] == "interaction":
+            sender = str(r.get("sender", ""))
+            out[r["feature"]] = bool(genes & (by_type.get(sender, set()) | by_type.get(TUMOUR, set())))
+        else:
+            out[r["feature"]] = False
+    return pd.Series(out, name="planted")
