@@ -50,8 +50,9 @@ def expression_features(logcpm: pd.DataFrame, spec: dict[str, Any], min_mean: fl
                          "note": "" if ok else ("not in the data" if g not in logcpm.columns else "not expressed")})
             if ok:
                 values[g] = logcpm[g]
-        for s in m.get("sets", []):
-            genes = gene_set(s)
+        for entry in m.get("sets", []):
+            # a named set from data/genesets, or an inline {name: [genes]}
+            s, genes = next(iter(entry.items())) if isinstance(entry, dict) else (entry, gene_set(entry))
             try:
                 values[s] = set_score(logcpm, genes, min_mean=min_mean)
                 meta.append({"feature": s, "mechanism": mech, "kind": "set", "genes": genes, "measured": True, "note": ""})
@@ -158,7 +159,7 @@ def cnv_features(adata: ad.AnnData, spec: dict[str, Any], seed: int = 0, label: 
 def atlas_table(values: pd.DataFrame, meta: pd.DataFrame, groups: pd.Series, reference: str, test: str,
                 ages: pd.Series | None = None) -> pd.DataFrame:
     """One row per measured feature: Hodges-Lehmann shift (test minus reference) with 95% CI, Mann-Whitney p
-    and BH q over the whole atlas; with ``ages`` (numeric, varying), Spearman rho with age and its own BH q."""
+    and BH q over the whole atlas (``q``; BH within the feature's mechanism as ``q_within_mechanism``); with ``ages`` (numeric, varying), Spearman rho with age and its own BH q."""
     rows = []
     for f in values.columns:
         rec = compare_two_groups(values[f], groups, reference, test, "per-patient value, Hodges-Lehmann, Mann-Whitney")
@@ -173,6 +174,9 @@ def atlas_table(values: pd.DataFrame, meta: pd.DataFrame, groups: pd.Series, ref
     df.insert(1, "mechanism", m["mechanism"].reindex(df["feature"]).to_numpy())
     df.insert(2, "kind", m["kind"].reindex(df["feature"]).to_numpy())
     df["q"] = bh_fdr(pd.to_numeric(df["p"], errors="coerce").to_numpy())
+    # secondary: BH within each mechanism (the many ligand-receptor pairs otherwise dominate the atlas-wide FDR)
+    df["q_within_mechanism"] = df.groupby("mechanism")["p"].transform(
+        lambda p: pd.Series(bh_fdr(pd.to_numeric(p, errors="coerce").to_numpy()), index=p.index))
     if "age_p" in df:
         df["age_q"] = bh_fdr(pd.to_numeric(df["age_p"], errors="coerce").to_numpy())
     return df

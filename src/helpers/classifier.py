@@ -20,7 +20,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import RepeatedStratifiedKFold
 from sklearn.pipeline import Pipeline
 
-from .cohort import project_root
+from .cohort import InputError, project_root
 from .pseudobulk import log_cpm, pseudobulk_by_patient
 
 
@@ -40,7 +40,8 @@ def panel_features(adata: ad.AnnData, genes: list[str], tissue: str, cell_types:
     """Per-patient log2 CPM of the panel genes (pseudobulk of the chosen cells) and the responses."""
     missing = [g for g in genes if g not in adata.var_names]
     if missing:
-        raise KeyError(f"panel genes missing from the data: {missing}")
+        raise InputError(f"{len(missing)} panel gene(s) missing from the data: {missing}; use gene symbols, or give "
+                         "a panel file without them (analysis.classifier_panel in cohort.yaml)")
     pb = pseudobulk_by_patient(adata, cell_types, tissue=tissue, min_cells=min_cells)
     return log_cpm(pb)[genes], pb.obs["response"].astype(str)
 

@@ -21,7 +21,12 @@ KNOWN_KINDS = ("simulated", "real")
 KNOWN_TISSUES = ("BM", "PB")
 
 
-class CohortError(ValueError):
+class InputError(ValueError):
+    """The user's input (cohort definition, counts, panel, ...) is unusable; the message names the file, column
+    or gene that is wrong and the fix. The runner turns it into exit status 2 (not a crash)."""
+
+
+class CohortError(InputError):
     """A cohort definition is wrong; the message names the file, the row and the fix."""
 
 

@@ -12,12 +12,12 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .cohort import Cohort
+from .cohort import Cohort, InputError
 
 DESIGN_COLUMNS = ["sample_id", "patient_id", "tissue", "response", "age", "batch"]
 
 
-class IngestError(ValueError):
+class IngestError(InputError):
     """Input counts are unusable; the message names the file and what is wrong."""
 
 

@@ -10,6 +10,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from .cohort import InputError
+
 
 def qc_metrics(adata: ad.AnnData, layer: str = "counts") -> pd.DataFrame:
     """Per-cell total UMIs, detected genes and mitochondrial percentage (added to ``adata.obs`` too)."""
@@ -18,7 +20,7 @@ def qc_metrics(adata: ad.AnnData, layer: str = "counts") -> pd.DataFrame:
     genes = np.diff(X.indptr)
     mt = np.asarray(adata.var_names.str.upper().str.startswith("MT-"))
     if mt.sum() == 0:
-        raise ValueError("no mitochondrial genes (names starting with 'MT-') in var_names: cannot compute mito %; "
+        raise InputError("no mitochondrial genes (names starting with 'MT-') in var_names: cannot compute mito %; "
                          "give gene symbols, not Ensembl ids")
     pct_mt = 100 * np.asarray(X[:, mt].sum(1)).ravel() / np.maximum(total, 1)
     df = pd.DataFrame({"total_counts": total, "n_genes": genes, "pct_mt": pct_mt}, index=adata.obs_names)
@@ -114,7 +116,7 @@ def qc_filter(adata: ad.AnnData, seed: int = 0, nmads: float = 3.0, doublet_rate
     kept = table.groupby(batch_key)["keep"].sum()
     empty = kept.index[kept == 0].tolist()
     if empty:
-        raise ValueError(f"no cell left after QC in sample(s) {empty}: check these samples' counts or loosen "
+        raise InputError(f"no cell left after QC in sample(s) {empty}: check these samples' counts or loosen "
                          "the thresholds (analysis.qc_nmads in cohort.yaml)")
     thr["n_kept"] = kept.reindex(thr.index).astype(int)
     return adata[table["keep"].to_numpy()].copy(), table, thr

@@ -7,7 +7,9 @@
 results/<cohort>/params/<notebook>.yaml, executes the notebook into a temporary file, and only when every
 cell succeeded moves it to results/<cohort>/notebooks/ and exports HTML to results/<cohort>/html/.
 A failing notebook leaves the previous good outputs in place, keeps the failed copy as
-``<name>.failed.ipynb`` and exits 1 naming the notebook and the cell.
+``<name>.failed.ipynb`` and exits 1 naming the notebook and the cell; when the cell raised an input error
+(``helpers.cohort.InputError``: unusable counts, missing panel genes, no cell left after QC, ...) it exits 2
+with that error's message instead.
 """
 
 from __future__ import annotations
@@ -78,6 +80,10 @@ def run_notebook(cohort_name: str, notebook: str | Path, kernel: str = "python3"
                                 progress_bar=False, log_output=log_output)
         except pm.PapermillExecutionError as e:
             os.replace(tmp, failed)
+            if e.ename in INPUT_ERRORS:  # the user's input is wrong, not the code: a named error and exit 2
+                raise NotebookInputError(
+                    f"{e.ename} in notebook {nb.relative_to(root)} (cohort '{cohort_name}', cell {e.cell_index}): "
+                    f"{e.evalue}\nNothing was overwritten; the executed copy is {failed}.") from None
             raise NotebookFailed(
                 f"notebook {nb.relative_to(root)} failed for cohort '{cohort_name}' in cell {e.cell_index} "
                 f"(execution count {e.exec_count}): {e.ename}: {e.evalue}\n"
@@ -92,6 +98,14 @@ def run_notebook(cohort_name: str, notebook: str | Path, kernel: str = "python3"
 
 class NotebookFailed(RuntimeError):
     pass
+
+
+class NotebookInputError(RuntimeError):
+    pass
+
+
+# exceptions raised inside a notebook that mean "the input is wrong" (helpers.cohort.InputError and subclasses)
+INPUT_ERRORS = {"InputError", "CohortError", "IngestError"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except CohortError as e:
         print(f"ERROR (cohort definition): {e}", file=sys.stderr)
+        return 2
+    except NotebookInputError as e:
+        print(f"ERROR (input): {e}", file=sys.stderr)
         return 2
     except NotebookFailed as e:
         print(f"ERROR: {e}", file=sys.stderr)
