@@ -71,3 +71,29 @@ def test_broken_cohort_through_make_exits_2(tmp_path):
     finally:
         shutil.rmtree(cdir, ignore_errors=True)
         shutil.rmtree(ROOT / "results" / "zz_broken_test", ignore_errors=True)
+
+
+def _result_hashes(cohort: str = "tiny") -> dict[str, str]:
+    import hashlib
+
+    res = ROOT / "results" / cohort
+    files = sorted([*(res / "findings").glob("*.json"), *(res / "tables").glob("*.csv"), res / "scorecard.csv"])
+    return {f.relative_to(res).as_posix(): hashlib.sha256(f.read_bytes()).hexdigest() for f in files if f.exists()}
+
+
+@pytest.mark.slow
+def test_two_runs_give_identical_results(tiny_run):
+    """Determinism: the whole chain run a second time from scratch (cohort rebuilt) gives byte-identical findings
+    JSON, results tables and scorecard. Run last: it replaces the first run's outputs with identical ones."""
+    assert tiny_run and all(code == 0 for code in tiny_run.values()), tiny_run
+    first = _result_hashes()
+    assert len(first) > 20, first
+    res = ROOT / "results" / "tiny"
+    for d in (res / "findings", res / "tables", ROOT / "data" / "processed" / "tiny"):
+        shutil.rmtree(d, ignore_errors=True)
+    (res / "scorecard.csv").unlink(missing_ok=True)
+    for nb in NOTEBOOKS:
+        assert runner_main(["run", "--cohort", "tiny", "--notebook", str(nb)]) == 0, nb.stem
+    second = _result_hashes()
+    changed = sorted(k for k in set(first) | set(second) if first.get(k) != second.get(k))
+    assert not changed, f"results differ between two runs: {changed}"

@@ -88,11 +88,16 @@ def read_10x_h5(path: str | Path) -> ad.AnnData:
     return _finish(X, bcs, var, path)
 
 
+def check_symbols(names, src) -> None:
+    """Refuse gene names that are (almost all) Ensembl ids: the gene sets, markers and panel use symbols."""
+    if pd.Index(names).astype(str).str.match(r"^ENS[A-Z]*G\d+").mean() > 0.9:
+        raise IngestError(f"{src}: gene names are Ensembl ids without symbols; give a features file with symbols in "
+                          "column 2 (Cell Ranger features.tsv layout), or symbols as var_names of the .h5ad")
+
+
 def _finish(X: sp.spmatrix, barcodes, var: pd.DataFrame, src: Path) -> ad.AnnData:
     syms = var["gene_symbols"].astype(str)
-    if syms.str.match(r"^ENS[A-Z]*G\d+").mean() > 0.9:
-        raise IngestError(f"{src}: gene names are Ensembl ids without symbols; give a features file with symbols in "
-                          "column 2 (Cell Ranger features.tsv layout)")
+    check_symbols(syms, src)
     a = ad.AnnData(X=sp.csr_matrix(X), obs=pd.DataFrame(index=pd.Index(barcodes, dtype=str)),
                    var=var.set_index(pd.Index(syms, dtype=str)))
     a.var_names_make_unique()
@@ -116,6 +121,7 @@ def read_counts(path: str | Path) -> ad.AnnData:
         if "counts" in a.layers:
             a.X = a.layers["counts"]
         a.X = sp.csr_matrix(a.X)
+        check_symbols(a.var_names, path)
         return a
     raise IngestError(f"{path}: unknown counts format; use a 10x folder, a 10x .h5 or an .h5ad")
 
