@@ -92,8 +92,26 @@ def run_notebook(cohort_name: str, notebook: str | Path, kernel: str = "python3"
     if failed.exists():
         failed.unlink()
     export_html(final, cohort.results_dir / "html" / f"{name}.html")
-    print(f"[runner] {name} ({cohort_name}) done in {time.time() - t0:.0f} s -> {final.relative_to(root)}")
+    seconds = time.time() - t0
+    record_timing(cohort.results_dir / "timings" / "notebooks.tsv", name, seconds)
+    print(f"[runner] {name} ({cohort_name}) done in {seconds:.0f} s -> {final.relative_to(root)}")
     return final
+
+
+def record_timing(path: Path, notebook: str, seconds: float) -> None:
+    """Keep one row per notebook (latest run): wall seconds and the kernel's peak memory (max RSS of this
+    process's children, GiB). Timings are not results: they live apart from findings and tables."""
+    import resource
+
+    import pandas as pd
+
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+    row = pd.DataFrame([{"notebook": notebook, "seconds": round(seconds, 1), "peak_gib": round(peak, 2)}])
+    old = pd.read_csv(path, sep="\t") if path.exists() else row.iloc[:0]
+    table = pd.concat([old[old["notebook"] != notebook], row]).sort_values("notebook")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, sep="\t", index=False)
 
 
 class NotebookFailed(RuntimeError):

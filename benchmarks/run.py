@@ -1,0 +1,119 @@
+"""Benchmark of the compendium on this machine (``make bench``): wall time and peak memory (max RSS of the
+notebook's kernel, from GNU time) of
+
+1. every notebook on the default cohort, read from the runner's records of the last ``make all``
+   (results/<cohort>/timings/notebooks.tsv) when present, and
+2. the core pipeline (notebook 01 QC + doublets + integration, notebook 02 annotation) on simulated cohorts of
+   the default design (21 bone-marrow samples) scaled to 50k, 100k and 200k cells, each built by notebook 00
+   (not timed) and run through the same runner as ``make all``.
+
+Writes benchmarks/results.md (and results.tsv). The baseline to beat (plain scanpy 1.11.5, same design, 20k
+genes; issue 8): 63k cells 429 s / 7.4 GiB, 126k cells 867 s / 13.9 GiB.
+
+    .venv/bin/python benchmarks/run.py [--sizes 50000 100000 200000] [--keep]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BASELINE = {63_000: (429.0, 7.4), 126_000: (867.0, 13.9)}
+
+
+def timed_notebook(cohort: str, notebook: str) -> tuple[float, float]:
+    """(wall seconds, peak GiB) of one runner call under GNU time."""
+    cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "helpers.runner", "run", "--cohort", cohort,
+           "--notebook", f"notebooks/{notebook}.ipynb"]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"{notebook} failed on {cohort} (exit {r.returncode}):\n{r.stderr[-3000:]}")
+    wall = re.search(r"Elapsed \(wall clock\) time.*: (?:(\d+):)?(\d+):([\d.]+)", r.stderr)
+    h, m, s = (float(x) if x else 0.0 for x in wall.groups())
+    rss = float(re.search(r"Maximum resident set size \(kbytes\): (\d+)", r.stderr).group(1)) / 2**20
+    return 3600 * h + 60 * m + s, rss
+
+
+def scaled_cohort(n_cells: int) -> str:
+    """A copy of the default cohort's design, bone marrow only, with ~n_cells cells in all."""
+    name = f"bench_{n_cells // 1000}k"
+    src = ROOT / "data" / "cohorts" / "ifm2017_sim"
+    dst = ROOT / "data" / "cohorts" / name
+    shutil.rmtree(dst, ignore_errors=True)
+    dst.mkdir(parents=True)
+    cfg = yaml.safe_load((src / "cohort.yaml").read_text())
+    samples = pd.read_csv(src / "samples.csv")
+    samples = samples[samples["tissue"] == "BM"]
+    cfg.update(name=name, tissues=["BM"], description=f"benchmark: default design scaled to {n_cells} cells")
+    cfg.pop("validation_tissue", None)
+    sim = cfg["simulation"]
+    sim["cells"] = {"BM": {"per_sample": int(n_cells / len(samples)), "sd": 0.25}}
+    sim["bulk"]["n_patients"] = 50
+    (dst / "cohort.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    samples.to_csv(dst / "samples.csv", index=False)
+    return name
+
+
+def markdown_table(df: pd.DataFrame) -> str:
+    cols = list(df.columns)
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    out += ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="*", default=[50_000, 100_000, 200_000])
+    ap.add_argument("--keep", action="store_true", help="keep the benchmark cohorts' processed data")
+    args = ap.parse_args()
+    os.environ.setdefault("DR_ROOT", str(ROOT))
+    rows = []
+    for n in args.sizes:
+        name = scaled_cohort(n)
+        try:
+            timed_notebook(name, "00_cohort")
+            import anndata as ad
+
+            cells = ad.read_h5ad(ROOT / "data" / "processed" / name / "cells.h5ad", backed="r").n_obs
+            t1, m1 = timed_notebook(name, "01_qc_integration")
+            t2, m2 = timed_notebook(name, "02_annotation")
+            rows.append({"cells": cells, "qc_integration_s": round(t1), "annotation_s": round(t2),
+                         "core_s": round(t1 + t2), "peak_gib": round(max(m1, m2), 1),
+                         "s_per_1k_cells": round((t1 + t2) / cells * 1000, 2)})
+            print(rows[-1], flush=True)
+        finally:
+            if not args.keep:
+                for d in (ROOT / "data" / "processed" / name, ROOT / "results" / name, ROOT / "figures" / name,
+                          ROOT / "data" / "cohorts" / name):
+                    shutil.rmtree(d, ignore_errors=True)
+    core = pd.DataFrame(rows)
+    if len(core):
+        per_k = BASELINE[63_000][0] / 63.0  # baseline seconds per 1k cells at 63k
+        core["baseline_s_same_cells"] = (core["cells"] / 1000 * per_k).round()
+        core["speed_vs_baseline"] = (core["baseline_s_same_cells"] / core["core_s"]).round(2)
+    nb_file = ROOT / "results" / "ifm2017_sim" / "timings" / "notebooks.tsv"
+    nbs = pd.read_csv(nb_file, sep="\t") if nb_file.exists() else pd.DataFrame()
+    out = ROOT / "benchmarks"
+    core.to_csv(out / "results.tsv", sep="\t", index=False)
+    lines = ["# Benchmarks (2 cores, 24 GiB)", "", "Written by `make bench` (benchmarks/run.py).", ""]
+    if len(nbs):
+        lines += ["## Notebooks on the default cohort (last `make all`)", "", markdown_table(nbs), ""]
+    lines += ["## Core pipeline (notebooks 01 + 02) against cells", "",
+              markdown_table(core) if len(core) else "(not run)", "",
+              "Baseline (issue 8, plain scanpy 1.11.5, 21 samples, 20k genes): 63k cells 429 s / 7.4 GiB; "
+              "126k cells 867 s / 13.9 GiB. `baseline_s_same_cells` scales the 63k baseline linearly (its own "
+              "growth was slightly super-linear), `speed_vs_baseline` = baseline / measured."]
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    print((out / "results.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
