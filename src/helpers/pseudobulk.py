@@ -74,6 +74,9 @@ def progeny_activity(logcpm: pd.DataFrame, pathway: str = "NFkB", top: int = 100
 
     from .genesets import progeny_weights
 
+    if len(logcpm) < 3:
+        raise ValueError(f"PROGENy {pathway} activity needs at least 3 samples (got {len(logcpm)}): genes are "
+                         "z-scored across samples")
     net = progeny_weights(top)
     net = net[net["source"] == pathway]
     L = logcpm.loc[:, logcpm.mean() >= 1.0]
