@@ -106,3 +106,17 @@ def test_planted_atlas_unplanted_not_significant_positive_control_found():
 def test_null_atlas_finds_nothing():
     t = _atlas_run(null=True, n=6, seed=606, positive_control=True)
     assert not (t["q"] < 0.05).any(), t.loc[t["q"] < 0.05, ["feature", "p", "q"]]
+
+
+def test_atlas_against_truth_counts():
+    truth = {"effects": {"tumour_nfkb": {"strength_log2": 0.8, "cell_types": ["malignant_PC"], "genes": ["NFKBIA"]}},
+             "patients": {"p1": {"clones": [{"fraction": 0.95}, {"fraction": 0.05}]},
+                          "p2": {"clones": [{"fraction": 0.5}, {"fraction": 0.5}]}}}
+    meta = pd.DataFrame([{"feature": "NFKBIA", "kind": "gene", "genes": ["NFKBIA"]},
+                         {"feature": "CD38", "kind": "gene", "genes": ["CD38"]}])
+    table = pd.DataFrame({"feature": ["CD38", "NFKBIA"], "q": [0.01, 0.01]})
+    cnv = pd.DataFrame({"cnv_subclones": [1.0, 1.0]}, index=["p1", "p2"])
+    planted, s = atlas.atlas_against_truth(table, meta, cnv, truth)
+    assert planted.tolist() == [False, True]
+    assert s["n_unplanted_significant"] == 1 and s["unplanted_significant"] == ["CD38"]
+    assert s["n_planted_significant"] == 1 and s["subclones_exact_agreement"] == 0.5

@@ -202,3 +202,24 @@ def planted_features(meta: pd.DataFrame, truth: dict[str, Any]) -> pd.Series:
         else:
             out[r["feature"]] = False
     return pd.Series(out, name="planted")
+
+
+def atlas_against_truth(table: pd.DataFrame, meta: pd.DataFrame, cnv: pd.DataFrame, truth: dict[str, Any],
+                        alpha: float = 0.05, min_clone_fraction: float = 0.1) -> tuple[pd.Series, dict[str, Any]]:
+    """Simulated cohorts: which features carry a planted effect (:func:`planted_features`, aligned to ``table``),
+    how many planted / unplanted ones reach q < ``alpha``, and how often the CNV subclone count equals the planted
+    number of clones holding at least ``min_clone_fraction`` of the tumour cells."""
+    planted = planted_features(meta, truth).reindex(table["feature"]).fillna(False).astype(bool).to_numpy()
+    sig = (table["q"] < alpha).to_numpy()
+    true_clones = pd.Series({p: sum(c["fraction"] >= min_clone_fraction for c in v["clones"])
+                             for p, v in truth["patients"].items()})
+    both = cnv["cnv_subclones"].dropna().astype(int).to_frame("called").join(true_clones.rename("planted"), how="inner")
+    summary = {
+        "n_planted_features": int(planted.sum()),
+        "n_unplanted_significant": int((sig & ~planted).sum()),
+        "unplanted_significant": table.loc[sig & ~planted, "feature"].tolist(),
+        "n_planted_significant": int((sig & planted).sum()),
+        "subclones_exact_agreement": float((both["called"] == both["planted"]).mean()) if len(both) else None,
+        "subclones_n_patients": int(len(both)),
+    }
+    return pd.Series(planted, index=table.index, name="planted"), summary

@@ -356,8 +356,6 @@ def _event_arm(ev: str) -> tuple[str, str, str]:
 @lru_cache(maxsize=512)
 def _event_mask(genes: tuple[str, ...], ev: str) -> tuple[np.ndarray, float, float]:
     """Genes (bool mask) on the arm of a CNV event, and the arm's start/end (Mb); cached per gene universe."""
-    from .genesets import gene_positions
-
     pos = _positions(genes)
     chrom, arm, _ = _event_arm(ev)
     c = centromeres().loc[chrom]
