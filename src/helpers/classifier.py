@@ -14,13 +14,13 @@ import numpy as np
 import pandas as pd
 from sklearn import config_context
 from sklearn.base import clone
-from sklearn.ensemble import RandomForestClassifier
 from sklearn.feature_selection import SelectFromModel
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import RepeatedStratifiedKFold
 from sklearn.pipeline import Pipeline
 
 from .cohort import InputError, project_root
+from .forest import PatientForest
 from .pseudobulk import log_cpm, pseudobulk_by_patient
 
 
@@ -54,11 +54,14 @@ def standardise(X: pd.DataFrame, stats: dict[str, pd.Series] | None = None) -> t
 
 
 def make_model(seed: int, top_k: int | None = None, n_estimators: int = 100) -> Pipeline:
-    """Random forest, optionally preceded by in-fold selection of the ``top_k`` genes by RF importance."""
-    rf = RandomForestClassifier(n_estimators=n_estimators, random_state=seed, n_jobs=1, min_samples_leaf=1)
+    """Random forest, optionally preceded by in-fold selection of the ``top_k`` genes by RF importance.
+
+    The forests are :class:`helpers.forest.PatientForest`: identical trees and probabilities to scikit-learn's
+    ``RandomForestClassifier(n_estimators, random_state=seed)``, ~25x faster on patient tables."""
+    rf = PatientForest(n_estimators=n_estimators, random_state=seed)
     if top_k is None:
         return Pipeline([("rf", rf)])
-    sel = SelectFromModel(RandomForestClassifier(n_estimators=n_estimators, random_state=seed + 1, n_jobs=1),
+    sel = SelectFromModel(PatientForest(n_estimators=n_estimators, random_state=seed + 1),
                           max_features=top_k, threshold=-np.inf)
     return Pipeline([("select", sel), ("rf", rf)])
 
@@ -75,8 +78,8 @@ def cross_validate(model: Pipeline, X: pd.DataFrame, y: np.ndarray, seed: int, n
     oof = np.zeros((n_repeats, len(y)))
     selected = pd.Series(0, index=X.columns, dtype=int)
     Xv = X.to_numpy(dtype=float)
-    # the inputs are checked once here; skipping scikit-learn's per-tree validation makes each fit ~25% faster
-    # (what dominates the 1,000-permutation test), with identical results
+    # the inputs are checked once here; skipping scikit-learn's validation in the pipeline steps saves more
+    # per-fit overhead (the forests themselves validate once per fit, see helpers.forest)
     if not np.isfinite(Xv).all():
         raise ValueError("features contain NaN or infinite values")
     with config_context(assume_finite=True, skip_parameter_validation=True):
