@@ -139,35 +139,40 @@ def check_raw_counts(X: sp.spmatrix, src: str) -> None:
                           "log-normalised. Give raw UMI counts (Cell Ranger output or layers['counts']).")
 
 
+def read_sample(row: pd.Series, cohort_dir: Path, cache: dict | None = None) -> ad.AnnData:
+    """One row of samples.csv -> that sample's raw counts (float32 CSR) with its design columns in obs and
+    barcodes prefixed by the sample id. ``cache`` keeps combined files (``sample_column``) read once."""
+    p = Path(row["path"])
+    p = p if p.is_absolute() else (cohort_dir / p)
+    col = row.get("sample_column") if "sample_column" in row.index else None
+    if isinstance(col, str) and col:
+        cache = {} if cache is None else cache
+        if p not in cache:
+            cache[p] = read_counts(p)
+        full = cache[p]
+        if col not in full.obs:
+            raise IngestError(f"{p}: combined file has no obs column '{col}' (from samples.csv sample_column)")
+        a = full[full.obs[col].astype(str) == str(row["sample_id"])].copy()
+    else:
+        a = read_counts(p)
+    src = f"{p} (sample {row['sample_id']})"
+    if a.n_obs == 0:
+        raise IngestError(f"{src}: no cells")
+    check_raw_counts(a.X, src)
+    a.X = sp.csr_matrix(a.X).astype(np.float32)
+    a.obs_names = [f"{row['sample_id']}_{b}" for b in a.obs_names]
+    for c in DESIGN_COLUMNS:
+        a.obs[c] = row[c]
+    a.obs = a.obs[DESIGN_COLUMNS]
+    return a
+
+
 def ingest_samples(samples: pd.DataFrame, cohort_dir: Path) -> ad.AnnData:
     """Concatenate every sample of ``samples`` with its design columns; barcodes prefixed by sample id."""
     from tqdm.auto import tqdm
 
-    parts = []
     cache: dict[Path, ad.AnnData] = {}
-    for _, row in tqdm(list(samples.iterrows()), desc="reading samples"):
-        p = Path(row["path"])
-        p = p if p.is_absolute() else (cohort_dir / p)
-        col = row.get("sample_column") if "sample_column" in row.index else None
-        if isinstance(col, str) and col:
-            if p not in cache:
-                cache[p] = read_counts(p)
-            full = cache[p]
-            if col not in full.obs:
-                raise IngestError(f"{p}: combined file has no obs column '{col}' (from samples.csv sample_column)")
-            a = full[full.obs[col].astype(str) == str(row["sample_id"])].copy()
-        else:
-            a = read_counts(p)
-        src = f"{p} (sample {row['sample_id']})"
-        if a.n_obs == 0:
-            raise IngestError(f"{src}: no cells")
-        check_raw_counts(a.X, src)
-        a.X = sp.csr_matrix(a.X).astype(np.float32)
-        a.obs_names = [f"{row['sample_id']}_{b}" for b in a.obs_names]
-        for c in DESIGN_COLUMNS:
-            a.obs[c] = row[c]
-        a.obs = a.obs[DESIGN_COLUMNS]
-        parts.append(a)
+    parts = [read_sample(row, cohort_dir, cache) for _, row in tqdm(list(samples.iterrows()), desc="reading samples")]
     adata = ad.concat(parts, join="outer", merge="first")
     if not adata.obs_names.is_unique:
         raise IngestError("duplicate cell barcodes within a sample; check the barcodes files")

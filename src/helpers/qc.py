@@ -97,7 +97,7 @@ def call_doublets(adata: ad.AnnData, batch_key: str = "sample_id", layer: str = 
 
 
 def qc_filter(adata: ad.AnnData, seed: int = 0, nmads: float = 3.0, doublet_rate: float = 0.06,
-              batch_key: str = "sample_id") -> tuple[ad.AnnData, pd.DataFrame, pd.DataFrame]:
+              batch_key: str = "sample_id", n_jobs: int = 2) -> tuple[ad.AnnData, pd.DataFrame, pd.DataFrame]:
     """Run metrics, per-sample MAD thresholds, Scrublet and lineage co-expression doublet calls; return
     (kept cells, per-cell QC table, per-sample thresholds). Raises a clear error when a sample has no cell left."""
     from .annotate import coexpression_doublets
@@ -106,7 +106,7 @@ def qc_filter(adata: ad.AnnData, seed: int = 0, nmads: float = 3.0, doublet_rate
     groups = adata.obs[batch_key].astype(str)
     thr = mad_thresholds(metrics, groups, nmads_low=nmads, nmads_mito=nmads)
     passed = apply_thresholds(metrics, groups, thr)
-    dbl = call_doublets(adata, batch_key=batch_key, seed=seed, expected_rate=doublet_rate)
+    dbl = call_doublets(adata, batch_key=batch_key, seed=seed, expected_rate=doublet_rate, n_jobs=n_jobs)
     table = metrics.join(dbl)
     table["coexpression_doublet"] = coexpression_doublets(adata)
     table["doublet"] = table["predicted_doublet"] | table["coexpression_doublet"]

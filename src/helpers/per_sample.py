@@ -1,0 +1,358 @@
+"""Sample-by-sample processing on Dask, for cohorts that do not fit one in-memory AnnData.
+
+The per-sample steps of notebook 01 (read counts, QC metrics and MAD thresholds, Scrublet and lineage
+co-expression doublets, normalisation, the per-sample Seurat-v3 variance statistics, PCA moments and
+projection) and the pseudobulk sums run as one Dask task per sample. A worker holds one sample at a time,
+so memory is bounded by the largest sample, not the cohort. Only small things come back to the driver:
+per-cell QC rows, per-sample thresholds, one vector of normalised variances per sample, the HVG x HVG
+moment matrix, and finally the joint embedding (cells x 50) and the patient-level tables.
+
+The results equal the in-memory path (tests/test_per_sample.py):
+* QC metrics, thresholds and Scrublet calls are identical (they were already per sample);
+* highly variable genes are identical: scanpy's Seurat-v3 rule with ``batch_key="sample_id"`` ranks each
+  sample's normalised variance separately and combines the ranks (:func:`combine_hvg` does the same on
+  the per-sample vectors);
+* PCA is exact (eigendecomposition of the HVG covariance summed over samples), equal to scanpy's ARPACK PCA
+  up to each component's sign;
+* the one difference: the lineage co-expression doublet rule learns each programme's 'on' level within the
+  sample instead of over the cohort (measured agreement of the kept cells on the default cohort: see README).
+
+Where it runs: ``dask_client()`` starts a ``distributed.LocalCluster`` (one single-threaded worker process
+per core) or connects to the scheduler named by ``DR_DASK_SCHEDULER`` / ``analysis.dask_scheduler``, e.g. a
+dask-jobqueue (SLURM, PBS) or Kubernetes cluster. Workers need the project installed (``pip install -e .``)
+and read/write the shard directory, so it must be on storage every worker sees.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from .cohort import Cohort, InputError
+
+# --------------------------------------------------------------------------------------------- where it runs
+
+
+@contextmanager
+def dask_client(address: str | None = None, n_workers: int | None = None,
+                memory_limit: str | None = None) -> Iterator[Any]:
+    """A ``distributed.Client``: to ``address`` (or $DR_DASK_SCHEDULER) if given, else a LocalCluster of
+    ``n_workers`` single-threaded worker processes (default $DR_JOBS or 2), closed on exit."""
+    import logging
+
+    from distributed import Client, LocalCluster
+
+    address = address or os.environ.get("DR_DASK_SCHEDULER") or None
+    if address:
+        client = Client(address)
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+    n_workers = n_workers or int(os.environ.get("DR_JOBS", 2))
+    cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                           memory_limit=memory_limit or "auto", silence_logs=logging.ERROR)
+    client = Client(cluster)
+    try:
+        yield client
+    finally:
+        client.close()
+        cluster.close()
+
+
+def map_samples(func: Callable, items: Sequence, client: Any = None, desc: str = "samples", **kwargs) -> list:
+    """``func(item, **kwargs)`` for every item, as Dask tasks on ``client`` (in this process when None),
+    returned in input order. A worker's exception is raised here with its own type and message."""
+    from tqdm.auto import tqdm
+
+    if client is None:
+        return [func(x, **kwargs) for x in tqdm(items, desc=desc)]
+    from distributed import as_completed
+
+    futures = client.map(func, list(items), pure=False, **kwargs)
+    for f in tqdm(as_completed(futures), total=len(futures), desc=desc):
+        if f.status == "error":
+            break
+    return client.gather(futures)
+
+
+# ------------------------------------------------------------------------------------------------ sources
+
+
+def sample_sources(cohort: Cohort, cells_h5ad: str | Path | None = None) -> list[dict]:
+    """One record per sample saying where its raw counts are: the sample's rows of cells.h5ad (simulated
+    cohorts, or a real cohort already ingested) or its own file from samples.csv (real cohorts)."""
+    cells = Path(cells_h5ad) if cells_h5ad else cohort.processed_dir / "cells.h5ad"
+    if cohort.kind == "simulated" or cells_h5ad is not None:
+        if not cells.exists():
+            raise InputError(f"{cells} does not exist: run notebook 00 (make) first")
+        obs = _read_obs(cells)
+        sid = obs["sample_id"].astype(str).to_numpy()
+        out = []
+        for s in dict.fromkeys(sid):
+            rows = np.flatnonzero(sid == s)
+            out.append({"sample_id": s, "cells_h5ad": str(cells), "rows": rows, "obs": obs.iloc[rows]})
+        return out
+    return [{"sample_id": str(r["sample_id"]), "row": r, "cohort_dir": str(cohort.dir)}
+            for _, r in cohort.samples.iterrows()]
+
+
+def _read_obs(path: Path) -> pd.DataFrame:
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return ad.io.read_elem(f["obs"])
+
+
+def read_source(src: dict) -> ad.AnnData:
+    """A sample's raw counts (float32 CSR in X and layers['counts']) with its obs, from a :func:`sample_sources`
+    record. Reads only that sample's rows."""
+    from .ingest import IngestError, read_sample
+
+    if "cells_h5ad" in src:
+        import h5py
+
+        rows = np.asarray(src["rows"])
+        contiguous = len(rows) and rows[-1] - rows[0] + 1 == len(rows)
+        try:
+            with h5py.File(src["cells_h5ad"], "r") as f:
+                key = "layers/counts" if "layers/counts" in f else "X"
+                mat = ad.io.sparse_dataset(f[key])
+                X = mat[int(rows[0]): int(rows[-1]) + 1] if contiguous else mat[rows]
+                var = ad.io.read_elem(f["var"])
+        except (OSError, KeyError) as e:
+            raise IngestError(f"{src['cells_h5ad']}: cannot read sample {src['sample_id']} ({e})") from e
+        a = ad.AnnData(X=sp.csr_matrix(X, dtype=np.float32), obs=src["obs"].copy(), var=var)
+    else:
+        a = read_sample(src["row"], Path(src["cohort_dir"]))
+        for c in ("sample_id", "patient_id", "tissue", "response", "batch"):
+            a.obs[c] = a.obs[c].astype(str)
+        a.obs["age"] = pd.to_numeric(a.obs["age"]).astype(float)
+    a.layers["counts"] = a.X.copy()
+    return a
+
+
+# ------------------------------------------------------------------------------------------ per-sample QC
+
+
+@dataclass
+class SampleQC:
+    """What comes back from one sample's QC task (the cells themselves stay in the shard file)."""
+
+    sample_id: str
+    table: pd.DataFrame           # per-cell QC metrics, doublet calls, keep
+    thresholds: pd.DataFrame      # one row: the sample's MAD thresholds and cell counts
+    variances_norm: pd.Series     # Seurat-v3 normalised variance per gene (kept cells, raw counts)
+    shard: str                    # kept cells: X log-normalised, layers['counts'] raw
+    n_kept: int = 0
+
+
+def seurat_v3_variances(adata: ad.AnnData, layer: str = "counts") -> pd.Series:
+    """Seurat-v3 normalised (loess-regularised, clipped) variance of each gene in one batch, as computed by
+    scanpy's ``highly_variable_genes(flavor="seurat_v3")`` for each batch."""
+    import scanpy as sc
+
+    df = sc.pp.highly_variable_genes(adata, flavor="seurat_v3", layer=layer, n_top_genes=min(2000, adata.n_vars - 1),
+                                     batch_key=None, inplace=False, check_values=False)
+    return pd.Series(df["variances_norm"].to_numpy(), index=adata.var_names, name="variances_norm")
+
+
+def qc_one_sample(src: dict, shard_dir: str, seed: int = 0, nmads: float = 3.0,
+                  doublet_rate: float = 0.06) -> SampleQC:
+    """Read one sample, run :func:`helpers.qc.qc_filter` on it (same thresholds, Scrublet with the same seed),
+    normalise the kept cells, compute their Seurat-v3 variances and write them to ``shard_dir/<sample>.h5ad``."""
+    from .integrate import normalize_log
+    from .io import write_h5ad
+    from .qc import qc_filter
+
+    a = read_source(src)
+    kept, table, thr = qc_filter(a, seed=seed, nmads=nmads, doublet_rate=doublet_rate, n_jobs=1)
+    normalize_log(kept)
+    var_norm = seurat_v3_variances(kept)
+    shard = Path(shard_dir) / f"{src['sample_id']}.h5ad"
+    write_h5ad(kept, shard)
+    return SampleQC(str(src["sample_id"]), table, thr, var_norm, str(shard), int(kept.n_obs))
+
+
+@dataclass
+class CohortQC:
+    samples: list[SampleQC] = field(default_factory=list)
+
+    @property
+    def table(self) -> pd.DataFrame:
+        return pd.concat([s.table for s in self.samples])
+
+    @property
+    def thresholds(self) -> pd.DataFrame:
+        return pd.concat([s.thresholds for s in self.samples])
+
+    @property
+    def shards(self) -> list[str]:
+        return [s.shard for s in self.samples]
+
+    @property
+    def variances_norm(self) -> pd.DataFrame:
+        return pd.DataFrame({s.sample_id: s.variances_norm for s in self.samples}).T
+
+
+def qc_by_sample(sources: list[dict], shard_dir: str | Path, client: Any = None, seed: int = 0,
+                 nmads: float = 3.0, doublet_rate: float = 0.06) -> CohortQC:
+    """:func:`qc_one_sample` over every sample as Dask tasks."""
+    Path(shard_dir).mkdir(parents=True, exist_ok=True)
+    out = map_samples(qc_one_sample, sources, client, desc="QC per sample", shard_dir=str(shard_dir), seed=seed,
+                      nmads=nmads, doublet_rate=doublet_rate)
+    return CohortQC(list(out))
+
+
+# -------------------------------------------------------------------------------------------------- HVGs
+
+
+def combine_hvg(variances_norm: pd.DataFrame, n_top: int = 2000) -> pd.DataFrame:
+    """Seurat-v3 batch-aware HVG selection from per-sample normalised variances (samples x genes), the rule of
+    scanpy's ``highly_variable_genes(flavor="seurat_v3", batch_key=...)``: rank genes within each sample,
+    order by median rank among the samples where the gene is in the top ``n_top``, then by the number of such
+    samples. Returns var columns (highly_variable, highly_variable_rank, highly_variable_nbatches,
+    variances_norm) indexed by gene."""
+    V = variances_norm.to_numpy(dtype=np.float64)
+    n_top = min(n_top, V.shape[1] - 1)
+    ranked = np.argsort(np.argsort(-V, axis=1), axis=1).astype(np.float32)
+    nbatches = np.sum((ranked < n_top).astype(int), axis=0)
+    ranked[ranked >= n_top] = np.nan
+    median_ranked = np.ma.median(np.ma.masked_invalid(ranked), axis=0).filled(np.nan)
+    df = pd.DataFrame({"highly_variable_rank": median_ranked, "highly_variable_nbatches": nbatches,
+                       "variances_norm": V.mean(0)}, index=variances_norm.columns)
+    order = df.sort_values(["highly_variable_rank", "highly_variable_nbatches"], ascending=[True, False],
+                           na_position="last").index
+    df["highly_variable"] = False
+    df.loc[order[:n_top], "highly_variable"] = True
+    return df
+
+
+# --------------------------------------------------------------------------------------------------- PCA
+
+
+def _hvg_matrix(shard: str, genes: Sequence[str]) -> tuple[sp.csr_matrix, pd.Index]:
+    a = ad.read_h5ad(shard)
+    idx = a.var_names.get_indexer(list(genes))
+    if (idx < 0).any():
+        raise InputError(f"{shard}: genes missing from this shard: {list(pd.Index(genes)[idx < 0][:5])}")
+    return sp.csr_matrix(a.X[:, idx], dtype=np.float64), a.obs_names
+
+
+def hvg_moments(shard: str, genes: Sequence[str]) -> tuple[int, np.ndarray, np.ndarray]:
+    """(n cells, column sums, X'X) of one shard's log-normalised HVG matrix."""
+    X, _ = _hvg_matrix(shard, genes)
+    return X.shape[0], np.asarray(X.sum(0)).ravel(), (X.T @ X).toarray()
+
+
+def pca_from_moments(n: int, colsum: np.ndarray, xtx: np.ndarray, n_comps: int = 50) -> dict[str, np.ndarray]:
+    """Exact PCA of the centred matrix from its moments: mean, components (eigenvectors of the covariance,
+    largest first, each signed so its largest loading is positive), variance and variance ratio."""
+    mean = colsum / n
+    cov = (xtx - n * np.outer(mean, mean)) / (n - 1)
+    vals, vecs = np.linalg.eigh(cov)
+    order = np.argsort(vals)[::-1][:n_comps]
+    comps = vecs[:, order].T
+    comps *= np.sign(comps[np.arange(len(comps)), np.argmax(np.abs(comps), axis=1)])[:, None]
+    return {"mean": mean, "components": comps, "variance": vals[order],
+            "variance_ratio": vals[order] / np.trace(cov)}
+
+
+def project_shard(shard: str, genes: Sequence[str], mean: np.ndarray, components: np.ndarray) -> pd.DataFrame:
+    """Cells x components scores of one shard: (X - mean) @ components.T, without densifying X."""
+    X, names = _hvg_matrix(shard, genes)
+    scores = np.asarray(X @ components.T) - mean @ components.T
+    return pd.DataFrame(scores.astype(np.float32), index=names)
+
+
+def pca_by_sample(shards: list[str], genes: Sequence[str], client: Any = None,
+                  n_comps: int = 50) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """Exact PCA over all shards in two Dask passes (moments, then projection); returns cells x PCs and the fit."""
+    genes = list(genes)
+    moments = map_samples(hvg_moments, shards, client, desc="PCA moments", genes=genes)
+    n = sum(m[0] for m in moments)
+    fit = pca_from_moments(n, sum(m[1] for m in moments), sum(m[2] for m in moments),
+                           n_comps=min(n_comps, n - 1, len(genes) - 1))
+    parts = map_samples(project_shard, shards, client, desc="PCA projection", genes=genes, mean=fit["mean"],
+                        components=fit["components"])
+    return pd.concat(parts), fit
+
+
+# ------------------------------------------------------------------------------------- assemble, pseudobulk
+
+
+def embedding_anndata(qc: CohortQC, scores: pd.DataFrame) -> ad.AnnData:
+    """The global object of the per-sample path: obs of the kept cells (design, QC metrics) and the PCA
+    embedding, with no expression matrix (cells x 0 genes)."""
+    obs = pd.concat([ad.read_h5ad(s, backed="r").obs for s in qc.shards])
+    for c in ("sample_id", "patient_id", "tissue", "response", "batch"):
+        if c in obs:
+            obs[c] = obs[c].astype(str).astype("category")
+    a = ad.AnnData(obs=obs)
+    a.obsm["X_pca"] = scores.loc[obs.index].to_numpy(np.float32)
+    return a
+
+
+def assemble_shards(shards: list[str], embedding: ad.AnnData, var: pd.DataFrame, out: str | Path,
+                    uns: dict | None = None) -> Path:
+    """Write the cohort file (integrated.h5ad) from the shards without loading them together
+    (``anndata.experimental.concat_on_disk``), then put in the global obs, obsm, obsp, var and uns."""
+    import h5py
+    from anndata.experimental import concat_on_disk
+
+    from .io import atomic_path
+
+    out = Path(out)
+    with atomic_path(out) as tmp:
+        concat_on_disk([str(s) for s in shards], str(tmp), join="inner")
+        with h5py.File(tmp, "r+") as f:
+            names = ad.io.read_elem(f["obs"]).index
+            if not names.equals(embedding.obs_names):
+                raise ValueError("shard cells and the embedding's cells differ (order or content)")
+            for key, value in (("obs", embedding.obs), ("var", var), ("obsm", dict(embedding.obsm)),
+                               ("obsp", dict(embedding.obsp)), ("uns", {**(uns or {}), **dict(embedding.uns)})):
+                if key in f:
+                    del f[key]
+                ad.io.write_elem(f, key, value)
+    return out
+
+
+def _pseudobulk_shard(shard: str, labels: pd.Series | None, label: str, patient: str,
+                      tissue: str | None) -> pd.DataFrame:
+    a = ad.read_h5ad(shard)
+    if tissue is not None:
+        a = a[(a.obs["tissue"].astype(str) == tissue).to_numpy()].copy()
+    if labels is not None:
+        a = a[a.obs_names.isin(labels.index)].copy()
+        a.obs[label] = labels.reindex(a.obs_names).astype(str).to_numpy()
+    else:
+        a.obs[label] = "all"
+    X = sp.csr_matrix(a.layers["counts"])
+    keys = a.obs[patient].astype(str) + "\t" + a.obs[label].astype(str)
+    codes, uniq = pd.factorize(keys)
+    M = sp.csr_matrix((np.ones(len(codes)), (codes, np.arange(len(codes)))), shape=(len(uniq), len(codes)))
+    summed = pd.DataFrame(np.asarray((M @ X).todense()), index=uniq, columns=a.var_names)
+    summed.insert(0, "n_cells", np.bincount(codes, minlength=len(uniq)))
+    return summed
+
+
+def pseudobulk_by_sample(shards: list[str], labels: pd.Series | None = None, client: Any = None,
+                         label: str = "cell_type", patient: str = "patient_id",
+                         tissue: str | None = None) -> pd.DataFrame:
+    """Summed raw counts per patient and label, one Dask task per shard; rows 'patient<TAB>label' with an
+    ``n_cells`` column then one column per gene. ``labels`` (cell -> label, e.g. the annotation) limits the
+    sums to the labelled cells; None sums all cells of each patient; ``tissue`` keeps that tissue's cells. Equal to
+    :func:`helpers.pseudobulk.pseudobulk_by_patient` on the same cells."""
+    parts = map_samples(_pseudobulk_shard, shards, client, desc="pseudobulk per sample", labels=labels,
+                        label=label, patient=patient, tissue=tissue)
+    out = pd.concat(parts)
+    return out.groupby(level=0, sort=True).sum()  # a patient's samples (of the tissue asked) are summed

@@ -1,0 +1,136 @@
+"""Sample-by-sample (Dask) path: the same QC, HVGs, PCA and pseudobulk as the in-memory path."""
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from helpers import integrate
+from helpers import per_sample as ps
+from helpers.cohort import InputError
+from helpers.ingest import IngestError
+from helpers.pseudobulk import pseudobulk_by_patient
+from helpers.qc import qc_filter
+
+
+def _counts(n_cells=300, n_genes=400, n_batches=3, seed=0):
+    rng = np.random.default_rng(seed)
+    mu = rng.lognormal(-1, 1.5, n_genes)
+    batch = np.repeat([f"s{i}" for i in range(n_batches)], n_cells // n_batches)
+    scale = rng.lognormal(0, 0.3, (n_batches, n_genes))[pd.factorize(batch)[0]]
+    X = sp.csr_matrix(rng.poisson(mu * scale * rng.lognormal(0, 0.4, (len(batch), 1))).astype(np.float32))
+    a = ad.AnnData(X=X, obs=pd.DataFrame({"sample_id": batch}, index=[f"c{i}" for i in range(len(batch))]),
+                   var=pd.DataFrame(index=[f"g{i}" for i in range(n_genes)]))
+    a.layers["counts"] = a.X.copy()
+    return a
+
+
+def test_combine_hvg_is_scanpys_batch_rule():
+    a = _counts()
+    ref = integrate.select_hvg(a, n_top=100, batch_key="sample_id")
+    per = pd.DataFrame({s: ps.seurat_v3_variances(a[a.obs["sample_id"] == s].copy())
+                        for s in a.obs["sample_id"].unique()}).T
+    mine = ps.combine_hvg(per, n_top=100)
+    assert set(mine.index[mine["highly_variable"]]) == set(ref)
+    np.testing.assert_allclose(mine["highly_variable_rank"], a.var["highly_variable_rank"], equal_nan=True)
+    np.testing.assert_array_equal(mine["highly_variable_nbatches"], a.var["highly_variable_nbatches"])
+
+
+def test_pca_from_summed_moments_is_exact():
+    a = _counts(n_cells=600, seed=1)
+    integrate.normalize_log(a)
+    a.var["highly_variable"] = True
+    integrate.run_pca(a, n_comps=10, seed=0)
+    X = a.X.astype(np.float64)
+    parts = [X[i::3] for i in range(3)]  # three 'samples'
+    mom = [(p.shape[0], np.asarray(p.sum(0)).ravel(), (p.T @ p).toarray()) for p in parts]
+    fit = ps.pca_from_moments(sum(m[0] for m in mom), sum(m[1] for m in mom), sum(m[2] for m in mom), n_comps=10)
+    scores = np.asarray(X @ fit["components"].T) - fit["mean"] @ fit["components"].T
+    for i in range(5):  # well-separated leading components: equal up to sign
+        assert abs(np.corrcoef(scores[:, i], a.obsm["X_pca"][:, i])[0, 1]) > 0.9999
+    np.testing.assert_allclose(fit["variance_ratio"][:5], a.uns["pca"]["variance_ratio"][:5], rtol=1e-3)
+    c = fit["components"]
+    np.testing.assert_allclose(c @ c.T, np.eye(10), atol=1e-10)
+    assert (c[np.arange(10), np.abs(c).argmax(1)] > 0).all()  # deterministic signs
+
+
+@pytest.fixture(scope="module")
+def tiny_cells(tiny_sim, tmp_path_factory):
+    adata, _ = tiny_sim
+    path = tmp_path_factory.mktemp("cells") / "cells.h5ad"
+    adata.write_h5ad(path)
+    return adata, path
+
+
+@pytest.fixture(scope="module")
+def dask_run(tiny_cohort, tiny_cells, tmp_path_factory):
+    adata, path = tiny_cells
+    shard_dir = tmp_path_factory.mktemp("shards")
+    with ps.dask_client(n_workers=2) as client:
+        qc = ps.qc_by_sample(ps.sample_sources(tiny_cohort, cells_h5ad=path), shard_dir, client, seed=3)
+        hv = ps.combine_hvg(qc.variances_norm, 300)
+        genes = hv.index[hv["highly_variable"]]
+        scores, fit = ps.pca_by_sample(qc.shards, genes, client, n_comps=20)
+        pb = ps.pseudobulk_by_sample(qc.shards, None, client, tissue="BM")
+    return qc, hv, scores, fit, pb
+
+
+def test_per_sample_qc_equals_in_memory(tiny_cells, dask_run):
+    adata, _ = tiny_cells
+    qc = dask_run[0]
+    _, ref, thr = qc_filter(adata.copy(), seed=3)
+    mine = qc.table.loc[ref.index]
+    cols = ["total_counts", "n_genes", "pct_mt", "doublet_score"]
+    np.testing.assert_allclose(mine[cols].to_numpy(float), ref[cols].to_numpy(float), rtol=1e-6)
+    assert (mine["predicted_doublet"] == ref["predicted_doublet"]).all()
+    assert (mine["qc_pass"] == ref["qc_pass"]).all()
+    pd.testing.assert_frame_equal(qc.thresholds.loc[thr.index, ["min_counts", "min_genes", "max_pct_mt"]],
+                                  thr[["min_counts", "min_genes", "max_pct_mt"]])
+    # co-expression 'on' levels are learnt per sample instead of over the cohort: near-identical calls
+    assert (mine["keep"] == ref["keep"]).mean() > 0.99
+
+
+def test_per_sample_hvg_pca_pseudobulk_equal_in_memory_on_the_same_cells(tiny_cells, dask_run):
+    adata, _ = tiny_cells
+    qc, hv, scores, fit, pb = dask_run
+    kept = adata[qc.table.loc[adata.obs_names, "keep"].to_numpy()].copy()
+    integrate.normalize_log(kept)
+    ref_hvg = integrate.select_hvg(kept, n_top=300, batch_key="sample_id")
+    assert set(hv.index[hv["highly_variable"]]) == set(ref_hvg)
+    integrate.run_pca(kept, n_comps=20, seed=0)
+    S = scores.loc[kept.obs_names].to_numpy()
+    for i in range(3):
+        assert abs(np.corrcoef(S[:, i], kept.obsm["X_pca"][:, i])[0, 1]) > 0.999
+    ref = pseudobulk_by_patient(kept, tissue="BM", min_cells=1)
+    mine = pb.rename(index=lambda k: k.split("\t")[0]).loc[ref.obs_names]
+    np.testing.assert_array_equal(mine["n_cells"].to_numpy(), ref.obs["n_cells"].to_numpy())
+    np.testing.assert_allclose(mine.drop(columns="n_cells").to_numpy(), ref.X, rtol=1e-6)
+
+
+def test_assembled_file_has_every_cell_counts_and_embedding(tiny_cells, dask_run, tmp_path):
+    adata, _ = tiny_cells
+    qc, hv, scores, fit, _ = dask_run
+    emb = ps.embedding_anndata(qc, scores)
+    emb.obs["leiden"] = pd.Categorical(np.where(emb.obsm["X_pca"][:, 0] > 0, "a", "b"))
+    out = ps.assemble_shards(qc.shards, emb, hv, tmp_path / "integrated.h5ad", uns={"note": "x"})
+    back = ad.read_h5ad(out)
+    assert back.n_obs == int(qc.table["keep"].sum()) and back.n_vars == adata.n_vars
+    assert list(back.obs_names) == list(emb.obs_names) and "leiden" in back.obs and "total_counts" in back.obs
+    np.testing.assert_array_equal(back.obsm["X_pca"], emb.obsm["X_pca"])
+    ref = adata[back.obs_names].layers["counts"]
+    assert (sp.csr_matrix(back.layers["counts"]) != sp.csr_matrix(ref)).nnz == 0
+    assert back.var["highly_variable"].sum() == 300 and back.uns["note"] == "x"
+    assert not list(tmp_path.glob(".*tmp*"))  # atomic write left nothing behind
+
+
+def test_worker_errors_keep_their_type_and_message(tiny_cohort, tmp_path):
+    bad = {"sample_id": "S1", "row": pd.Series({"sample_id": "S1", "path": str(tmp_path / "nope.h5"),
+                                                "patient_id": "P1", "tissue": "BM", "response": "CR", "age": 60,
+                                                "batch": "b"}), "cohort_dir": str(tmp_path)}
+    with pytest.raises(IngestError, match="nope.h5 does not exist"):
+        ps.qc_by_sample([bad], tmp_path / "shards", None)
+    with ps.dask_client(n_workers=1) as client:
+        with pytest.raises(InputError, match="nope.h5 does not exist"):
+            ps.qc_by_sample([bad], tmp_path / "shards", client)
