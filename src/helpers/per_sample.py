@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -78,7 +79,9 @@ def map_samples(func: Callable, items: Sequence, client: Any = None, desc: str =
         return [func(x, **kwargs) for x in tqdm(items, desc=desc)]
     from distributed import as_completed
 
-    futures = client.map(func, list(items), pure=False, **kwargs)
+    # the parameters travel inside a partial: given as map() keyword arguments, Dask would read strings in
+    # them (e.g. gene names) as possible task keys
+    futures = client.map(partial(func, **kwargs), list(items), pure=False)
     for f in tqdm(as_completed(futures), total=len(futures), desc=desc):
         if f.status == "error":
             break
@@ -154,6 +157,7 @@ class SampleQC:
     variances_norm: pd.Series     # Seurat-v3 normalised variance per gene (kept cells, raw counts)
     shard: str                    # kept cells: X log-normalised, layers['counts'] raw
     n_kept: int = 0
+    obs: pd.DataFrame | None = None  # the sample's input cells (design and, if simulated, truth columns)
 
 
 def seurat_v3_variances(adata: ad.AnnData, layer: str = "counts") -> pd.Series:
@@ -180,7 +184,7 @@ def qc_one_sample(src: dict, shard_dir: str, seed: int = 0, nmads: float = 3.0,
     var_norm = seurat_v3_variances(kept)
     shard = Path(shard_dir) / f"{src['sample_id']}.h5ad"
     write_h5ad(kept, shard)
-    return SampleQC(str(src["sample_id"]), table, thr, var_norm, str(shard), int(kept.n_obs))
+    return SampleQC(str(src["sample_id"]), table, thr, var_norm, str(shard), int(kept.n_obs), a.obs.copy())
 
 
 @dataclass
@@ -202,6 +206,10 @@ class CohortQC:
     @property
     def variances_norm(self) -> pd.DataFrame:
         return pd.DataFrame({s.sample_id: s.variances_norm for s in self.samples}).T
+
+    @property
+    def obs(self) -> pd.DataFrame:
+        return pd.concat([s.obs for s in self.samples])
 
 
 def qc_by_sample(sources: list[dict], shard_dir: str | Path, client: Any = None, seed: int = 0,
@@ -356,3 +364,36 @@ def pseudobulk_by_sample(shards: list[str], labels: pd.Series | None = None, cli
                         label=label, patient=patient, tissue=tissue)
     out = pd.concat(parts)
     return out.groupby(level=0, sort=True).sum()  # a patient's samples (of the tissue asked) are summed
+
+
+# ------------------------------------------------------------------------------------------- the whole step
+
+
+@dataclass
+class Preprocessed:
+    """Notebook 01's per-sample part, done sample by sample (see :func:`preprocess_by_sample`)."""
+
+    embedding: ad.AnnData         # kept cells: obs (design, QC metrics) + obsm['X_pca'], no genes
+    table: pd.DataFrame           # per-cell QC table of every input cell
+    thresholds: pd.DataFrame      # per-sample thresholds
+    var: pd.DataFrame             # per-gene: the shards' var + HVG columns
+    hvg: pd.Index
+    shards: list[str]
+    obs_in: pd.DataFrame          # obs of every input cell
+
+
+def preprocess_by_sample(cohort: Cohort, shard_dir: str | Path, client: Any = None, seed: int = 0,
+                         nmads: float = 3.0, n_hvg: int = 2000, n_pcs: int = 50,
+                         doublet_rate: float = 0.06) -> Preprocessed:
+    """QC + doublets + normalisation (per sample, in Dask tasks), batch-aware HVGs (combined on the driver) and
+    the exact PCA (two Dask passes): what notebook 01 does in memory before Harmony, with bounded memory."""
+    qc = qc_by_sample(sample_sources(cohort), shard_dir, client, seed=seed, nmads=nmads, doublet_rate=doublet_rate)
+    table = qc.table
+    hv = combine_hvg(qc.variances_norm, n_hvg)
+    hvg = hv.index[hv["highly_variable"].to_numpy()]
+    scores, fit = pca_by_sample(qc.shards, hvg, client, n_comps=n_pcs)
+    emb = embedding_anndata(qc, scores)
+    emb.uns["pca"] = {"variance": fit["variance"], "variance_ratio": fit["variance_ratio"],
+                      "params": {"method": "exact eigendecomposition of summed moments (helpers.per_sample)"}}
+    var = ad.read_h5ad(qc.shards[0], backed="r").var.join(hv)
+    return Preprocessed(emb, table, qc.thresholds, var, hvg, qc.shards, qc.obs)
