@@ -4,7 +4,7 @@
 #   make test                unit tests + an end-to-end run of every notebook on the tiny cohort
 #   make lab                 JupyterLab with the project's kernel
 #   make clean               remove generated outputs of COHORT (figures/, results/, data/processed/)
-#   make bench [SIZES="50000 100000"]  benchmarks/results.md: notebook timings + core pipeline against cells
+#   make bench [SIZES="50000 100000"]  benchmarks/results.md: notebook timings, core pipeline and memory against cells
 SHELL := /bin/bash
 .DEFAULT_GOAL := all
 .DELETE_ON_ERROR:
@@ -77,7 +77,8 @@ $(OUT)/%.ipynb: notebooks/%.ipynb $(STAMP) $(HELPERS) $(SHARED_DATA) $(COHORT_FI
 
 # wall time and peak memory: every notebook (from the last make all) and the core pipeline at 50k-200k cells
 bench: $(STAMP)
-	$(PY) benchmarks/run.py $(if $(SIZES),--sizes $(SIZES))
+	$(PY) benchmarks/run.py --keep $(if $(SIZES),--sizes $(SIZES))
+	$(PY) benchmarks/memory.py $(if $(SIZES),--sizes $(SIZES))
 
 test: $(STAMP)
 	$(PY) -m pytest

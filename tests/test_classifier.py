@@ -70,3 +70,27 @@ def test_external_evaluation_and_standardise():
     Xb, yb = _data(signal=2.0, seed=7)
     r = clf.evaluate_external(model, clf.standardise(Xb)[0], yb, seed=0)
     assert r["auc"] > 0.8 and r["ci_low"] <= r["auc"] <= r["ci_high"]
+
+
+def test_rank_auc_and_vectorised_bootstrap_equal_sklearn():
+    """auc_by_ranks is roc_auc_score (ties included), and the vectorised bootstrap CI gives the same interval as
+    resampling and scoring each bootstrap draw with scikit-learn one at a time."""
+    from sklearn.metrics import roc_auc_score
+
+    from helpers.stats import auc_by_ranks
+
+    rng = np.random.default_rng(4)
+    y = np.array([0] * 9 + [1] * 8)
+    P = np.round(rng.uniform(size=(3, 17)), 1)  # rounding makes ties
+    assert np.allclose(auc_by_ranks(y, P), [roc_auc_score(y, row) for row in P], atol=1e-12)
+    assert np.isclose(auc_by_ranks(y, P[0]), roc_auc_score(y, P[0]))
+    with pytest.raises(ValueError, match="both classes"):
+        auc_by_ranks(np.zeros(5), np.arange(5.0))
+    lo, hi = clf.bootstrap_auc_ci(y, P, seed=7, n_boot=300)
+    r = np.random.default_rng(7)
+    i0, i1 = np.where(y == 0)[0], np.where(y == 1)[0]
+    ref = []
+    for _ in range(300):
+        idx = np.concatenate([r.choice(i0, len(i0)), r.choice(i1, len(i1))])
+        ref.append(np.mean([roc_auc_score(y[idx], row[idx]) for row in P]))
+    assert np.allclose([lo, hi], np.quantile(ref, [0.025, 0.975]), atol=1e-12)

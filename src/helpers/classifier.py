@@ -15,13 +15,13 @@ import pandas as pd
 from sklearn import config_context
 from sklearn.base import clone
 from sklearn.feature_selection import SelectFromModel
-from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import RepeatedStratifiedKFold
 from sklearn.pipeline import Pipeline
 
 from .cohort import InputError, project_root
 from .forest import PatientForest
 from .pseudobulk import log_cpm, pseudobulk_by_patient
+from .stats import auc_by_ranks
 
 
 def load_panel(path: str | Path | None = None) -> pd.DataFrame:
@@ -88,7 +88,7 @@ def cross_validate(model: Pipeline, X: pd.DataFrame, y: np.ndarray, seed: int, n
             oof[i // n_splits, te] = m.predict_proba(Xv[te])[:, 1]
             if "select" in m.named_steps:
                 selected[X.columns[m.named_steps["select"].get_support()]] += 1
-    aucs = [roc_auc_score(y, o) for o in oof]
+    aucs = [float(a) for a in auc_by_ranks(y, oof)]
     return {"auc": float(np.mean(aucs)), "auc_per_repeat": aucs, "oof": oof.mean(0), "oof_by_repeat": oof,
             "n_splits": n_splits, "n_repeats": n_repeats, "selection_frequency": selected / (n_splits * n_repeats)}
 
@@ -100,10 +100,9 @@ def bootstrap_auc_ci(y: np.ndarray, p: np.ndarray, seed: int, n_boot: int = 2000
     rng = np.random.default_rng(seed)
     P = np.atleast_2d(p)
     i0, i1 = np.where(y == 0)[0], np.where(y == 1)[0]
-    aucs = []
-    for _ in range(n_boot):
-        idx = np.concatenate([rng.choice(i0, len(i0)), rng.choice(i1, len(i1))])
-        aucs.append(np.mean([roc_auc_score(y[idx], row[idx]) for row in P]))
+    idx = np.stack([np.concatenate([rng.choice(i0, len(i0)), rng.choice(i1, len(i1))]) for _ in range(n_boot)])
+    y_boot = np.r_[np.zeros(len(i0), bool), np.ones(len(i1), bool)]  # every resample has this label layout
+    aucs = auc_by_ranks(y_boot, P[:, idx]).mean(axis=0)  # repeats x boots -> mean over repeats
     lo, hi = np.quantile(aucs, [alpha / 2, 1 - alpha / 2])
     return float(lo), float(hi)
 
@@ -125,7 +124,7 @@ def permutation_pvalue(model: Pipeline, X: pd.DataFrame, y: np.ndarray, observed
 def evaluate_external(model: Pipeline, X: pd.DataFrame, y: np.ndarray, seed: int) -> dict:
     """AUC of an already fitted model on an independent set, with a bootstrap CI."""
     p = model.predict_proba(X)[:, 1]
-    auc = roc_auc_score(y, p)
+    auc = auc_by_ranks(y, p)
     lo, hi = bootstrap_auc_ci(y, p, seed)
     return {"auc": float(auc), "ci_low": lo, "ci_high": hi, "prob": p}
 

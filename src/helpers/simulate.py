@@ -342,7 +342,7 @@ def draw_patients(samples: pd.DataFrame, sim: dict[str, Any], seed: int) -> dict
 
 
 # --------------------------------------------------------------------------------------------------
-# one sample
+# copy-number events
 # --------------------------------------------------------------------------------------------------
 def _event_arm(ev: str) -> tuple[str, str, str]:
     if ev in CNV_EVENTS:
@@ -390,45 +390,18 @@ def cnv_factors(genes: pd.Index, events: list[str]) -> tuple[np.ndarray, list[di
 # --------------------------------------------------------------------------------------------------
 # one sample
 # --------------------------------------------------------------------------------------------------
-@lru_cache(maxsize=4)
-def _positions(genes: tuple[str, ...]) -> pd.DataFrame:
-    from .genesets import gene_positions
-
-    return gene_positions().reindex(list(genes))
-
-
-def cnv_factors(genes: pd.Index, events: list[str]) -> tuple[np.ndarray, list[dict[str, Any]]]:
-    """Per-gene expression factor for a list of CNV events (gain 1.5x, loss 0.5x) and the segments."""
-    pos = _positions(tuple(genes))
-    cen = centromeres()
-    f = np.ones(len(genes))
-    segs = []
-    for ev in events:
-        if ev in CNV_EVENTS:
-            chrom, arm, kind, _ = CNV_EVENTS[ev]
-        else:  # whole-chromosome gain of the hyperdiploid group, e.g. 'chr3_gain'
-            chrom, kind = ev.split("_")
-            arm = "whole"
-        c = cen.loc[chrom]
-        start, end = {"p": (0, c.centromere_mb), "q": (c.centromere_mb, c.length_mb), "whole": (0, c.length_mb)}[arm]
-        sel = (pos["chromosome"] == chrom).to_numpy() & (pos["start"] / 1e6 >= start).to_numpy() & (
-            pos["start"] / 1e6 < end).to_numpy()
-        f[sel] *= 1.5 if kind == "gain" else 0.5
-        segs.append({"event": ev, "chromosome": chrom, "arm": arm, "kind": kind,
-                     "start_mb": float(start), "end_mb": float(end), "n_genes": int(sel.sum())})
-    return f, segs
-
-
 def _effect_log2(gm: GeneModel, weights: dict[str, dict[str, float]], acts: dict[str, float],
                  cell_type: str, tissue: str) -> np.ndarray:
     """log2 fold changes of the planted effects for one patient and cell type."""
     out = np.zeros(len(gm.genes))
-    gidx = pd.Series(np.arange(len(gm.genes)), index=gm.genes)
     for name, eff in load_planted().items():
         if cell_type not in eff["cell_types"] or (tissue == "PB" and not eff.get("blood", False)):
             continue
         w = weights[name]
-        out[gidx[list(w)].to_numpy()] += eff["sign"] * acts[name] * np.fromiter(w.values(), float)
+        idx = gm.genes.get_indexer(list(w))
+        if (idx < 0).any():
+            raise KeyError(f"planted effect '{name}': genes {list(np.asarray(list(w))[idx < 0][:5])} not in the model")
+        out[idx] += eff["sign"] * acts[name] * np.fromiter(w.values(), float)
     return out
 
 

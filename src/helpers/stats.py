@@ -10,6 +10,24 @@ import pandas as pd
 from scipy import stats
 
 
+def auc_by_ranks(y: np.ndarray, scores: np.ndarray) -> float | np.ndarray:
+    """Area under the ROC curve of ``scores`` for binary labels ``y`` (1 or True = positive), from the
+    Mann-Whitney rank sum with mid-ranks for ties: equal to ``sklearn.metrics.roc_auc_score`` (tested), without
+    its per-call validation (~7 ms, which dominated bootstraps of thousands of AUCs). ``scores`` may be 2-D
+    (rows = score sets over the same samples): one AUC per row, computed at once."""
+    y = np.asarray(y).astype(bool)
+    S = np.atleast_2d(np.asarray(scores, dtype=float))
+    n1 = int(y.sum())
+    n0 = len(y) - n1
+    if n1 == 0 or n0 == 0:
+        raise ValueError("the AUC needs both classes among the labels")
+    if S.shape[-1] != len(y):
+        raise ValueError(f"{S.shape[-1]} scores for {len(y)} labels")
+    ranks = stats.rankdata(S, axis=-1)
+    auc = (ranks[..., y].sum(-1) - n1 * (n1 + 1) / 2) / (n0 * n1)
+    return float(auc[0]) if np.ndim(scores) == 1 else auc
+
+
 def bh_fdr(p: np.ndarray) -> np.ndarray:
     """Benjamini-Hochberg adjusted p-values (NaN kept)."""
     p = np.asarray(p, dtype=float)

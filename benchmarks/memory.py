@@ -1,0 +1,127 @@
+"""Peak memory against cells of notebook 01's per-sample steps, with and without the per-sample (Dask) path.
+
+For each size a scaled copy of the default design is built by notebook 00 (as in benchmarks/run.py), then the
+same steps run twice in fresh processes: ``memory`` (the cohort in one AnnData: helpers.qc.qc_filter,
+normalisation, HVGs, PCA) and ``dask`` (helpers.per_sample.preprocess_by_sample on a LocalCluster of two
+single-threaded workers). The process tree's summed RSS is sampled every 0.2 s. Writes benchmarks/memory.tsv
+and rewrites benchmarks/results.md.
+
+    .venv/bin/python benchmarks/memory.py [--sizes 50000 100000 200000] [--keep]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import ROOT, scaled_cohort, timed_notebook, write_report  # noqa: E402
+
+STEP = r"""
+import json, sys, time
+from pathlib import Path
+
+def main(engine, cohort, out):
+    import anndata as ad
+    from helpers import integrate, per_sample
+    from helpers.cohort import load_cohort
+    from helpers.qc import qc_filter
+
+    C = load_cohort(cohort)
+    t = time.time()
+    if engine == "memory":
+        adata = ad.read_h5ad(C.processed_dir / "cells.h5ad")
+        kept, table, thr = qc_filter(adata, seed=1)
+        del adata
+        integrate.normalize_log(kept)
+        integrate.select_hvg(kept, n_top=2000, batch_key="sample_id")
+        integrate.run_pca(kept, n_comps=50, seed=1)
+        n_kept = kept.n_obs
+    else:
+        with per_sample.dask_client(n_workers=2) as client:
+            pre = per_sample.preprocess_by_sample(C, Path(out).parent / "shards", client, seed=1, n_hvg=2000, n_pcs=50)
+        n_kept = pre.embedding.n_obs
+    Path(out).write_text(json.dumps({"seconds": time.time() - t, "n_kept": int(n_kept)}))
+
+if __name__ == "__main__":
+    main(*sys.argv[1:4])
+"""
+
+
+def sampled_peak(cmd: list[str], interval: float = 0.2) -> dict[str, float]:
+    """Run ``cmd``; the largest summed RSS of its process tree, of the top process, and of any one child (GiB)."""
+    import psutil
+
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    top = psutil.Process(proc.pid)
+    peak_total = peak_main = peak_child = 0.0
+    while proc.poll() is None:
+        try:
+            main = top.memory_info().rss
+            kids = [c.memory_info().rss for c in top.children(recursive=True)]
+        except psutil.Error:
+            kids, main = [], 0
+        peak_total = max(peak_total, main + sum(kids))
+        peak_main = max(peak_main, main)
+        peak_child = max([peak_child, *kids])
+        time.sleep(interval)
+    err = proc.stderr.read()
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed (exit {proc.returncode}):\n{err[-3000:]}")
+    g = 2.0 ** 30
+    return {"peak_total_gib": round(peak_total / g, 2), "peak_driver_gib": round(peak_main / g, 2),
+            "peak_worker_gib": round(peak_child / g, 2)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="*", default=[50_000, 100_000, 200_000])
+    ap.add_argument("--keep", action="store_true", help="keep the benchmark cohorts' processed data")
+    args = ap.parse_args()
+    os.environ.setdefault("DR_ROOT", str(ROOT))
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        script = Path(tmp) / "step.py"
+        script.write_text(STEP)
+        for n in args.sizes:
+            name = scaled_cohort(n)
+            try:
+                if not (ROOT / "data" / "processed" / name / "cells.h5ad").exists():  # (kept by run.py --keep)
+                    timed_notebook(name, "00_cohort")
+                import anndata as ad
+
+                cells = ad.read_h5ad(ROOT / "data" / "processed" / name / "cells.h5ad", backed="r").n_obs
+                for engine in ("memory", "dask"):
+                    out = Path(tmp) / engine / "out.json"
+                    out.parent.mkdir(exist_ok=True)
+                    peaks = sampled_peak([sys.executable, str(script), engine, name, str(out)])
+                    res = json.loads(out.read_text())
+                    rows.append({"cells": cells, "engine": engine, "seconds": round(res["seconds"]),
+                                 "cells_kept": res["n_kept"], **peaks})
+                    print(rows[-1], flush=True)
+                    shutil.rmtree(out.parent / "shards", ignore_errors=True)
+            finally:
+                if not args.keep:
+                    for d in (ROOT / "data" / "processed" / name, ROOT / "results" / name, ROOT / "figures" / name,
+                              ROOT / "data" / "cohorts" / name):
+                        shutil.rmtree(d, ignore_errors=True)
+    out = ROOT / "benchmarks" / "memory.tsv"
+    new = pd.DataFrame(rows)
+    if out.exists() and len(new):
+        old = pd.read_csv(out, sep="\t")
+        size = lambda c: (c / 1000).round(-1)  # noqa: E731
+        new = pd.concat([old[~size(old["cells"]).isin(size(new["cells"]))], new]).sort_values(["cells", "engine"])
+    new.to_csv(out, sep="\t", index=False)
+    write_report()
+
+
+if __name__ == "__main__":
+    main()
