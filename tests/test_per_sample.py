@@ -171,3 +171,42 @@ def test_notebooks_01_02_with_the_dask_engine(tiny_cohort):
     finally:
         for d in (cdir, root / "results" / name, root / "figures" / name, root / "data" / "processed" / name):
             shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_notebook_00_ingests_a_real_cohort_sample_by_sample(root):
+    """A real cohort (Kang 2018 counts, 4 samples) with ``engine: dask``: notebook 00 ingests each sample in its
+    own task on a LocalCluster and assembles cells.h5ad on disk, with every cell and the same counts."""
+    import json
+    import shutil
+    import subprocess
+
+    if not list((root / ".venv").glob(".installed-*")):
+        pytest.skip("environment stamp absent (pytest run outside make): make would reinstall the environment")
+    name = "zz_real_dask"
+    cdir = root / "data" / "cohorts" / name
+    shutil.rmtree(cdir, ignore_errors=True)
+    (cdir / "counts").mkdir(parents=True)
+    kang = ad.read_h5ad(root / "tests" / "data" / "kang2018_pbmc_ctrl_stim_600cells.h5ad")
+    kang.X = sp.csr_matrix(kang.X)
+    for i in range(4):
+        kang[i * 150:(i + 1) * 150].copy().write_h5ad(cdir / "counts" / f"S{i + 1}.h5ad")
+    pd.DataFrame({"sample_id": [f"S{i}" for i in range(1, 5)], "patient_id": [f"p{i}" for i in range(1, 5)],
+                  "tissue": "BM", "response": ["CR", "NR", "CR", "NR"], "age": [61, 70, 58, 66],
+                  "batch": ["b1", "b1", "b2", "b2"], "path": [f"counts/S{i}.h5ad" for i in range(1, 5)]}
+                 ).to_csv(cdir / "samples.csv", index=False)
+    (cdir / "cohort.yaml").write_text(f"name: {name}\nkind: real\nseed: 1\ntissues: [BM]\ndiscovery_tissue: BM\n"
+                                      "response: {groups: [CR, NR], reference: CR}\nsamples: samples.csv\n"
+                                      "analysis: {engine: dask}\n")
+    try:
+        r = subprocess.run(["make", f"results/{name}/notebooks/00_cohort.ipynb", f"COHORT={name}"], cwd=root,
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-3000:]
+        f00 = json.loads((root / "results" / name / "findings" / "00.json").read_text())
+        assert f00["n_cells"] == 600 and f00["n_samples"] == 4 and f00["n_genes"] == kang.n_vars
+        cells = ad.read_h5ad(root / "data" / "processed" / name / "cells.h5ad")
+        assert cells.obs_names[0] == f"S1_{kang.obs_names[0]}"
+        assert int(cells.layers["counts"].sum()) == int(kang.X.sum())
+    finally:
+        for d in (cdir, root / "results" / name, root / "figures" / name, root / "data" / "processed" / name):
+            shutil.rmtree(d, ignore_errors=True)

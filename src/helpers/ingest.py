@@ -195,7 +195,13 @@ def prepare_cohort(cohort: Cohort, n_jobs: int = 2, progress: bool = True) -> di
     adata.uns["cohort"] = {"name": cohort.name, "kind": "real"}
     cohort.processed_dir.mkdir(parents=True, exist_ok=True)
     paths = {"cells": write_h5ad(adata, cohort.processed_dir / "cells.h5ad")}
-    for key in ("bulk", "flow"):  # optional side tables of a real cohort, copied as given
+    return {**paths, **copy_side_tables(cohort)}
+
+
+def copy_side_tables(cohort: Cohort) -> dict[str, Path]:
+    """The optional side tables of a real cohort (``inputs: {bulk: ..., flow: ...}``), copied as given."""
+    paths = {}
+    for key in ("bulk", "flow"):
         if key in cohort.config.get("inputs", {}):
             src = cohort.resolve(cohort.config["inputs"][key])
             if not src.exists():

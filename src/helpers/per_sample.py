@@ -91,11 +91,12 @@ def map_samples(func: Callable, items: Sequence, client: Any = None, desc: str =
 # ------------------------------------------------------------------------------------------------ sources
 
 
-def sample_sources(cohort: Cohort, cells_h5ad: str | Path | None = None) -> list[dict]:
+def sample_sources(cohort: Cohort, cells_h5ad: str | Path | None = None, from_cells: bool = True) -> list[dict]:
     """One record per sample saying where its raw counts are: the sample's rows of cells.h5ad (simulated
-    cohorts, or a real cohort already ingested) or its own file from samples.csv (real cohorts)."""
+    cohorts, or a real cohort already ingested by notebook 00) or its own file from samples.csv (real cohorts
+    not ingested yet, or ``from_cells=False``)."""
     cells = Path(cells_h5ad) if cells_h5ad else cohort.processed_dir / "cells.h5ad"
-    if cohort.kind == "simulated" or cells_h5ad is not None:
+    if cohort.kind == "simulated" or cells_h5ad is not None or (from_cells and cells.exists()):
         if not cells.exists():
             raise InputError(f"{cells} does not exist: run notebook 00 (make) first")
         obs = _read_obs(cells)
@@ -142,6 +143,58 @@ def read_source(src: dict) -> ad.AnnData:
         a.obs["age"] = pd.to_numeric(a.obs["age"]).astype(float)
     a.layers["counts"] = a.X.copy()
     return a
+
+
+# ------------------------------------------------------------------------------------------------ ingest
+
+
+def ingest_one_sample(src: dict, out_dir: str) -> tuple[str, pd.DataFrame]:
+    """Read and check one sample's counts (as :func:`helpers.ingest.ingest_samples` does), write them to
+    ``out_dir/<sample>.h5ad`` and return (path, the sample's row of :func:`helpers.describe.per_sample_summary`)."""
+    from .describe import per_sample_summary
+    from .io import write_h5ad
+
+    a = read_source(src)
+    for c in ("sample_id", "patient_id", "tissue", "response", "batch"):
+        a.obs[c] = a.obs[c].astype(str)
+    path = Path(out_dir) / f"{src['sample_id']}.h5ad"
+    write_h5ad(a, path)
+    return str(path), per_sample_summary(a)
+
+
+def ingest_by_sample(cohort: Cohort, client: Any = None) -> tuple[dict[str, Path], pd.DataFrame]:
+    """Real cohorts: ingest every sample in its own Dask task and assemble data/processed/<cohort>/cells.h5ad on
+    disk (``concat_on_disk``), never holding the cohort in memory. Returns ({'cells': path}, per-sample summary)."""
+    from anndata.experimental import concat_on_disk
+
+    from .ingest import IngestError, copy_side_tables
+    from .io import atomic_path
+
+    if cohort.kind != "real":
+        raise ValueError("ingest_by_sample is for real cohorts; simulated cohorts are built by helpers.simulate")
+    tmp_dir = cohort.processed_dir / "ingest_tmp"
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out = map_samples(ingest_one_sample, sample_sources(cohort, from_cells=False), client, desc="ingest per sample",
+                          out_dir=str(tmp_dir))
+        cells = cohort.processed_dir / "cells.h5ad"
+        with atomic_path(cells) as tmp:
+            concat_on_disk([p for p, _ in out], str(tmp), join="outer", merge="first")
+            import h5py
+
+            with h5py.File(tmp, "r+") as f:
+                names = ad.io.read_elem(f["obs"]).index
+                if not names.is_unique:
+                    raise IngestError("duplicate cell barcodes within a sample; check the barcodes files")
+                if "uns" in f:
+                    del f["uns"]
+                ad.io.write_elem(f, "uns", {"cohort": {"name": cohort.name, "kind": "real"}})
+    finally:
+        import shutil
+
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    summary = pd.concat([s for _, s in out]).sort_values("sample_id", ignore_index=True)
+    return {"cells": cells, **copy_side_tables(cohort)}, summary
 
 
 # ------------------------------------------------------------------------------------------ per-sample QC
