@@ -10,9 +10,7 @@ and rewrites benchmarks/results.md.
 """
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -23,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import ROOT, scaled_cohort, timed_notebook, write_report  # noqa: E402
+from run import ROOT, bench_cohort, parse_args, write_report  # noqa: E402
 
 STEP = r"""
 import json, sys, time
@@ -82,23 +80,13 @@ def sampled_peak(cmd: list[str], interval: float = 0.2) -> dict[str, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", type=int, nargs="*", default=[50_000, 100_000, 200_000])
-    ap.add_argument("--keep", action="store_true", help="keep the benchmark cohorts' processed data")
-    args = ap.parse_args()
-    os.environ.setdefault("DR_ROOT", str(ROOT))
+    args = parse_args(__doc__)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "step.py"
         script.write_text(STEP)
         for n in args.sizes:
-            name = scaled_cohort(n)
-            try:
-                if not (ROOT / "data" / "processed" / name / "cells.h5ad").exists():  # (kept by run.py --keep)
-                    timed_notebook(name, "00_cohort")
-                import anndata as ad
-
-                cells = ad.read_h5ad(ROOT / "data" / "processed" / name / "cells.h5ad", backed="r").n_obs
+            with bench_cohort(n, args.keep) as (name, cells):
                 for engine in ("memory", "dask"):
                     out = Path(tmp) / engine / "out.json"
                     out.parent.mkdir(exist_ok=True)
@@ -108,11 +96,6 @@ def main() -> None:
                                  "cells_kept": res["n_kept"], **peaks})
                     print(rows[-1], flush=True)
                     shutil.rmtree(out.parent / "shards", ignore_errors=True)
-            finally:
-                if not args.keep:
-                    for d in (ROOT / "data" / "processed" / name, ROOT / "results" / name, ROOT / "figures" / name,
-                              ROOT / "data" / "cohorts" / name):
-                        shutil.rmtree(d, ignore_errors=True)
     out = ROOT / "benchmarks" / "memory.tsv"
     new = pd.DataFrame(rows)
     if out.exists() and len(new):

@@ -20,7 +20,9 @@ import re
 import shutil
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pandas as pd
 import yaml
@@ -48,7 +50,7 @@ def scaled_cohort(n_cells: int) -> str:
     src = ROOT / "data" / "cohorts" / "ifm2017_sim"
     dst = ROOT / "data" / "cohorts" / name
     shutil.rmtree(dst, ignore_errors=True)
-    dst.mkdir(parents=True)
+    dst.mkdir(parents=True)  # (a kept build under data/processed/<name> is reused by bench_cohort)
     cfg = yaml.safe_load((src / "cohort.yaml").read_text())
     samples = pd.read_csv(src / "samples.csv")
     samples = samples[samples["tissue"] == "BM"]
@@ -82,31 +84,44 @@ def markdown_table(df: pd.DataFrame) -> str:
     return "\n".join(out)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+@contextmanager
+def bench_cohort(n_cells: int, keep: bool = False) -> Iterator[tuple[str, int]]:
+    """(name, cells) of the default design scaled to ~n_cells, built by notebook 00 unless a kept build exists;
+    its data, results and figures are removed afterwards unless ``keep``."""
+    import anndata as ad
+
+    name = scaled_cohort(n_cells)
+    try:
+        if not (ROOT / "data" / "processed" / name / "cells.h5ad").exists():
+            timed_notebook(name, "00_cohort")
+        yield name, ad.read_h5ad(ROOT / "data" / "processed" / name / "cells.h5ad", backed="r").n_obs
+    finally:
+        if not keep:
+            for d in (ROOT / "data" / "processed" / name, ROOT / "results" / name, ROOT / "figures" / name,
+                      ROOT / "data" / "cohorts" / name):
+                shutil.rmtree(d, ignore_errors=True)
+
+
+def parse_args(doc: str) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="*", default=[50_000, 100_000, 200_000])
     ap.add_argument("--keep", action="store_true", help="keep the benchmark cohorts' processed data")
     args = ap.parse_args()
     os.environ.setdefault("DR_ROOT", str(ROOT))
+    return args
+
+
+def main() -> None:
+    args = parse_args(__doc__)
     rows = []
     for n in args.sizes:
-        name = scaled_cohort(n)
-        try:
-            timed_notebook(name, "00_cohort")
-            import anndata as ad
-
-            cells = ad.read_h5ad(ROOT / "data" / "processed" / name / "cells.h5ad", backed="r").n_obs
+        with bench_cohort(n, args.keep) as (name, cells):
             t1, m1 = timed_notebook(name, "01_qc_integration")
             t2, m2 = timed_notebook(name, "02_annotation")
             rows.append({"cells": cells, "qc_integration_s": round(t1), "annotation_s": round(t2),
                          "core_s": round(t1 + t2), "peak_gib": round(max(m1, m2), 1),
                          "s_per_1k_cells": round((t1 + t2) / cells * 1000, 2)})
             print(rows[-1], flush=True)
-        finally:
-            if not args.keep:
-                for d in (ROOT / "data" / "processed" / name, ROOT / "results" / name, ROOT / "figures" / name,
-                          ROOT / "data" / "cohorts" / name):
-                    shutil.rmtree(d, ignore_errors=True)
     out = ROOT / "benchmarks"
     core = merge_rows(pd.DataFrame(rows), out / "results.tsv")
     if len(core):
