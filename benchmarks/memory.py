@@ -6,7 +6,10 @@ normalisation, HVGs, PCA) and ``dask`` (helpers.per_sample.preprocess_by_sample 
 single-threaded workers). The process tree's summed RSS is sampled every 0.2 s. Writes benchmarks/memory.tsv
 and rewrites benchmarks/results.md.
 
-    .venv/bin/python benchmarks/memory.py [--sizes 50000 100000 200000] [--keep]
+    .venv/bin/python benchmarks/memory.py [--sizes 50000 100000 200000] [--per-sample 2300] [--keep]
+
+``--per-sample`` grows the cohort by adding samples of a fixed size (the atlas case) instead of making the
+21 samples larger: a worker's memory depends on the largest sample, the driver's on the number of cells.
 """
 from __future__ import annotations
 
@@ -86,22 +89,25 @@ def main() -> None:
         script = Path(tmp) / "step.py"
         script.write_text(STEP)
         for n in args.sizes:
-            with bench_cohort(n, args.keep) as (name, cells):
+            with bench_cohort(n, args.keep, args.per_sample) as (name, cells):
+                n_samples = len(pd.read_csv(ROOT / "data" / "cohorts" / name / "samples.csv"))
                 for engine in ("memory", "dask"):
                     out = Path(tmp) / engine / "out.json"
                     out.parent.mkdir(exist_ok=True)
                     peaks = sampled_peak([sys.executable, str(script), engine, name, str(out)])
                     res = json.loads(out.read_text())
-                    rows.append({"cells": cells, "engine": engine, "seconds": round(res["seconds"]),
+                    rows.append({"cells": cells, "samples": n_samples, "engine": engine, "seconds": round(res["seconds"]),
                                  "cells_kept": res["n_kept"], **peaks})
                     print(rows[-1], flush=True)
                     shutil.rmtree(out.parent / "shards", ignore_errors=True)
     out = ROOT / "benchmarks" / "memory.tsv"
     new = pd.DataFrame(rows)
-    if out.exists() and len(new):
+    if out.exists() and len(new):  # earlier rows of other (cells, samples) points are kept
         old = pd.read_csv(out, sep="\t")
-        size = lambda c: (c / 1000).round(-1)  # noqa: E731
-        new = pd.concat([old[~size(old["cells"]).isin(size(new["cells"]))], new]).sort_values(["cells", "engine"])
+        if "samples" not in old:
+            old.insert(1, "samples", 21)
+        key = lambda d: (d["cells"] / 1000).round(-1).astype(str) + "/" + d["samples"].astype(str)  # noqa: E731
+        new = pd.concat([old[~key(old).isin(key(new))], new]).sort_values(["samples", "cells", "engine"])
     new.to_csv(out, sep="\t", index=False)
     write_report()
 

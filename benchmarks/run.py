@@ -44,16 +44,24 @@ def timed_notebook(cohort: str, notebook: str) -> tuple[float, float]:
     return 3600 * h + 60 * m + s, rss
 
 
-def scaled_cohort(n_cells: int) -> str:
-    """A copy of the default cohort's design, bone marrow only, with ~n_cells cells in all."""
-    name = f"bench_{n_cells // 1000}k"
+def scaled_cohort(n_cells: int, per_sample: int | None = None) -> str:
+    """A copy of the default cohort's design, bone marrow only, with ~n_cells cells in all: the 21 samples made
+    larger (default), or, with ``per_sample``, more samples of that size (the atlas case: more patients)."""
     src = ROOT / "data" / "cohorts" / "ifm2017_sim"
+    cfg = yaml.safe_load((src / "cohort.yaml").read_text())
+    if per_sample:
+        from helpers.simulate import make_design
+
+        n_s = max(4, int(round(n_cells / per_sample)))
+        samples = make_design(n_s // 2, n_s - n_s // 2, seed=cfg["seed"], n_batches=4)
+        name = f"bench_{n_cells // 1000}k_{n_s}s"
+    else:
+        samples = pd.read_csv(src / "samples.csv")
+        samples = samples[samples["tissue"] == "BM"]
+        name = f"bench_{n_cells // 1000}k"
     dst = ROOT / "data" / "cohorts" / name
     shutil.rmtree(dst, ignore_errors=True)
     dst.mkdir(parents=True)  # (a kept build under data/processed/<name> is reused by bench_cohort)
-    cfg = yaml.safe_load((src / "cohort.yaml").read_text())
-    samples = pd.read_csv(src / "samples.csv")
-    samples = samples[samples["tissue"] == "BM"]
     cfg.update(name=name, tissues=["BM"], description=f"benchmark: default design scaled to {n_cells} cells")
     cfg.pop("validation_tissue", None)
     sim = cfg["simulation"]
@@ -85,12 +93,12 @@ def markdown_table(df: pd.DataFrame) -> str:
 
 
 @contextmanager
-def bench_cohort(n_cells: int, keep: bool = False) -> Iterator[tuple[str, int]]:
-    """(name, cells) of the default design scaled to ~n_cells, built by notebook 00 unless a kept build exists;
-    its data, results and figures are removed afterwards unless ``keep``."""
+def bench_cohort(n_cells: int, keep: bool = False, per_sample: int | None = None) -> Iterator[tuple[str, int]]:
+    """(name, cells) of the default design scaled to ~n_cells (see :func:`scaled_cohort`), built by notebook 00
+    unless a kept build exists; its data, results and figures are removed afterwards unless ``keep``."""
     import anndata as ad
 
-    name = scaled_cohort(n_cells)
+    name = scaled_cohort(n_cells, per_sample)
     try:
         if not (ROOT / "data" / "processed" / name / "cells.h5ad").exists():
             timed_notebook(name, "00_cohort")
@@ -106,6 +114,8 @@ def parse_args(doc: str) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="*", default=[50_000, 100_000, 200_000])
     ap.add_argument("--keep", action="store_true", help="keep the benchmark cohorts' processed data")
+    ap.add_argument("--per-sample", type=int, default=None,
+                    help="grow the cohort by adding samples of this many cells (default: 21 larger samples)")
     args = ap.parse_args()
     os.environ.setdefault("DR_ROOT", str(ROOT))
     return args
@@ -115,7 +125,7 @@ def main() -> None:
     args = parse_args(__doc__)
     rows = []
     for n in args.sizes:
-        with bench_cohort(n, args.keep) as (name, cells):
+        with bench_cohort(n, args.keep, args.per_sample) as (name, cells):
             t1, m1 = timed_notebook(name, "01_qc_integration")
             t2, m2 = timed_notebook(name, "02_annotation")
             rows.append({"cells": cells, "qc_integration_s": round(t1), "annotation_s": round(t2),
@@ -158,7 +168,12 @@ def write_report() -> Path:
                   "(helpers.qc.qc_filter, helpers.integrate). `dask`: helpers.per_sample.preprocess_by_sample on a "
                   "LocalCluster of 2 single-threaded workers, one sample per task, shards written to disk. "
                   "`peak_total_gib`: largest sum of RSS over the process tree (driver + workers), sampled every "
-                  "0.2 s; `peak_driver_gib`: the driver alone; `peak_worker_gib`: the largest worker."]
+                  "0.2 s; `peak_driver_gib`: the driver alone; `peak_worker_gib`: the largest child process (a "
+                  "Dask worker, or a Scrublet worker of the in-memory path). `samples` = 21: the default design "
+                  "with larger samples; more samples: the cohort grown by adding samples of ~2,300 cells (the "
+                  "atlas case; `memory.py --per-sample 2300`). A worker's peak follows the largest sample "
+                  "(Scrublet's kNN on the sample and its simulated doublets dominates), the driver's the number "
+                  "of cells (obs and the 50-dimensional embedding)."]
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print((out / "results.md").read_text())
     return out / "results.md"
