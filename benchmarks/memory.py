@@ -24,7 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import ROOT, bench_cohort, parse_args, write_report  # noqa: E402
+from run import ROOT, bench_cohort, merge_rows, parse_args, write_report  # noqa: E402
 
 STEP = r"""
 import json, sys, time
@@ -101,14 +101,7 @@ def main() -> None:
                     print(rows[-1], flush=True)
                     shutil.rmtree(out.parent / "shards", ignore_errors=True)
     out = ROOT / "benchmarks" / "memory.tsv"
-    new = pd.DataFrame(rows)
-    if out.exists() and len(new):  # earlier rows of other (cells, samples) points are kept
-        old = pd.read_csv(out, sep="\t")
-        if "samples" not in old:
-            old.insert(1, "samples", 21)
-        key = lambda d: (d["cells"] / 1000).round(-1).astype(str) + "/" + d["samples"].astype(str)  # noqa: E731
-        new = pd.concat([old[~key(old).isin(key(new))], new]).sort_values(["samples", "cells", "engine"])
-    new.to_csv(out, sep="\t", index=False)
+    merge_rows(pd.DataFrame(rows), out, by=("samples", "cells", "engine")).to_csv(out, sep="\t", index=False)
     write_report()
 
 

@@ -72,17 +72,20 @@ def scaled_cohort(n_cells: int, per_sample: int | None = None) -> str:
     return name
 
 
-def merge_rows(new: pd.DataFrame, previous: Path) -> pd.DataFrame:
-    """This run's rows plus the earlier runs' rows at other sizes (a size measured again is replaced), by cells."""
+def merge_rows(new: pd.DataFrame, previous: Path, by: tuple[str, ...] = ("cells",),
+               derived: tuple[str, ...] = ()) -> pd.DataFrame:
+    """This run's rows plus the earlier runs' rows at other points (a point measured again is replaced). A point
+    is its cells rounded to 10k (48,479 and 50,000 cells are the same point) and its other ``by`` columns;
+    ``derived`` columns of the earlier rows are dropped (the caller recomputes them)."""
     if not previous.exists():
         return new
-    old = pd.read_csv(previous, sep="\t")
+    old = pd.read_csv(previous, sep="\t").drop(columns=list(derived), errors="ignore")
     if len(new):
-        size = lambda c: (c / 1000).round(-1)  # noqa: E731 - 48,479 and 50,000 cells are the same point
-        old = old[~size(old["cells"]).isin(size(new["cells"]))]
-    keep = [c for c in old.columns if c in ("cells", "qc_integration_s", "annotation_s", "core_s", "peak_gib",
-                                             "s_per_1k_cells")]
-    return pd.concat([old[keep], new], ignore_index=True).sort_values("cells", ignore_index=True)
+        def point(d):
+            return pd.MultiIndex.from_frame(d[list(by)].assign(cells=(d["cells"] / 1000).round(-1)))
+
+        old = old[~point(old).isin(point(new))]
+    return pd.concat([old, new], ignore_index=True).sort_values(list(by), ignore_index=True)
 
 
 def markdown_table(df: pd.DataFrame) -> str:
@@ -133,7 +136,7 @@ def main() -> None:
                          "s_per_1k_cells": round((t1 + t2) / cells * 1000, 2)})
             print(rows[-1], flush=True)
     out = ROOT / "benchmarks"
-    core = merge_rows(pd.DataFrame(rows), out / "results.tsv")
+    core = merge_rows(pd.DataFrame(rows), out / "results.tsv", derived=("baseline_s_same_cells", "speed_vs_baseline"))
     if len(core):
         per_k = BASELINE[63_000][0] / 63.0  # baseline seconds per 1k cells at 63k
         core["baseline_s_same_cells"] = (core["cells"] / 1000 * per_k).round()

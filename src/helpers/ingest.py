@@ -167,6 +167,12 @@ def read_sample(row: pd.Series, cohort_dir: Path, cache: dict | None = None) -> 
     return a
 
 
+def check_unique_barcodes(names: pd.Index) -> None:
+    """Cell names (sample id + barcode) must be unique across the cohort."""
+    if not pd.Index(names).is_unique:
+        raise IngestError("duplicate cell barcodes within a sample; check the barcodes files")
+
+
 def ingest_samples(samples: pd.DataFrame, cohort_dir: Path) -> ad.AnnData:
     """Concatenate every sample of ``samples`` with its design columns; barcodes prefixed by sample id."""
     from tqdm.auto import tqdm
@@ -174,8 +180,7 @@ def ingest_samples(samples: pd.DataFrame, cohort_dir: Path) -> ad.AnnData:
     cache: dict[Path, ad.AnnData] = {}
     parts = [read_sample(row, cohort_dir, cache) for _, row in tqdm(list(samples.iterrows()), desc="reading samples")]
     adata = ad.concat(parts, join="outer", merge="first")
-    if not adata.obs_names.is_unique:
-        raise IngestError("duplicate cell barcodes within a sample; check the barcodes files")
+    check_unique_barcodes(adata.obs_names)
     adata.X = sp.csr_matrix(adata.X)
     adata.layers["counts"] = adata.X.copy()
     for c in ("sample_id", "patient_id", "tissue", "response", "batch"):

@@ -38,6 +38,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .cohort import Cohort, InputError
+from .pseudobulk import sum_rows_by_key
 
 # --------------------------------------------------------------------------------------------- where it runs
 
@@ -155,8 +156,6 @@ def ingest_one_sample(src: dict, out_dir: str) -> tuple[str, pd.DataFrame]:
     from .io import write_h5ad
 
     a = read_source(src)
-    for c in ("sample_id", "patient_id", "tissue", "response", "batch"):
-        a.obs[c] = a.obs[c].astype(str)
     path = Path(out_dir) / f"{src['sample_id']}.h5ad"
     write_h5ad(a, path)
     return str(path), per_sample_summary(a)
@@ -167,7 +166,7 @@ def ingest_by_sample(cohort: Cohort, client: Any = None) -> tuple[dict[str, Path
     disk (``concat_on_disk``), never holding the cohort in memory. Returns ({'cells': path}, per-sample summary)."""
     from anndata.experimental import concat_on_disk
 
-    from .ingest import IngestError, copy_side_tables
+    from .ingest import check_unique_barcodes, copy_side_tables
     from .io import atomic_path
 
     if cohort.kind != "real":
@@ -183,9 +182,7 @@ def ingest_by_sample(cohort: Cohort, client: Any = None) -> tuple[dict[str, Path
             import h5py
 
             with h5py.File(tmp, "r+") as f:
-                names = ad.io.read_elem(f["obs"]).index
-                if not names.is_unique:
-                    raise IngestError("duplicate cell barcodes within a sample; check the barcodes files")
+                check_unique_barcodes(ad.io.read_elem(f["obs"]).index)
                 if "uns" in f:
                     del f["uns"]
                 ad.io.write_elem(f, "uns", {"cohort": {"name": cohort.name, "kind": "real"}})
@@ -209,8 +206,7 @@ class SampleQC:
     thresholds: pd.DataFrame      # one row: the sample's MAD thresholds and cell counts
     variances_norm: pd.Series     # Seurat-v3 normalised variance per gene (kept cells, raw counts)
     shard: str                    # kept cells: X log-normalised, layers['counts'] raw
-    n_kept: int = 0
-    obs: pd.DataFrame | None = None  # the sample's input cells (design and, if simulated, truth columns)
+    obs: pd.DataFrame             # the sample's input cells: design (and truth) columns + QC metrics
 
 
 def seurat_v3_variances(adata: ad.AnnData, layer: str = "counts") -> pd.Series:
@@ -237,7 +233,7 @@ def qc_one_sample(src: dict, shard_dir: str, seed: int = 0, nmads: float = 3.0,
     var_norm = seurat_v3_variances(kept)
     shard = Path(shard_dir) / f"{src['sample_id']}.h5ad"
     write_h5ad(kept, shard)
-    return SampleQC(str(src["sample_id"]), table, thr, var_norm, str(shard), int(kept.n_obs), a.obs.copy())
+    return SampleQC(str(src["sample_id"]), table, thr, var_norm, str(shard), a.obs.copy())  # (qc_filter added the metrics)
 
 
 @dataclass
@@ -354,11 +350,9 @@ def pca_by_sample(shards: list[str], genes: Sequence[str], client: Any = None,
 def embedding_anndata(qc: CohortQC, scores: pd.DataFrame) -> ad.AnnData:
     """The global object of the per-sample path: obs of the kept cells (design, QC metrics) and the PCA
     embedding, with no expression matrix (cells x 0 genes)."""
-    obs = pd.concat([ad.read_h5ad(s, backed="r").obs for s in qc.shards])
-    for c in ("sample_id", "patient_id", "tissue", "response", "batch"):
-        if c in obs:
-            obs[c] = obs[c].astype(str).astype("category")
-    a = ad.AnnData(obs=obs)
+    obs = qc.obs[qc.table["keep"].reindex(qc.obs.index).to_numpy()]  # the shards' cells, in shard order
+    a = ad.AnnData(obs=obs.copy())
+    a.strings_to_categoricals()  # as writing the shards did
     a.obsm["X_pca"] = scores.loc[obs.index].to_numpy(np.float32)
     return a
 
@@ -397,13 +391,11 @@ def _pseudobulk_shard(shard: str, labels: pd.Series | None, label: str, patient:
         a.obs[label] = labels.reindex(a.obs_names).astype(str).to_numpy()
     else:
         a.obs[label] = "all"
-    X = sp.csr_matrix(a.layers["counts"])
-    keys = a.obs[patient].astype(str) + "\t" + a.obs[label].astype(str)
-    codes, uniq = pd.factorize(keys)
-    M = sp.csr_matrix((np.ones(len(codes)), (codes, np.arange(len(codes)))), shape=(len(uniq), len(codes)))
-    summed = pd.DataFrame(np.asarray((M @ X).todense()), index=uniq, columns=a.var_names)
-    summed.insert(0, "n_cells", np.bincount(codes, minlength=len(uniq)))
-    return summed
+    keys = (a.obs[patient].astype(str) + "\t" + a.obs[label].astype(str)).to_numpy()
+    uniq, summed, n_cells = sum_rows_by_key(a.layers["counts"], keys)
+    out = pd.DataFrame(summed, index=uniq, columns=a.var_names)
+    out.insert(0, "n_cells", n_cells)
+    return out
 
 
 def pseudobulk_by_sample(shards: list[str], labels: pd.Series | None = None, client: Any = None,

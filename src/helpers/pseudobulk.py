@@ -10,6 +10,13 @@ import scipy.sparse as sp
 PATIENT_COLUMNS = ["patient_id", "sample_id", "response", "tissue", "batch", "age"]
 
 
+def sum_rows_by_key(X: sp.spmatrix, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sum the rows (cells) of ``X`` sharing a key: (sorted unique keys, keys x columns dense sums, rows per key)."""
+    uniq, inv = np.unique(np.asarray(keys), return_inverse=True)
+    M = sp.csr_matrix((np.ones(len(inv)), (inv, np.arange(len(inv)))), shape=(len(uniq), len(inv)))
+    return uniq, np.asarray((M @ sp.csr_matrix(X)).todense()), np.bincount(inv, minlength=len(uniq))
+
+
 def pseudobulk_by_patient(adata: ad.AnnData, cell_types: list[str] | None = None, label: str = "cell_type",
                           tissue: str | None = None, min_cells: int = 10, layer: str = "counts",
                           patient: str = "patient_id") -> ad.AnnData:
@@ -28,10 +35,7 @@ def pseudobulk_by_patient(adata: ad.AnnData, cell_types: list[str] | None = None
         mask &= obs[label].astype(str).isin(cell_types).to_numpy()
     X = sp.csr_matrix(adata.layers[layer] if layer in adata.layers else adata.X)[mask]
     pid = obs.loc[mask, patient].astype(str).to_numpy()
-    pats, inv = np.unique(pid, return_inverse=True)
-    M = sp.csr_matrix((np.ones(len(pid)), (inv, np.arange(len(pid)))), shape=(len(pats), len(pid)))
-    summed = np.asarray((M @ X).todense())
-    n_cells = np.bincount(inv, minlength=len(pats))
+    pats, summed, n_cells = sum_rows_by_key(X, pid)
     cols = [c for c in PATIENT_COLUMNS if c in obs.columns]
     meta = obs.loc[mask, cols].astype({c: str for c in cols if c != "age"}).copy()
     meta[patient] = pid
