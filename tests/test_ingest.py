@@ -1,9 +1,11 @@
 """Real-cohort ingest on files written from real data (Kang 2018 PBMC, shipped in tests/data): every format,
-every error, barcode clashes across samples, paediatric ages."""
+every error, barcode clashes across samples, paediatric ages, non-gene 10x features (antibodies, CRISPR guides,
+peaks) and hg19-era gene symbols."""
 from __future__ import annotations
 
 import gzip
 import shutil
+import warnings
 from pathlib import Path
 
 import anndata as ad
@@ -16,6 +18,7 @@ import scipy.sparse as sp
 
 from helpers.cohort import load_cohort
 from helpers.ingest import IngestError, ingest_samples, prepare_cohort, read_counts
+from helpers.symbols import update_symbols
 
 KANG = Path(__file__).parent / "data" / "kang2018_pbmc_ctrl_stim_600cells.h5ad"
 
@@ -27,6 +30,21 @@ def kang():
     return a
 
 
+def _feature_types(a) -> list[str]:
+    return list(a.var["feature_types"]) if "feature_types" in a.var else ["Gene Expression"] * a.n_vars
+
+
+def with_features(a, extra: dict[str, str], seed: int = 0) -> ad.AnnData:
+    """``a`` plus one feature per {name: feature type} with Poisson counts, appended as Cell Ranger does."""
+    counts = np.random.default_rng(seed).poisson(30, (a.n_obs, len(extra)))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Variable names are not unique")  # an antibody may share a gene's name
+        return ad.AnnData(sp.hstack([sp.csr_matrix(a.X), sp.csr_matrix(counts)]).tocsr().astype(np.float32),
+                          obs=a.obs[[]].copy(),
+                          var=pd.DataFrame({"feature_types": _feature_types(a) + list(extra.values())},
+                                           index=list(a.var_names) + list(extra)))
+
+
 def write_10x_mtx(a, folder: Path, version: int = 3, gz: bool = True):
     folder.mkdir(parents=True)
     op = (lambda p: gzip.open(str(p) + ".gz", "wb")) if gz else (lambda p: open(p, "wb"))
@@ -34,7 +52,7 @@ def write_10x_mtx(a, folder: Path, version: int = 3, gz: bool = True):
         scipy.io.mmwrite(fh, sp.csr_matrix(a.X).T.tocoo().astype(np.int64), field="integer")
     ids = [f"ENSG{i:011d}" for i in range(a.n_vars)]
     if version == 3:
-        feats = pd.DataFrame({0: ids, 1: a.var_names, 2: "Gene Expression"})
+        feats = pd.DataFrame({0: ids, 1: a.var_names, 2: _feature_types(a)})
         name = "features.tsv"
     else:
         feats = pd.DataFrame({0: ids, 1: a.var_names})
@@ -55,7 +73,7 @@ def write_10x_h5(a, path: Path):
         ft = g.create_group("features")
         ft["id"] = np.array([f"ENSG{i:011d}" for i in range(a.n_vars)], dtype="S")
         ft["name"] = np.array(a.var_names, dtype="S")
-        ft["feature_type"] = np.array(["Gene Expression"] * a.n_vars, dtype="S")
+        ft["feature_type"] = np.array(_feature_types(a), dtype="S")
 
 
 @pytest.mark.parametrize("fmt", ["mtx_v3_gz", "mtx_v2_plain", "h5", "h5ad"])
@@ -75,13 +93,15 @@ def test_each_format_roundtrips_real_counts(kang, tmp_path, fmt):
         sub.write_h5ad(p)
     a = read_counts(p)
     assert a.shape == sub.shape
-    assert list(a.var_names) == list(sub.var_names)
+    assert list(a.var_names) == list(update_symbols(sub).var_names)  # hg19-era names (IL8, ...) mapped
+    assert "CXCL8" in a.var_names and "IL8" not in a.var_names
     assert (sp.csr_matrix(a.X) != sp.csr_matrix(sub.X)).nnz == 0
     if fmt != "h5ad":
         assert a.var["gene_ids"].str.startswith("ENSG").all()
 
 
-def _cohort_dir(tmp_path, kang, kinds=("mtx", "h5", "h5ad", "combined"), ages=(67, 71, 9, 15)):
+def _cohort_dir(tmp_path, kang, kinds=("mtx", "h5", "h5ad", "combined"), ages=(67, 71, 9, 15), edit=None):
+    """Four samples of Kang counts in ``kinds`` formats; ``edit(i, part)`` may change sample i's AnnData first."""
     root = tmp_path / "proj"
     cdir = root / "data" / "cohorts" / "mine"
     (cdir / "counts").mkdir(parents=True)
@@ -95,6 +115,7 @@ def _cohort_dir(tmp_path, kang, kinds=("mtx", "h5", "h5ad", "combined"), ages=(6
         sid = f"S{i + 1}"
         part = part.copy()
         part.obs_names = [f"AAAC{j:06d}-1" for j in range(part.n_obs)]  # identical barcodes in every sample
+        part = edit(i, part) if edit else part
         if kind == "mtx":
             write_10x_mtx(part, cdir / "counts" / sid)
             path, col = f"counts/{sid}", ""
@@ -203,3 +224,84 @@ def test_ingest_by_sample_equals_in_memory_ingest(kang, tmp_path):
     (cdir / h5).write_bytes(b"not an h5 file")
     with pytest.raises(IngestError, match=Path(h5).name):
         per_sample.ingest_by_sample(c, client=None)
+
+
+NON_GENE = {"CD16": "Antibody Capture", "CD38": "Antibody Capture", "CD54": "Antibody Capture",
+            "CD74": "Antibody Capture",  # also a gene of the panel: the gene row keeps its name and counts
+            "sgRNA1": "CRISPR Guide Capture", "sgRNA2": "CRISPR Guide Capture",
+            "chr1:100-600": "Peaks", "HTO_1": "Custom"}
+
+
+@pytest.mark.parametrize("fmt", ["mtx", "h5", "h5ad"])
+def test_non_gene_features_kept_out_of_the_counts(kang, tmp_path, fmt):
+    sub = kang[:60].copy()
+    full = with_features(sub, NON_GENE)
+    p = tmp_path / {"mtx": "s", "h5": "s.h5", "h5ad": "s.h5ad"}[fmt]
+    {"mtx": lambda: write_10x_mtx(full, p), "h5": lambda: write_10x_h5(full, p),
+     "h5ad": lambda: full.write_h5ad(p)}[fmt]()
+    with pytest.warns(UserWarning, match=r"dropped non-gene features: 2 'CRISPR Guide Capture', 1 'Peaks', 1 'Custom'"):
+        a = read_counts(p)
+    assert a.n_vars == kang.n_vars and set(a.var.get("feature_types", ["Gene Expression"])) == {"Gene Expression"}
+    # library sizes are gene counts only; the gene CD74 is the gene, not the antibody
+    np.testing.assert_array_equal(np.asarray(a.X.sum(1)).ravel(), np.asarray(sub.X.sum(1)).ravel())
+    np.testing.assert_array_equal(a[:, "CD74"].X.toarray(), sub[:, "CD74"].X.toarray())
+    prot = a.obsm["protein_counts"]
+    assert isinstance(prot, pd.DataFrame) and list(prot.columns) == ["CD16", "CD38", "CD54", "CD74"]
+    assert prot.dtypes.eq(np.float64).all() and list(prot.index) == list(a.obs_names)
+    np.testing.assert_array_equal(prot.to_numpy(), full.X[:, kang.n_vars:kang.n_vars + 4].toarray())
+
+
+def test_only_non_gene_features_refused(kang, tmp_path):
+    ab = with_features(kang[:20, :0].copy(), {"CD16": "Antibody Capture", "CD38": "Antibody Capture"})
+    write_10x_mtx(ab, tmp_path / "ab")
+    with pytest.raises(IngestError, match=r"ab: no 'Gene Expression' feature \(feature types: \['Antibody Capture'\]\)"):
+        read_counts(tmp_path / "ab")
+
+
+def test_previous_symbols_mapped_without_duplicates():
+    names = ["IGJ", "FAM46C", "WHSC1", "NSD2", "SEPT4", "C17orf47", "MT-CO2", "CD3E"]
+    a = ad.AnnData(sp.csr_matrix(np.arange(1, 25, dtype=np.float32).reshape(3, 8)), var=pd.DataFrame(index=names))
+    b = update_symbols(a)
+    # renamed: IGJ -> JCHAIN, FAM46C -> TENT5C. Kept: WHSC1 (NSD2, its current symbol, is there too: the current
+    # row is kept, no summing), SEPT4 and C17orf47 (both map to SEPTIN4), MT-CO2 and CD3E (current symbols).
+    assert list(b.var_names) == ["JCHAIN", "TENT5C", "WHSC1", "NSD2", "SEPT4", "C17orf47", "MT-CO2", "CD3E"]
+    assert b.var_names.is_unique and (b.X != a.X).nnz == 0 and list(a.var_names) == names  # input untouched
+    r = b.uns["symbol_renames"].set_index("previous")
+    assert r.loc["IGJ", "current"] == "JCHAIN" and r.loc["IGJ", "action"] == "renamed"
+    assert r.loc["WHSC1", "action"].startswith("kept: the current symbol is also in the data")
+    assert r.loc["SEPT4", "action"].startswith("kept: several names") and "MT-CO2" not in r.index
+
+
+def test_features_and_old_symbols_same_through_both_ingest_paths(kang, tmp_path):
+    """Samples differing in antibodies (S1: CD16/CD38/CD54, S2: CD16, S3 and S4 none) and in reference (S1 uses
+    the hg19 name EBI2 for GPR183): one GPR183 column, antibodies NaN where a sample lacks them, the renames in
+    uns, absent marker genes named, the same from the in-memory and the per-sample (Dask) ingest."""
+    from helpers import per_sample
+
+    antibodies = {0: ["CD16", "CD38", "CD54"], 1: ["CD16"]}
+
+    def edit(i, part):
+        if i == 0:
+            part.var_names = ["EBI2" if g == "GPR183" else g for g in part.var_names]
+        return with_features(part, {n: "Antibody Capture" for n in antibodies[i]}, seed=i) if i in antibodies else part
+
+    root, cdir = _cohort_dir(tmp_path, kang, edit=edit)
+    c = load_cohort("mine", root=root)
+    with pytest.warns(UserWarning, match=r"genes absent after symbol mapping: data/markers.yaml: \[.*'CD3E'"):
+        ref = ad.read_h5ad(prepare_cohort(c, progress=False)["cells"])
+    with pytest.warns(UserWarning, match="genes absent after symbol mapping"):
+        a = ad.read_h5ad(per_sample.ingest_by_sample(c, client=None)[0]["cells"])
+    for x in (ref, a):
+        assert "GPR183" in x.var_names and "EBI2" not in x.var_names and x.n_vars == kang.n_vars
+        assert int(x.layers["counts"].sum()) == int(kang.X.sum())  # antibody counts are not in the library sizes
+        prot = x.obsm["protein_counts"]
+        assert list(prot.columns) == ["CD16", "CD38", "CD54"] and list(prot.index) == list(x.obs_names)
+        sid = x.obs["sample_id"].astype(str).to_numpy()
+        assert prot[sid == "S1"].notna().all().all() and prot.loc[sid == "S2", "CD16"].notna().all()
+        assert prot.loc[sid == "S2", ["CD38", "CD54"]].isna().all().all() and prot[np.isin(sid, ["S3", "S4"])].isna().all().all()
+        r = x.uns["symbol_renames"].set_index("previous")
+        assert r.loc["EBI2", "current"] == "GPR183" and r.loc["EBI2", "samples"] == "S1"
+        assert r.loc["IL8", "samples"] == "S1,S2,S3,S4"
+    pd.testing.assert_frame_equal(a.obsm["protein_counts"], ref.obsm["protein_counts"])
+    pd.testing.assert_frame_equal(a.uns["symbol_renames"], ref.uns["symbol_renames"])
+    assert (sp.csr_matrix(a.layers["counts"]) != sp.csr_matrix(ref.layers["counts"])).nnz == 0

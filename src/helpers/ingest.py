@@ -1,11 +1,18 @@
 """Real-cohort ingest: read each sample's counts (10x folder v2/v3, 10x .h5, .h5ad, or one combined
 .h5ad with a sample column), attach samples.csv metadata, check they are raw counts, write cells.h5ad.
+
+Only 'Gene Expression' features are counts (X): 'Antibody Capture' counts go to ``obsm['protein_counts']``
+(cells x antibodies, NaN for cells of samples without that antibody), other feature types (CRISPR, Peaks,
+Custom) are dropped with a warning. Previous gene symbols are mapped to current ones (:mod:`helpers.symbols`),
+the decisions kept in ``uns['symbol_renames']``.
 """
 
 from __future__ import annotations
 
 import gzip
+import warnings
 from pathlib import Path
+from typing import Any
 
 import anndata as ad
 import numpy as np
@@ -13,8 +20,12 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .cohort import Cohort, InputError
+from .symbols import update_symbols, warn_missing_genes
 
 DESIGN_COLUMNS = ["sample_id", "patient_id", "tissue", "response", "age", "batch"]
+GENE_EXPRESSION = "Gene Expression"
+ANTIBODY_CAPTURE = "Antibody Capture"
+PROTEIN_KEY = "protein_counts"
 
 
 class IngestError(InputError):
@@ -77,14 +88,16 @@ def read_10x_h5(path: str | Path) -> ad.AnnData:
             shape = tuple(grp["shape"][:])
             bcs = grp["barcodes"][:].astype(str)
             if "features" in grp:
-                ids = grp["features"]["id"][:].astype(str)
-                names = grp["features"]["name"][:].astype(str)
+                ft = grp["features"]
+                var = pd.DataFrame({"gene_ids": ft["id"][:].astype(str), "gene_symbols": ft["name"][:].astype(str)})
+                if "feature_type" in ft:
+                    var["feature_types"] = ft["feature_type"][:].astype(str)
             else:
-                ids, names = grp["genes"][:].astype(str), grp["gene_names"][:].astype(str)
+                var = pd.DataFrame({"gene_ids": grp["genes"][:].astype(str),
+                                    "gene_symbols": grp["gene_names"][:].astype(str)})
     except (OSError, KeyError) as e:
         raise IngestError(f"{path}: corrupt, truncated or not a 10x .h5 file ({type(e).__name__}: {e})") from e
     X = sp.csc_matrix((data, indices, indptr), shape=shape).T.tocsr()
-    var = pd.DataFrame({"gene_ids": ids, "gene_symbols": names})
     return _finish(X, bcs, var, path)
 
 
@@ -95,18 +108,47 @@ def check_symbols(names, src) -> None:
                           "column 2 (Cell Ranger features.tsv layout), or symbols as var_names of the .h5ad")
 
 
+def keep_gene_features(adata: ad.AnnData, src) -> ad.AnnData:
+    """Keep the 'Gene Expression' features of ``adata`` (all of them when var has no ``feature_types``); put the
+    'Antibody Capture' counts in ``obsm['protein_counts']`` (cells x antibodies, float, named by var
+    ``gene_symbols`` or var_names) and leave other feature types out with a warning naming each type and count."""
+    if "feature_types" not in adata.var:
+        return adata
+    ftype = adata.var["feature_types"].astype(str).to_numpy()
+    genes, antibodies = ftype == GENE_EXPRESSION, ftype == ANTIBODY_CAPTURE
+    if not genes.any():
+        raise IngestError(f"{src}: no '{GENE_EXPRESSION}' feature (feature types: {sorted(set(ftype))})")
+    other = pd.Series(ftype[~(genes | antibodies)]).value_counts()
+    if len(other):
+        warnings.warn(f"{src}: dropped non-gene features: " + ", ".join(f"{n} '{t}'" for t, n in other.items())
+                      + f" (only '{GENE_EXPRESSION}' rows are counts; '{ANTIBODY_CAPTURE}' goes to "
+                      f"obsm['{PROTEIN_KEY}'])", stacklevel=2)
+    out = adata[:, genes].copy()
+    if antibodies.any():
+        names = adata.var["gene_symbols"] if "gene_symbols" in adata.var else adata.var_names.to_series()
+        cols = ad.utils.make_index_unique(pd.Index(names.astype(str).to_numpy()[antibodies]))
+        counts = sp.csr_matrix(adata.X)[:, np.flatnonzero(antibodies)].toarray().astype(np.float64)
+        out.obsm[PROTEIN_KEY] = pd.DataFrame(counts, index=adata.obs_names, columns=cols)
+    return out
+
+
 def _finish(X: sp.spmatrix, barcodes, var: pd.DataFrame, src: Path) -> ad.AnnData:
-    syms = var["gene_symbols"].astype(str)
-    check_symbols(syms, src)
     a = ad.AnnData(X=sp.csr_matrix(X), obs=pd.DataFrame(index=pd.Index(barcodes, dtype=str)),
-                   var=var.set_index(pd.Index(syms, dtype=str)))
+                   var=var.set_axis(var.index.astype(str)))
+    a = keep_gene_features(a, src)
+    check_symbols(a.var["gene_symbols"], src)
+    a.var_names = a.var["gene_symbols"].astype(str).to_numpy()
     a.var_names_make_unique()
     return a
 
 
 def read_counts(path: str | Path) -> ad.AnnData:
-    """Read one sample's counts by format: 10x folder, 10x .h5, or .h5ad (raw counts in X or layers['counts'])."""
-    path = Path(path)
+    """Read one sample's counts by format: 10x folder, 10x .h5, or .h5ad (raw counts in X or layers['counts']);
+    gene expression features only, previous symbols mapped to current ones (see the module docstring)."""
+    return update_symbols(_read_by_format(Path(path)))
+
+
+def _read_by_format(path: Path) -> ad.AnnData:
     if not path.exists():
         raise IngestError(f"counts path {path} does not exist")
     if path.is_dir():
@@ -121,6 +163,7 @@ def read_counts(path: str | Path) -> ad.AnnData:
         if "counts" in a.layers:
             a.X = a.layers["counts"]
         a.X = sp.csr_matrix(a.X)
+        a = keep_gene_features(a, path)
         check_symbols(a.var_names, path)
         return a
     raise IngestError(f"{path}: unknown counts format; use a 10x folder, a 10x .h5 or an .h5ad")
@@ -173,14 +216,39 @@ def check_unique_barcodes(names: pd.Index) -> None:
         raise IngestError("duplicate cell barcodes within a sample; check the barcodes files")
 
 
+def pop_extras(adata: ad.AnnData) -> dict[str, Any]:
+    """Take one sample's antibody counts (obsm) and symbol decisions (uns) out of ``adata``, to be merged over the
+    cohort by :func:`cohort_extras` (both ingest paths do so)."""
+    return {"sample_id": str(adata.obs["sample_id"].iloc[0]), "protein": adata.obsm.pop(PROTEIN_KEY, None),
+            "renames": adata.uns.pop("symbol_renames", None)}
+
+
+def cohort_extras(extras: list[dict], obs_names, var_names, src) -> tuple[dict, dict]:
+    """The cohort's obsm and uns from the samples' :func:`pop_extras`: ``obsm['protein_counts']`` over all cells
+    (NaN where a sample lacks an antibody; absent when no sample has one) and ``uns['symbol_renames']`` (previous,
+    current, action, samples). Warns naming the marker and panel genes absent from ``var_names``."""
+    proteins = [e["protein"] for e in extras if e["protein"] is not None]
+    obsm = {PROTEIN_KEY: pd.concat(proteins).reindex(pd.Index(obs_names))} if proteins else {}
+    renames = pd.concat([pd.DataFrame(columns=["previous", "current", "action"])]
+                        + [e["renames"].assign(sample_id=e["sample_id"]) for e in extras if e["renames"] is not None])
+    renames = (renames.groupby(["previous", "current", "action"])["sample_id"].agg(",".join).rename("samples")
+               .reset_index())
+    warn_missing_genes(var_names, str(src))
+    return obsm, {"symbol_renames": renames}
+
+
 def ingest_samples(samples: pd.DataFrame, cohort_dir: Path) -> ad.AnnData:
     """Concatenate every sample of ``samples`` with its design columns; barcodes prefixed by sample id."""
     from tqdm.auto import tqdm
 
     cache: dict[Path, ad.AnnData] = {}
     parts = [read_sample(row, cohort_dir, cache) for _, row in tqdm(list(samples.iterrows()), desc="reading samples")]
+    extras = [pop_extras(a) for a in parts]
     adata = ad.concat(parts, join="outer", merge="first")
     check_unique_barcodes(adata.obs_names)
+    obsm, uns = cohort_extras(extras, adata.obs_names, adata.var_names, cohort_dir)
+    adata.obsm.update(obsm)
+    adata.uns.update(uns)
     adata.X = sp.csr_matrix(adata.X)
     adata.layers["counts"] = adata.X.copy()
     for c in ("sample_id", "patient_id", "tissue", "response", "batch"):

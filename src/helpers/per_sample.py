@@ -149,16 +149,19 @@ def read_source(src: dict) -> ad.AnnData:
 # ------------------------------------------------------------------------------------------------ ingest
 
 
-def ingest_one_sample(src: dict, out_dir: str) -> tuple[str, pd.DataFrame]:
+def ingest_one_sample(src: dict, out_dir: str) -> tuple[str, pd.DataFrame, dict]:
     """Read and check one sample's counts (as :func:`helpers.ingest.ingest_samples` does), write them to
-    ``out_dir/<sample>.h5ad`` and return (path, the sample's row of :func:`helpers.describe.per_sample_summary`)."""
+    ``out_dir/<sample>.h5ad`` and return (path, the sample's row of :func:`helpers.describe.per_sample_summary`,
+    its antibody counts and symbol decisions from :func:`helpers.ingest.pop_extras`)."""
     from .describe import per_sample_summary
+    from .ingest import pop_extras
     from .io import write_h5ad
 
     a = read_source(src)
+    extras = pop_extras(a)
     path = Path(out_dir) / f"{src['sample_id']}.h5ad"
     write_h5ad(a, path)
-    return str(path), per_sample_summary(a)
+    return str(path), per_sample_summary(a), extras
 
 
 def ingest_by_sample(cohort: Cohort, client: Any = None) -> tuple[dict[str, Path], pd.DataFrame]:
@@ -166,7 +169,7 @@ def ingest_by_sample(cohort: Cohort, client: Any = None) -> tuple[dict[str, Path
     disk (``concat_on_disk``), never holding the cohort in memory. Returns ({'cells': path}, per-sample summary)."""
     from anndata.experimental import concat_on_disk
 
-    from .ingest import check_unique_barcodes, copy_side_tables
+    from .ingest import check_unique_barcodes, cohort_extras, copy_side_tables
     from .io import atomic_path
 
     if cohort.kind != "real":
@@ -178,19 +181,24 @@ def ingest_by_sample(cohort: Cohort, client: Any = None) -> tuple[dict[str, Path
                           out_dir=str(tmp_dir))
         cells = cohort.processed_dir / "cells.h5ad"
         with atomic_path(cells) as tmp:
-            concat_on_disk([p for p, _ in out], str(tmp), join="outer", merge="first")
+            concat_on_disk([p for p, _, _ in out], str(tmp), join="outer", merge="first")
             import h5py
 
             with h5py.File(tmp, "r+") as f:
-                check_unique_barcodes(ad.io.read_elem(f["obs"]).index)
+                obs_names = ad.io.read_elem(f["obs"]).index
+                check_unique_barcodes(obs_names)
+                obsm, uns = cohort_extras([e for _, _, e in out], obs_names, ad.io.read_elem(f["var"]).index,
+                                          cohort.dir)
+                for key, value in obsm.items():
+                    ad.io.write_elem(f.require_group("obsm"), key, value)
                 if "uns" in f:
                     del f["uns"]
-                ad.io.write_elem(f, "uns", {"cohort": {"name": cohort.name, "kind": "real"}})
+                ad.io.write_elem(f, "uns", {"cohort": {"name": cohort.name, "kind": "real"}, **uns})
     finally:
         import shutil
 
         shutil.rmtree(tmp_dir, ignore_errors=True)
-    summary = pd.concat([s for _, s in out]).sort_values("sample_id", ignore_index=True)
+    summary = pd.concat([s for _, s, _ in out]).sort_values("sample_id", ignore_index=True)
     return {"cells": cells, **copy_side_tables(cohort)}, summary
 
 
