@@ -48,8 +48,12 @@ def lognorm(adata: ad.AnnData, genes: list[str], layer: str | None = "counts") -
     return pd.DataFrame(np.log1p(sub / np.maximum(total, 1)[:, None] * 1e4), index=adata.obs_names, columns=genes)
 
 
-def lognorm_matrix(adata: ad.AnnData, genes: list[str] | None = None, layer: str = "counts") -> sp.csr_matrix:
-    """Sparse log1p(counts per 10k) of all genes (or ``genes``, in that order) from raw counts in ``layer``."""
+def lognorm_matrix(adata: ad.AnnData, genes: list[str] | None = None, layer: str | None = "counts") -> sp.csr_matrix:
+    """Sparse log1p(counts per 10k) of all genes (or ``genes``, in that order) from raw counts in ``layer``;
+    ``layer=None`` means X already holds log-normalised values, returned as they are."""
+    if layer is None:
+        X = sp.csr_matrix(adata.X, dtype=np.float32)
+        return X if genes is None else sp.csr_matrix(X[:, adata.var_names.get_indexer(genes)])
     X = sp.csr_matrix(adata.layers[layer] if layer in adata.layers else adata.X, dtype=np.float32)
     total = np.asarray(X.sum(1)).ravel()
     X = sp.csr_matrix(sp.diags((1e4 / np.maximum(total, 1)).astype(np.float32)) @ X)
@@ -89,12 +93,6 @@ def on_level(x: pd.Series, floor: float = MIN_ON_LEVEL) -> float:
     t = otsu_threshold(x.to_numpy())
     above = x[x > t]
     return max(float(above.median()) if len(above) else float(x.max()), floor)
-
-
-def scale_scores(scores: pd.DataFrame) -> pd.DataFrame:
-    """Divide each score by its on-level so lists with different expression levels compare."""
-    lv = pd.Series({c: on_level(scores[c]) for c in scores}).replace(0, np.nan)
-    return (scores / lv).fillna(0.0)
 
 
 def smooth_scores(scores: pd.DataFrame, graph: sp.spmatrix | None, self_weight: float = 0.5) -> pd.DataFrame:
@@ -138,14 +136,140 @@ def coexpression_doublets(adata: ad.AnnData, markers: dict[str, Any] | None = No
     return (n_on >= 2).rename("coexpression_doublet")
 
 
-def annotate_compartments(adata: ad.AnnData, graph: sp.spmatrix | None = None,
-                          markers: dict[str, Any] | None = None, layer: str | None = "counts") -> tuple[pd.Series, pd.DataFrame]:
-    """Compartment per cell: argmax of scaled, neighbour-smoothed compartment programme scores (a programme
-    with a ``label`` reports that compartment, e.g. pDC programme -> myeloid)."""
+# ----------------------------------------------------------------------------------------------------
+# compartments and subsets: decoupler ULM on the marker sets, neighbour smoothing, celltypist-style majority voting
+# ----------------------------------------------------------------------------------------------------
+def marker_network(sets: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    """decoupler network of marker sets: positive markers weight +1, ``negative`` markers weight -1."""
+    rows = [(name, g, 1.0) for name, s in sets.items() for g in s["markers"]]
+    rows += [(name, g, -1.0) for name, s in sets.items() for g in s.get("negative", [])]
+    return pd.DataFrame(rows, columns=["source", "target", "weight"]).drop_duplicates(["source", "target"])
+
+
+def ulm_scores(adata: ad.AnnData, sets: dict[str, dict[str, Any]], layer: str | None = "counts",
+               min_markers: int = 2, batch_size: int = 2000) -> pd.DataFrame:
+    """Per cell and marker set, decoupler's univariate linear model t-value of log1p(CP10k) expression on the set's
+    weights across all genes (comparable between sets of different sizes; near 0 when a cell has no evidence).
+    Sets with fewer than ``min_markers`` genes in the data are scored 0 (named in a warning)."""
+    import decoupler as dc
+
+    net = marker_network(sets)
+    present = net[net["target"].isin(adata.var_names) & (net["weight"] > 0)].groupby("source").size()
+    missing = [n for n in sets if present.get(n, 0) < min_markers]
+    if missing:
+        warnings.warn(f"marker sets {missing} have fewer than {min_markers} markers in the data and are not scored")
+    if len(missing) == len(sets):
+        raise KeyError(f"none of the marker sets {list(sets)} has {min_markers} markers in the data "
+                       "(gene symbols expected in var_names)")
+    X = lognorm_matrix(adata, layer=layer)
+    tmp = ad.AnnData(X, obs=pd.DataFrame(index=adata.obs_names), var=pd.DataFrame(index=adata.var_names))
+    dc.mt.ulm(tmp, net[~net["source"].isin(missing)], tmin=min_markers, bsize=batch_size)
+    scores = pd.DataFrame(tmp.obsm["score_ulm"], index=adata.obs_names)
+    return scores.reindex(columns=list(sets)).fillna(0.0).astype(float)
+
+
+def over_cluster(graph: sp.spmatrix, seed: int = 0, resolution: float | None = None) -> pd.Series:
+    """Leiden over-clustering of a cell graph for majority voting, at celltypist's resolution for the cohort size
+    (5 below 5,000 cells up to 30 above 200,000) unless ``resolution`` is given."""
+    import scanpy as sc
+
+    n = graph.shape[0]
+    if resolution is None:
+        resolution = next((r for lim, r in ((5_000, 5), (20_000, 10), (40_000, 15), (100_000, 20), (200_000, 25))
+                           if n < lim), 30)
+    tmp = ad.AnnData(obs=pd.DataFrame(index=[str(i) for i in range(n)]))
+    sc.tl.leiden(tmp, resolution=resolution, adjacency=sp.csr_matrix(graph), random_state=seed, key_added="over",
+                 flavor="igraph", n_iterations=2, directed=False)
+    return pd.Series(tmp.obs["over"].astype(str).to_numpy(), name="over_cluster")
+
+
+def convincing_label(scores: pd.DataFrame, min_score: float, unassigned: str = "unassigned") -> pd.Series:
+    """The best-scoring label of each cell when its score exceeds ``min_score``, else ``unassigned``."""
+    best = scores.idxmax(1).astype(object)
+    best[scores.max(1) <= min_score] = unassigned
+    return best
+
+
+def majority_vote(scores: pd.DataFrame, clusters: pd.Series | np.ndarray | None, min_score: float,
+                  min_prop: float = 0.5, alpha: float = 0.01, unassigned: str = "unassigned") -> pd.Series:
+    """celltypist-style majority voting on per-cell scores: a cluster whose cells' best labels agree in at least
+    ``min_prop`` of them, and whose cells score that label above 0 more often than chance (one-sided sign test,
+    p < ``alpha``: the cluster as a whole carries the programme, whatever the depth of single cells), gives that
+    label to all its cells; elsewhere a cell keeps its own label when convincing (``convincing_label``), else it
+    is ``unassigned``."""
+    from scipy.stats import binomtest
+
+    out = convincing_label(scores, min_score, unassigned)
+    if clusters is None:
+        return out
+    best = scores.idxmax(1).to_numpy()
+    cl = np.asarray(clusters).astype(str)
+    for c in np.unique(cl):
+        m = cl == c
+        values, counts = np.unique(best[m], return_counts=True)
+        top = values[np.argmax(counts)]
+        n_pos = int((scores[top].to_numpy()[m] > 0).sum())
+        if counts.max() >= min_prop * m.sum() and binomtest(n_pos, int(m.sum()), 0.5, "greater").pvalue < alpha:
+            out[m] = top
+    return out
+
+
+def immunoglobulin_genes(var_names: pd.Index) -> list[str]:
+    """Immunoglobulin heavy/kappa/lambda V, D, J and constant genes (not IGLL1/IGLL5 surrogate or pseudo genes)."""
+    names = pd.Index(var_names).astype(str)
+    hit = names.str.match(r"^(IGH[VDJGAMEC]|IGK[VJC]|IGL[VJC])[0-9A-Z-]*$") & ~names.str.startswith(("IGLL", "IGHMBP"))
+    return list(names[hit])
+
+
+def plasma_evidence(adata: ad.AnnData, spec: dict[str, Any], layer: str | None = "counts") -> pd.DataFrame:
+    """Per cell: plasma-specific genes detected, immunoglobulin fraction of UMIs, and whether both pass the
+    thresholds of ``spec`` (markers.yaml ``plasma_evidence``). With log-normalised input (``layer=None``) the
+    fraction is computed from expm1 of the values (counts per 10k). When the data hold no immunoglobulin constant
+    gene (a targeted panel), the load cannot be measured: ``ig_measured`` is False and only the genes count."""
+    genes = [g for g in spec["genes"] if g in adata.var_names]
+    ig = immunoglobulin_genes(adata.var_names)
+    ig_measured = any(g.startswith(("IGKC", "IGLC", "IGHG", "IGHA", "IGHM")) for g in ig)
+    if layer is None:
+        X = sp.csr_matrix(adata.X, dtype=np.float64).expm1()
+        total = np.full(adata.n_obs, 1e4)
+    else:
+        X = sp.csr_matrix(adata.layers[layer] if layer in adata.layers else adata.X, dtype=np.float64)
+        total = np.maximum(np.asarray(X.sum(1)).ravel(), 1)
+    n_genes = np.asarray((X[:, adata.var_names.get_indexer(genes)] > 0).sum(1)).ravel() if genes else \
+        np.zeros(adata.n_obs, int)
+    ig_frac = np.asarray(X[:, adata.var_names.get_indexer(ig)].sum(1)).ravel() / total if ig else np.zeros(adata.n_obs)
+    ok = n_genes >= int(spec["min_genes"])
+    if ig_measured:
+        ok &= ig_frac >= float(spec["min_ig_fraction"])
+    else:
+        warnings.warn("no immunoglobulin constant gene (IGKC/IGLC/IGHG/IGHA/IGHM) in the data: plasma calls rest on "
+                      "the plasma programme and its specific genes only")
+    return pd.DataFrame({"plasma_genes_detected": n_genes, "ig_fraction": ig_frac, "plasma_evidence": ok,
+                         "ig_measured": ig_measured}, index=adata.obs_names)
+
+
+def annotate_compartments(adata: ad.AnnData, graph: sp.spmatrix | None = None, clusters: pd.Series | None = None,
+                          markers: dict[str, Any] | None = None, layer: str | None = "counts"
+                          ) -> tuple[pd.Series, pd.DataFrame]:
+    """Compartment per cell: ULM scores of the compartment programmes (a programme with a ``label`` reports that
+    compartment), smoothed over neighbours, convincing above ``rules.min_score``, majority-voted over ``clusters``.
+    Plasma needs positive per-cell evidence (``plasma_evidence``): a cell without it is never plasma (it becomes
+    ``unassigned`` if plasma was its only convincing label) and, where immunoglobulin load is measured, a cell with
+    it is plasma whatever its cluster.
+    Returns the labels and the per-cell evidence table (smoothed scores by compartment and the plasma evidence)."""
     markers = markers or load_markers()
-    S = smooth_scores(scale_scores(marker_scores(adata, markers["compartments"], layer)), graph)
-    labels = {c: v.get("label", c) for c, v in markers["compartments"].items()}
-    return S.idxmax(1).map(labels).rename("compartment"), S
+    rules = markers.get("rules", {})
+    raw = ulm_scores(adata, markers["compartments"], layer)
+    labels = pd.Series({c: v.get("label", c) for c, v in markers["compartments"].items()})
+    by_comp = raw.T.groupby(labels[raw.columns].to_numpy()).max().T
+    S = smooth_scores(by_comp, graph)
+    call = majority_vote(S, clusters, float(rules.get("min_score", 2.0)), float(rules.get("majority_min_prop", 0.5)),
+                         float(rules.get("cluster_alpha", 0.01)))
+    ev = plasma_evidence(adata, markers["plasma_evidence"], layer)
+    call[(call == "plasma") & ~ev["plasma_evidence"]] = "unassigned"
+    if ev["ig_measured"].all():  # with the full evidence a plasma cell is one whatever its neighbours
+        call[ev["plasma_evidence"]] = "plasma"
+    return call.rename("compartment"), pd.concat([S.add_prefix("score_"), ev], axis=1)
 
 
 def _restrict_graph(graph: sp.spmatrix | None, mask: np.ndarray) -> sp.spmatrix | None:
@@ -156,12 +280,14 @@ def _restrict_graph(graph: sp.spmatrix | None, mask: np.ndarray) -> sp.spmatrix 
 
 
 def annotate_subsets(adata: ad.AnnData, compartment: pd.Series, graph: sp.spmatrix | None = None,
-                     markers: dict[str, Any] | None = None) -> pd.Series:
-    """Subset per cell within its compartment: argmax of subset scores scaled by their 99th percentile within
-    the compartment and smoothed over same-compartment neighbours (half self, half neighbour mean). NK CD56dim
-    cells are then split per cell by ICAM1 (CD54) into CD54bright and CD54dim, without smoothing (the two
-    states differ in that one gene, so neighbours do not inform it)."""
+                     clusters: pd.Series | None = None, markers: dict[str, Any] | None = None,
+                     layer: str | None = "counts") -> pd.Series:
+    """Subset per cell within its compartment: ULM scores of the subset programmes on the compartment's cells,
+    smoothed over same-compartment neighbours, convincing above ``rules.min_score``, majority-voted within each
+    over-cluster; cells of a compartment without a convincing subset are ``unassigned``. CD56dim NK cells are then
+    split by CD54 (``split_nk_cd54``) when the cohort's NK cells show two ICAM1 states."""
     markers = markers or load_markers()
+    rules = markers.get("rules", {})
     out = pd.Series("unassigned", index=adata.obs_names, dtype=object)
     for comp, sets in markers["subsets"].items():
         mask = (compartment == comp).to_numpy()
@@ -170,18 +296,112 @@ def annotate_subsets(adata: ad.AnnData, compartment: pd.Series, graph: sp.spmatr
         if len(sets) == 1:
             out[mask] = next(iter(sets))
             continue
-        S = marker_scores(adata[mask], sets)
-        # scale by the 99th percentile within the compartment, floored so an absent subset (stray counts only)
-        # is not inflated to compete with the present ones
-        S = S / S.quantile(0.99).clip(lower=MIN_ON_LEVEL)
-        out[mask] = smooth_scores(S, _restrict_graph(graph, mask)).idxmax(1).to_numpy()
-    nk_dim = (out == "NK_CD56dim").to_numpy()
-    if nk_dim.any():
-        icam = lognorm(adata[nk_dim], ["ICAM1"]).iloc[:, 0].to_numpy() if "ICAM1" in adata.var_names else \
-            np.zeros(nk_dim.sum())
-        thr = float(markers.get("nk_icam1_threshold", 0.0))
-        out[nk_dim] = np.where(icam > thr, "NK_CD56dim_CD54bright", "NK_CD56dim_CD54dim")
+        S = smooth_scores(ulm_scores(adata[mask], sets, layer), _restrict_graph(graph, mask))
+        call = majority_vote(S, None if clusters is None else np.asarray(clusters)[mask],
+                             float(rules.get("min_score", 2.0)), float(rules.get("majority_min_prop", 0.5)),
+                             float(rules.get("cluster_alpha", 0.01)))
+        out[mask] = call.to_numpy()
     return out.rename("cell_type")
+
+
+# ----------------------------------------------------------------------------------------------------
+# NK CD54 (ICAM1) states: a two-state negative-binomial mixture against one state
+# ----------------------------------------------------------------------------------------------------
+def _nb_logpmf(k: np.ndarray, mu: np.ndarray, phi: float) -> np.ndarray:
+    from scipy.special import gammaln
+
+    r = 1.0 / phi
+    return gammaln(k + r) - gammaln(r) - gammaln(k + 1) + r * np.log(r / (r + mu)) + k * np.log(mu / (r + mu))
+
+
+def nb_two_state_test(counts: np.ndarray, size: np.ndarray) -> dict[str, Any]:
+    """Fit one negative-binomial state (rate x size factor, dispersion phi) and a two-state mixture with a shared
+    dispersion to one gene's counts by maximum likelihood; return both fits, the BIC difference (one minus two
+    states: positive favours two states), the states' rates and each cell's posterior of the high state."""
+    from scipy.optimize import minimize
+    from scipy.special import expit, logsumexp
+
+    k = np.asarray(counts, float)
+    s = np.asarray(size, float)
+    n = len(k)
+    m0 = max(k.sum() / s.sum(), 1e-4)
+
+    def nll1(t):
+        return -_nb_logpmf(k, np.exp(t[0]) * s, np.exp(t[1])).sum()
+
+    def comps(t):
+        lo, hi = np.exp(t[0]), np.exp(t[0] + np.exp(t[1]))  # high rate > low rate by construction
+        w, phi = expit(t[2]), np.exp(t[3])
+        return np.stack([np.log1p(-w) + _nb_logpmf(k, lo * s, phi), np.log(w) + _nb_logpmf(k, hi * s, phi)])
+
+    def nll2(t):
+        return -logsumexp(comps(t), axis=0).sum()
+
+    f1 = min((minimize(nll1, [np.log(m0), np.log(p)], method="Nelder-Mead") for p in (0.1, 1.0)),
+             key=lambda r: r.fun)
+    starts = [[np.log(m0 / f), np.log(np.log(f * f)), w, np.log(0.1)] for f in (2.0, 5.0, 20.0) for w in (-1.5, 0.0)]
+    f2 = min((minimize(nll2, x0, method="Nelder-Mead", options={"maxiter": 4000, "xatol": 1e-6, "fatol": 1e-8})
+              for x0 in starts), key=lambda r: r.fun)
+    c = comps(f2.x)
+    post = np.exp(c[1] - logsumexp(c, axis=0))
+    lo, hi = float(np.exp(f2.x[0])), float(np.exp(f2.x[0] + np.exp(f2.x[1])))
+    bic1, bic2 = 2 * f1.fun + 2 * np.log(n), 2 * f2.fun + 4 * np.log(n)
+    return {"delta_bic": float(bic1 - bic2), "rate_low": lo, "rate_high": hi, "fold": hi / max(lo, 1e-12),
+            "high_fraction": float(expit(f2.x[2])), "posterior_high": post, "n_cells": int(n)}
+
+
+def split_nk_cd54(adata: ad.AnnData, nk_dim: np.ndarray, spec: dict[str, Any], layer: str | None = "counts"
+                  ) -> tuple[np.ndarray | None, dict[str, Any]]:
+    """CD54bright vs CD54dim among CD56dim NK cells (``nk_dim`` mask) from their own ICAM1 counts: separable only
+    when two states beat one by ``min_delta_bic`` with the minor state at least ``min_minor_fraction`` of the cells
+    and the states ``min_fold`` apart. Returns per-cell bright calls (or None) and a record saying why."""
+    gene = spec.get("gene", "ICAM1")
+    info: dict[str, Any] = {"gene": gene, "n_cells": int(nk_dim.sum()), "separable": False}
+    if gene not in adata.var_names:
+        return None, {**info, "reason": f"{gene} is not among the cohort's genes"}
+    if nk_dim.sum() < 50:
+        return None, {**info, "reason": f"only {int(nk_dim.sum())} CD56dim NK cells (at least 50 needed)"}
+    if layer is None:
+        return None, {**info, "reason": "raw counts needed to model ICAM1 states"}
+    X = sp.csr_matrix(adata.layers[layer] if layer in adata.layers else adata.X)[np.where(nk_dim)[0]]
+    k = np.asarray(X[:, adata.var_names.get_loc(gene)].todense()).ravel()
+    lib = np.asarray(X.sum(1)).ravel()
+    fit = nb_two_state_test(k, lib / np.median(lib))
+    post = fit.pop("posterior_high")
+    info.update({key: (round(v, 4) if isinstance(v, float) else v) for key, v in fit.items()})
+    minor = min(fit["high_fraction"], 1 - fit["high_fraction"])
+    checks = [(fit["delta_bic"] >= spec["min_delta_bic"], f"BIC gain {fit['delta_bic']:.1f} < {spec['min_delta_bic']}"),
+              (minor >= spec["min_minor_fraction"], f"minor state {minor:.1%} of cells"),
+              (fit["fold"] >= spec["min_fold"], f"states {fit['fold']:.1f}-fold apart < {spec['min_fold']}")]
+    failed = [why for ok, why in checks if not ok]
+    if failed:
+        return None, {**info, "reason": "one ICAM1 state fits: " + "; ".join(failed)}
+    bright = post > 0.5
+    return bright, {**info, "separable": True, "reason": "two ICAM1 states", "n_bright": int(bright.sum())}
+
+
+def annotate_cells(adata: ad.AnnData, graph: sp.spmatrix | None = None, clusters: pd.Series | None = None,
+                   markers: dict[str, Any] | None = None, layer: str | None = "counts", seed: int = 0
+                   ) -> pd.DataFrame:
+    """Compartment and cell type of every cell (``unassigned`` when no label is convincing), with the evidence.
+
+    ``graph``: the cells' neighbour connectivities (e.g. ``obsp['connectivities']``); without ``clusters`` the
+    graph is over-clustered (``over_cluster``) for majority voting. ``layer=None`` reads log-normalised X.
+    The frame's ``attrs['nk_cd54_split']`` says whether CD56dim NK cells were split by CD54 and why (not)."""
+    markers = markers or load_markers()
+    if clusters is None and graph is not None:
+        clusters = over_cluster(graph, seed=seed).set_axis(adata.obs_names)
+    compartment, evidence = annotate_compartments(adata, graph, clusters, markers, layer)
+    cell_type = annotate_subsets(adata, compartment, graph, clusters, markers, layer)
+    nk_dim = (cell_type == "NK_CD56dim").to_numpy()
+    bright, info = split_nk_cd54(adata, nk_dim, markers.get("nk_cd54", {}), layer)
+    if bright is not None:
+        cell_type[nk_dim] = np.where(bright, "NK_CD56dim_CD54bright", "NK_CD56dim_CD54dim")
+    out = pd.concat([compartment, cell_type], axis=1).join(evidence)
+    if clusters is not None:
+        out["over_cluster"] = np.asarray(clusters).astype(str)
+    out.attrs["nk_cd54_split"] = info
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -259,23 +479,41 @@ def cnv_profile_correlation(cnv_adata: ad.AnnData, patient_key: str = "patient_i
 
 
 def call_malignant(plasma_obs: pd.DataFrame, chains: pd.DataFrame, cnv_corr: pd.DataFrame,
-                   patient_key: str = "patient_id", min_restriction: float = 0.75) -> pd.DataFrame:
-    """Malignant vs normal plasma cells per patient, from light-chain restriction and inferred CNV.
+                   patient_key: str = "patient_id", min_restriction: float = 0.75, kappa_share: float = 0.6,
+                   alpha: float = 0.01, cnv_null_rate: float = 0.05) -> pd.DataFrame:
+    """Malignant vs normal plasma cells per patient, only where the patient's plasma cells show a clone.
 
-    A patient's dominant light chain is the chain of most of its plasma cells; above ``min_restriction`` the
-    compartment is restricted (a clone). A plasma cell is malignant when its CNV profile correlates with the
-    patient's consensus profile above the patient's reference-cell 95th percentile and, in a restricted
-    patient, it carries the dominant chain (a normal plasma cell of the other chain is never malignant)."""
+    Evidence of a clone, each by a one-sided binomial test at p < ``alpha``: light-chain restriction (the dominant
+    chain's share above its polyclonal share, kappa ``kappa_share``, and at least ``min_restriction``), or a CNV
+    clone (more plasma cells whose CNV profile correlates with the patient's consensus above the reference cells'
+    95th percentile than the ``cnv_null_rate`` expected by chance). Without either, no cell of the patient is
+    malignant. With both, malignant = CNV-positive and not of the other chain; with restriction only, the cells of
+    the dominant chain; with a CNV clone only, the CNV-positive cells."""
+    from scipy.stats import binomtest
+
     out = []
     for p, idx in plasma_obs.groupby(patient_key, observed=True).groups.items():
         ch = chains.loc[idx, "light_chain"]
         called = ch[ch != "none"]
         dom = called.value_counts().idxmax() if len(called) else "none"
-        share = float((called == dom).mean()) if len(called) else 0.0
+        n_dom = int((called == dom).sum())
+        share = n_dom / len(called) if len(called) else 0.0
+        expected = kappa_share if dom == "kappa" else 1 - kappa_share
+        restricted = bool(len(called) and share >= min_restriction
+                          and binomtest(n_dom, len(called), expected, "greater").pvalue < alpha)
         c = cnv_corr.reindex(idx)
         cnv_pos = (c["cnv_corr"] > c["cut"]).to_numpy()
-        restricted = share >= min_restriction
-        mal = cnv_pos & (ch != ("lambda" if dom == "kappa" else "kappa")).to_numpy() if restricted else cnv_pos
+        cnv_clone = bool(binomtest(int(cnv_pos.sum()), len(idx), cnv_null_rate, "greater").pvalue < alpha)
+        other = (ch == ("lambda" if dom == "kappa" else "kappa")).to_numpy()
+        if restricted and cnv_clone:
+            mal = cnv_pos & ~other
+        elif restricted:
+            mal = (ch == dom).to_numpy()
+        elif cnv_clone:
+            mal = cnv_pos
+        else:
+            mal = np.zeros(len(idx), bool)
         out.append(pd.DataFrame({"light_chain": ch, "dominant_chain": dom, "restriction": share,
-                                 "cnv_corr": c["cnv_corr"], "cnv_cut": c["cut"], "malignant": mal}, index=idx))
+                                 "restricted": restricted, "cnv_clone": cnv_clone, "cnv_corr": c["cnv_corr"],
+                                 "cnv_cut": c["cut"], "malignant": mal}, index=idx))
     return pd.concat(out).loc[plasma_obs.index]
