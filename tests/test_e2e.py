@@ -43,6 +43,22 @@ def test_notebook_runs_on_tiny(tiny_run, nb):
     assert all((f.with_suffix(".pdf")).exists() for f in figs)
 
 
+# QC and annotation goals against the planted truth (the same goals the README states for the default cohort)
+GOALS = {"junk_removed_fraction": 0.80, "good_kept_fraction": 0.95, "compartment_accuracy": 0.95,
+         "subset_macro_f1": 0.85}
+
+
+@pytest.mark.slow
+def test_tiny_chain_meets_the_qc_and_annotation_goals(tiny_run):
+    assert tiny_run.get("02_annotation") == 0, tiny_run
+    found = {**json.loads((ROOT / "results" / "tiny" / "findings" / "01.json").read_text()),
+             **json.loads((ROOT / "results" / "tiny" / "findings" / "02.json").read_text())}
+    measured = {k: round(found[k], 3) for k in GOALS}
+    print(f"\ntiny cohort QC/annotation against truth: {measured}")
+    assert all(found[k] >= v for k, v in GOALS.items()), (measured, GOALS)
+    assert found["unassigned_fraction"] < 0.05 and found["n_malignant"] > 0
+
+
 @pytest.mark.slow
 def test_second_make_all_executes_nothing(tiny_run):
     if not list((ROOT / ".venv").glob(".installed-*")):
