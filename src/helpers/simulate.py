@@ -249,16 +249,27 @@ def _norm(v: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------
 # design (samples.csv) and per-patient draws
 # --------------------------------------------------------------------------------------------------
+def stratified_batches(response: np.ndarray, n_batches: int, rng: np.random.Generator) -> np.ndarray:
+    """Batch index per sample, stratified by response: each group is shuffled and dealt round-robin over the
+    batches (continuing where the previous group stopped), so every batch holds both groups in near-equal numbers
+    and the batch cannot stand in for the response."""
+    response = np.asarray(response)
+    out = np.empty(len(response), dtype=int)
+    start = 0
+    for g in np.unique(response):
+        idx = rng.permutation(np.where(response == g)[0])
+        out[idx] = (start + np.arange(len(idx))) % n_batches
+        start = (start + len(idx)) % n_batches
+    return out
+
+
 def make_design(n_cr: int, n_nr: int, seed: int, tissue: str = "BM", n_batches: int = 4, prefix: str = "P",
                 age_range: tuple[float, float] = (65, 84)) -> pd.DataFrame:
-    """A sample sheet for a simulated cohort: one sample per patient, batches balanced but not equal to response."""
+    """A sample sheet for a simulated cohort: one sample per patient, batches stratified by response."""
     rng = np.random.default_rng(seed)
     n = n_cr + n_nr
-    resp = np.array(["CR"] * n_cr + ["NR"] * n_nr)
-    order = rng.permutation(n)
-    resp = resp[order]
-    batches = np.array([f"b{(i % n_batches) + 1}" for i in range(n)])
-    batches = batches[rng.permutation(n)]
+    resp = np.array(["CR"] * n_cr + ["NR"] * n_nr)[rng.permutation(n)]
+    batches = stratified_batches(resp, n_batches, rng) + 1
     ages = np.round(rng.uniform(*age_range, size=n)).astype(int)
     pids = [f"{prefix}{i + 1:02d}" for i in range(n)]
     return pd.DataFrame({
@@ -267,7 +278,7 @@ def make_design(n_cr: int, n_nr: int, seed: int, tissue: str = "BM", n_batches: 
         "tissue": tissue,
         "response": resp,
         "age": ages,
-        "batch": [f"{tissue}_{b}" for b in batches],
+        "batch": [f"{tissue}_b{b}" for b in batches],
     })
 
 
