@@ -197,3 +197,16 @@ def test_bulk_hazard_rises_with_nfkb(tiny_cohort):
     hr = CoxPHFitter().fit(df, "pfs_months", "pfs_event").hazard_ratios_["truth_nfkb_z"]
     assert 1.6 < hr < 2.5
     assert 0.3 < df.pfs_event.mean() < 0.95
+
+
+def test_batches_are_stratified_by_response():
+    """No batch stands in for the response: every batch holds both groups, in numbers at most one apart."""
+    from helpers.describe import batch_response_association
+
+    for seed in range(20):
+        d = make_design(11, 10, seed=seed, n_batches=4)
+        tab = pd.crosstab(d["batch"], d["response"])
+        assert (tab > 0).all().all() and ((tab["CR"] - tab["NR"]).abs() <= 1).all(), tab
+        assert not batch_response_association(d)["confounded"].any()
+    confounded = make_design(6, 6, seed=0).assign(batch=lambda x: np.where(x["response"] == "NR", "b1", "b2"))
+    assert batch_response_association(confounded)["confounded"].all()
