@@ -94,3 +94,46 @@ def test_rank_auc_and_vectorised_bootstrap_equal_sklearn():
         idx = np.concatenate([r.choice(i0, len(i0)), r.choice(i1, len(i1))])
         ref.append(np.mean([roc_auc_score(y[idx], row[idx]) for row in P]))
     assert np.allclose([lo, hi], np.quantile(ref, [0.025, 0.975]), atol=1e-12)
+
+
+def test_reduced_panel_rule():
+    """Fixed in advance: the panel genes present are used when at least 2 x top_k and half the panel remain."""
+    from helpers.claims import NotTestable
+
+    genes = [f"G{i}" for i in range(34)]
+    used, missing = clf.panel_in_data(genes, genes[:21], top_k=8)  # a 10x PBMC library lacked 13 of 34
+    assert used == genes[:21] and missing == genes[21:]
+    assert clf.panel_in_data(genes, genes[:17], top_k=8)[0] == genes[:17]  # half of 34 (and >= 16)
+    with pytest.raises(NotTestable, match=r"only 16 of the 34 panel genes are in the data \(need 17.*missing: G16, G17"):
+        clf.panel_in_data(genes, genes[:16], top_k=8)
+    with pytest.raises(NotTestable, match="need 20"):
+        clf.panel_in_data(genes, genes[:19], top_k=10)  # 2 x top_k rules here
+
+
+def _pb_cells(n_cr, n_nr, tissue="BM", genes=("A", "B", "C"), cells=12):
+    import anndata as ad
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(0)
+    obs = pd.DataFrame([{"patient_id": f"{r}{i}", "sample_id": f"{r}{i}", "tissue": tissue, "response": r,
+                         "cell_type": "T"} for r, n in (("CR", n_cr), ("NR", n_nr)) for i in range(n) for _ in range(cells)])
+    obs.index = [f"c{i}" for i in range(len(obs))]
+    X = sp.csr_matrix(rng.poisson(5, (len(obs), len(genes))).astype(float))
+    return ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=list(genes)))
+
+
+def test_too_few_patients_or_no_tissue_not_testable():
+    from helpers.claims import NotTestable
+
+    a = _pb_cells(3, 2)
+    with pytest.raises(NotTestable, match=r"only 3 CR and 2 NR patients have >= 10 cells in BM \(need 3 per group\)"):
+        clf.cohort_panel_features(a, ["A", "B", "C"], 1, "BM", ["CR", "NR"], min_per_group=clf.MIN_PATIENTS_CV)
+    X, r = clf.cohort_panel_features(_pb_cells(3, 3), ["A", "B", "C"], 1, "BM", ["CR", "NR"])
+    assert X.shape == (6, 3) and sorted(r.value_counts()) == [3, 3]
+    model = clf.make_model(0).fit(clf.standardise(X)[0], (r == "NR").astype(int).to_numpy())
+    with pytest.raises(NotTestable, match="no PB samples in this cohort"):
+        clf.evaluate_tissue(model, a, ["A", "B", "C"], "PB", ["CR", "NR"], "NR")
+    with pytest.raises(NotTestable, match="no validation tissue declared"):
+        clf.evaluate_tissue(model, a, ["A", "B", "C"], None, ["CR", "NR"], "NR")
+    res = clf.evaluate_tissue(model, _pb_cells(2, 2, "PB"), ["A", "B", "C"], "PB", ["CR", "NR"], "NR")
+    assert 0 <= res["auc"] <= 1 and len(res["y"]) == 4  # two blood patients per group suffice for the fixed model

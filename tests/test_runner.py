@@ -42,3 +42,20 @@ def test_failure_names_cell_and_keeps_previous_output(scratch_root, tmp_path, mo
 def test_missing_notebook_exit_2(scratch_root, monkeypatch):
     monkeypatch.setenv("DR_ROOT", str(scratch_root))
     assert runner_main(["run", "--cohort", "tiny", "--notebook", "notebooks/none.ipynb"]) == 2
+
+
+def test_not_testable_summary_printed_when_written_by_this_run(tmp_path, capsys):
+    import os
+    import time
+
+    from helpers.runner import print_not_testable
+    from helpers.scorecard import NOT_TESTABLE_FILE
+
+    t0 = time.time()
+    print_not_testable(tmp_path, since=t0)  # no summary: nothing printed
+    (tmp_path / NOT_TESTABLE_FILE).write_text("Not testable on cohort 'x': 1 of 10 scorecard claims\n")
+    print_not_testable(tmp_path, since=t0 - 1)
+    assert capsys.readouterr().out == "Not testable on cohort 'x': 1 of 10 scorecard claims\n"
+    os.utime(tmp_path / NOT_TESTABLE_FILE, (t0 - 100, t0 - 100))  # left by an earlier run: not repeated
+    print_not_testable(tmp_path, since=t0)
+    assert capsys.readouterr().out == ""

@@ -5,6 +5,7 @@ import json
 import shutil
 import subprocess
 
+import pandas as pd
 import pytest
 
 from helpers.scorecard import build_scorecard, render_report
@@ -59,3 +60,46 @@ def test_report_renders(findings, tmp_path):
     r = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                         "--dump-dom", out.as_uri()], capture_output=True, text=True, timeout=120)
     assert "Scorecard" in r.stdout
+
+
+def test_not_testable_rows_counted_and_listed(tmp_path):
+    """Not-testable records become 'not testable: <reason>' verdicts, are counted apart and listed with the other
+    not-testable readouts of the findings; a reduced classifier panel is noted on the AUC rows."""
+    from helpers.findings import not_testable
+    from helpers.scorecard import not_testable_rows, not_testable_summary, verdict_counts
+
+    d = tmp_path / "findings"
+    d.mkdir()
+    no_tumour = not_testable("no malignant_PC cells in this cohort")
+    (d / "04.json").write_text(json.dumps({"claims": {"classical_mono_phagocytosis": _rec(-0.5, 0.01, -0.8, -0.2),
+                                                      "ifn_mono_nfkb": not_testable("no mono_IFN cells in this cohort")},
+                                           "controls": {"cdc_phagocytosis": not_testable("no cDC cells in this cohort")}}))
+    (d / "05.json").write_text(json.dumps({"claims": {"nk_cd54dim_cd16": {
+        **_rec(-0.9, 0.01, -1.3, -0.5), "note": "CD54 split not separable in this cohort: measured in all CD56dim NK cells"}}}))
+    (d / "06.json").write_text(json.dumps({"claims": {"tumour_nfkb_progeny": no_tumour},
+                                           "prognosis": not_testable("no bulk cohort with survival (bulk.h5ad) for this cohort")}))
+    (d / "07.json").write_text(json.dumps({"auc_bm_34": 0.8, "auc_bm_34_ci_low": 0.6, "auc_bm_34_ci_high": 0.95,
+                                           "permutation_p": 0.01, "auc_bm_top8": 0.7, "auc_bm_top8_ci_low": 0.55,
+                                           "auc_bm_top8_ci_high": 0.9, "auc_pb_top8": not_testable("no PB samples in this cohort"),
+                                           "n_panel_genes": 34, "n_panel_genes_used": 21,
+                                           "panel_missing_genes": ["A"] * 13}))
+    card = build_scorecard(d).set_index("claim")
+    v = card["verdict"]
+    assert v["IFN-monocyte NF-kB (up in NR)"] == "not testable: no mono_IFN cells in this cohort"
+    assert v["tumour NF-kB (up in NR)"] == "not testable: no malignant_PC cells in this cohort"
+    assert v["prognosis (NF-kB high = shorter PFS)"].startswith("not testable: no bulk cohort")
+    assert v["AUC top-8, blood"] == "not testable: no PB samples in this cohort"
+    assert v["monocyte phagocytosis, classical (down in NR)"] == "reproduced"
+    assert v["CD54dim NK CD16 (down in NR)"] == "reproduced"
+    assert "not separable" in card.loc["CD54dim NK CD16 (down in NR)", "note"]
+    assert card.loc["AUC 34 NF-kB genes, marrow", "note"] == "reduced panel (21 of 34 genes)"
+    assert card.loc["AUC 34 NF-kB genes, marrow", "verdict"] == "reproduced"
+    assert pd.isna(card.loc["tumour NF-kB (up in NR)", "reproduced"])
+    card = card.reset_index()
+    assert verdict_counts(card) == {"reproduced": 4, "not applicable": 2, "not testable": 4}  # no 03.json, no nonclassical
+    assert not_testable_rows(card)["AUC top-8, blood"] == "no PB samples in this cohort"
+    text = not_testable_summary("c", card, d)
+    assert text.startswith("Not testable on cohort 'c': 4 of 10 scorecard claims\n")
+    assert "  - tumour NF-kB (up in NR): no malignant_PC cells in this cohort\n" in text
+    assert "04.json controls/cdc_phagocytosis: no cDC cells in this cohort" in text
+    assert "04.json claims/ifn_mono_nfkb" not in text  # a scorecard row is listed once

@@ -1,5 +1,10 @@
 """The study's claims as measurable, patient-level quantities: one definition used by the notebooks, the
-calibration tests and the scorecard (so what is tested is exactly what the notebooks report)."""
+calibration tests and the scorecard (so what is tested is exactly what the notebooks report).
+
+A claim is testable in a cohort when at least ``MIN_PATIENTS_PER_GROUP`` patients of each response group have
+at least ``min_cells`` cells of the claim's cell types (the pseudobulk rule) and the claim's feature (gene,
+gene set with enough expressed genes) is in the data; otherwise :class:`NotTestable` is raised with the reason,
+and the notebooks record ``{"status": "not testable", "reason": ...}`` (:mod:`helpers.findings`)."""
 
 from __future__ import annotations
 
@@ -8,10 +13,12 @@ from dataclasses import dataclass
 import anndata as ad
 import pandas as pd
 
-from .genesets import gene_set
+from .genesets import gene_set, progeny_weights
 from .pseudobulk import log_cpm, progeny_activity, pseudobulk_by_patient, set_score
 
 IMMUNE_COMPARTMENTS = ["myeloid", "T", "NK", "B"]
+UNASSIGNED = "unassigned"  # annotation's label for cells it could not place: never a cell type of a claim
+MIN_PATIENTS_PER_GROUP = 2  # the fewest patients per group with a value for a Hodges-Lehmann shift / Mann-Whitney p
 PHAGOCYTOSIS_SET = "REACTOME_FCGAMMA_RECEPTOR_FCGR_DEPENDENT_PHAGOCYTOSIS"
 NFKB_SET = "HALLMARK_TNFA_SIGNALING_VIA_NFKB"
 
@@ -27,6 +34,17 @@ class Claim:
     planted: str  # the simulator's effect that realises it
     notebook: str
     primary: bool = True  # secondary readouts are reported but not required to recover the planted effect
+    fallback: tuple[str, ...] = ()  # cell types measured instead when none of ``cells`` is in the cohort
+    fallback_note: str = ""  # what the record says when the fallback was used
+
+
+class NotTestable(ValueError):
+    """A quantity cannot be measured in this cohort: a cell type, tissue, side table or gene is absent, or too
+    few patients per group have enough cells. Carries the reason and the group sizes when known."""
+
+    def __init__(self, reason: str, n_cr: int | None = None, n_nr: int | None = None):
+        super().__init__(reason)
+        self.reason, self.n_cr, self.n_nr = reason, n_cr, n_nr
 
 
 CLAIMS = {c.name: c for c in [
@@ -41,38 +59,117 @@ CLAIMS = {c.name: c for c in [
     Claim("ifn_mono_nfkb", "interferon-associated monocytes of NR up-regulate NF-kB genes",
           ("mono_IFN",), "progeny", "NFkB", "up", "ifn_mono_nfkb", "04"),
     Claim("nk_cd54dim_cd16", "CD54dim NK cells of NR express less CD16 (FCGR3A)",
-          ("NK_CD56dim_CD54dim",), "gene", "FCGR3A", "down", "nk_cd16", "05"),
+          ("NK_CD56dim_CD54dim",), "gene", "FCGR3A", "down", "nk_cd16", "05", fallback=("NK_CD56dim",),
+          fallback_note="CD54 split not separable in this cohort: measured in all CD56dim NK cells"),
     Claim("tumour_nfkb_progeny", "tumour plasma cells of NR show NF-kB activation",
           ("malignant_PC",), "progeny", "NFkB", "up", "tumour_nfkb", "06"),
 ]}
 
 
+def _cells_text(cell_types: list[str] | None) -> str:
+    if cell_types is None:
+        return "cells"
+    if len(cell_types) > 3:
+        return f"cells of {len(cell_types)} types ({', '.join(cell_types[:3])}, ...)"
+    return f"{', '.join(cell_types)} cells"
+
+
+def resolve_claim_cells(adata: ad.AnnData, claim: Claim, label: str = "cell_type",
+                        compartment: str = "compartment") -> tuple[list[str], str]:
+    """The cell types a claim is measured in here and a note: its own types, every assigned type of the immune
+    compartments for "immune", or its ``fallback`` types (with ``fallback_note``) when none of its own is in
+    the data. ``unassigned`` cells are never included."""
+    obs = adata.obs
+    labels = obs[label].astype(str)
+    if claim.cells == "immune":
+        immune = labels[obs[compartment].astype(str).isin(IMMUNE_COMPARTMENTS).to_numpy()]
+        return sorted(set(immune.unique()) - {UNASSIGNED}), ""
+    present = set(labels.unique())
+    if claim.fallback and not present & set(claim.cells) and present & set(claim.fallback):
+        return list(claim.fallback), claim.fallback_note
+    return list(claim.cells), ""
+
+
 def claim_cell_types(adata: ad.AnnData, claim: Claim, label: str = "cell_type",
                      compartment: str = "compartment") -> list[str]:
-    if claim.cells == "immune":
-        obs = adata.obs
-        return sorted(obs.loc[obs[compartment].astype(str).isin(IMMUNE_COMPARTMENTS), label].astype(str).unique())
-    return list(claim.cells)
+    return resolve_claim_cells(adata, claim, label, compartment)[0]
+
+
+def testable_pseudobulk(adata: ad.AnnData, cell_types: list[str] | None, groups: list[str] | None = None,
+                        min_cells: int = 10, label: str = "cell_type", tissue: str | None = None,
+                        min_per_group: int = MIN_PATIENTS_PER_GROUP) -> ad.AnnData:
+    """:func:`pseudobulk_by_patient` of ``cell_types`` (all cells when None) when at least
+    ``min_per_group`` patients of each of ``groups`` (default: the response labels in the data) have
+    ``min_cells`` such cells; else :class:`NotTestable` naming the tissue, the cell types and the counts."""
+    obs = adata.obs
+    groups = list(groups) if groups is not None else sorted(obs["response"].astype(str).unique())
+    in_tissue = (obs["tissue"].astype(str) == tissue).to_numpy() if tissue is not None else True
+    where = f" in {tissue}" if tissue is not None else ""
+    if tissue is not None and not in_tissue.any():
+        raise NotTestable(f"no {tissue} samples in this cohort")
+    if cell_types is not None and not (obs[label].astype(str).isin(cell_types).to_numpy() & in_tissue).any():
+        raise NotTestable(f"no {_cells_text(cell_types)}{where} in this cohort")
+    pb = pseudobulk_by_patient(adata, cell_types, label=label, tissue=tissue, min_cells=min_cells)
+    n = pb.obs["response"].astype(str).value_counts().reindex(groups, fill_value=0)
+    if len(groups) != 2 or n.min() < min_per_group:
+        counts = " and ".join(f"{int(n[g])} {g}" for g in groups)
+        raise NotTestable(f"only {counts} patients have >= {min_cells} {_cells_text(cell_types)}{where} "
+                          f"(need {min_per_group} per group)", *(int(n[g]) for g in groups[:2]))
+    return pb
+
+
+def claim_pseudobulk(adata: ad.AnnData, name: str, min_cells: int = 10, label: str = "cell_type",
+                     compartment: str = "compartment", groups: list[str] | None = None) -> tuple[ad.AnnData, list[str], str]:
+    """The claim's per-patient pseudobulk (:func:`testable_pseudobulk`), the cell types used and the note."""
+    types, note = resolve_claim_cells(adata, CLAIMS[name], label, compartment)
+    if not types:
+        raise NotTestable(f"no cells of the immune compartments {IMMUNE_COMPARTMENTS} in this cohort")
+    return testable_pseudobulk(adata, types, groups, min_cells=min_cells, label=label), types, note
 
 
 def claim_values(adata: ad.AnnData, name: str, min_cells: int = 10, label: str = "cell_type",
-                 compartment: str = "compartment") -> tuple[pd.Series, pd.Series]:
-    """Per-patient value of a claim's quantity and the patients' responses (pseudobulk of raw counts)."""
-    c = CLAIMS[name]
-    pb = pseudobulk_by_patient(adata, claim_cell_types(adata, c, label, compartment), label=label, min_cells=min_cells)
+                 compartment: str = "compartment", groups: list[str] | None = None) -> tuple[pd.Series, pd.Series]:
+    """Per-patient value of a claim's quantity and the patients' responses (pseudobulk of raw counts).
+    Raises :class:`NotTestable` when the claim cannot be measured in ``adata``."""
+    pb, _, _ = claim_pseudobulk(adata, name, min_cells, label, compartment, groups)
     return claim_value_from_pseudobulk(pb, name), pb.obs["response"].astype(str)
 
 
 def claim_value_from_pseudobulk(pb: ad.AnnData, name: str) -> pd.Series:
-    """The claim's per-patient quantity from a patients x genes pseudobulk of raw counts (the claim's cells)."""
+    """The claim's per-patient quantity from a patients x genes pseudobulk of raw counts (the claim's cells).
+    Raises :class:`NotTestable` when its gene is absent or its gene set has too few expressed genes."""
     c = CLAIMS[name]
     L = log_cpm(pb)
     if c.kind == "set":
-        v = set_score(L, gene_set(c.feature))
+        v = testable_set_score(L, gene_set(c.feature), c.feature)
     elif c.kind == "gene":
+        if c.feature not in L.columns:
+            raise NotTestable(f"gene {c.feature} is not in the data")
         v = L[c.feature]
     elif c.kind == "progeny":
-        v = progeny_activity(L, c.feature)
+        v = testable_progeny(L, c.feature)
     else:
         raise ValueError(f"unknown claim kind {c.kind}")
     return v.rename(name)
+
+
+def testable_set_score(logcpm: pd.DataFrame, genes: list[str], name: str = "the set") -> pd.Series:
+    """:func:`helpers.pseudobulk.set_score`; too few expressed genes of the set make it :class:`NotTestable`."""
+    try:
+        return set_score(logcpm, genes)
+    except ValueError as e:  # set_score raises ValueError only for too few expressed genes
+        raise NotTestable(f"{name}: {e}") from None
+
+
+PROGENY_MIN_TARGETS = 5  # decoupler's ``tmin`` in :func:`helpers.pseudobulk.progeny_activity`
+
+
+def testable_progeny(logcpm: pd.DataFrame, pathway: str) -> pd.Series:
+    """:func:`helpers.pseudobulk.progeny_activity`, or :class:`NotTestable` when fewer than 5 of the pathway's
+    PROGENy target genes are expressed (mean log2 CPM >= 1, the genes it scores)."""
+    net = progeny_weights()
+    targets = set(net.loc[net["source"] == pathway, "target"])
+    n = int(logcpm.columns[(logcpm.mean() >= 1.0).to_numpy()].isin(targets).sum())
+    if n < PROGENY_MIN_TARGETS:
+        raise NotTestable(f"PROGENy {pathway}: only {n} of its target genes are expressed (need {PROGENY_MIN_TARGETS})")
+    return progeny_activity(logcpm, pathway)

@@ -18,10 +18,14 @@ from sklearn.feature_selection import SelectFromModel
 from sklearn.model_selection import RepeatedStratifiedKFold
 from sklearn.pipeline import Pipeline
 
+from .claims import NotTestable, testable_pseudobulk
 from .cohort import InputError, project_root
 from .forest import PatientForest
-from .pseudobulk import log_cpm, pseudobulk_by_patient
+from .pseudobulk import log_cpm
 from .stats import auc_by_ranks
+
+MIN_PATIENTS_CV = 3  # per group, for cross-validated AUCs (stratified k-fold needs k >= 2 per group and a test fold)
+MIN_PATIENTS_EXTERNAL = 2  # per group, for the AUC of the fixed model on an independent set (rank AUC + bootstrap)
 
 
 def load_panel(path: str | Path | None = None) -> pd.DataFrame:
@@ -35,14 +39,40 @@ def load_panel(path: str | Path | None = None) -> pd.DataFrame:
     return df
 
 
+def panel_in_data(genes: list[str], var_names, top_k: int) -> tuple[list[str], list[str]]:
+    """The panel genes present in the data and those missing. The rule, fixed in advance: the classifier runs on
+    the genes present when at least ``max(2 * top_k, ceil(len(genes) / 2))`` remain (enough for the top-k
+    selection to choose, and most of the panel); otherwise :class:`NotTestable` naming the missing genes."""
+    present = set(var_names)
+    used = [g for g in genes if g in present]
+    missing = [g for g in genes if g not in present]
+    need = max(2 * top_k, -(-len(genes) // 2))
+    if len(used) < need:
+        raise NotTestable(f"only {len(used)} of the {len(genes)} panel genes are in the data (need {need}: "
+                          f"2 x top-{top_k} and half the panel); missing: {', '.join(missing)}")
+    return used, missing
+
+
+def cohort_panel_features(adata: ad.AnnData, genes: list[str], top_k: int, tissue: str, groups: list[str],
+                          cell_types: list[str] | None = None, min_cells: int = 10,
+                          min_per_group: int = MIN_PATIENTS_CV) -> tuple[pd.DataFrame, pd.Series]:
+    """:func:`panel_features` of the panel genes present in the data (:func:`panel_in_data`'s rule) in one tissue,
+    with at least ``min_per_group`` patients per group; :class:`NotTestable` otherwise."""
+    used, _ = panel_in_data(genes, adata.var_names, top_k)
+    return panel_features(adata, used, tissue, cell_types, min_cells, groups, min_per_group)
+
+
 def panel_features(adata: ad.AnnData, genes: list[str], tissue: str, cell_types: list[str] | None = None,
-                   min_cells: int = 10) -> tuple[pd.DataFrame, pd.Series]:
-    """Per-patient log2 CPM of the panel genes (pseudobulk of the chosen cells) and the responses."""
+                   min_cells: int = 10, groups: list[str] | None = None,
+                   min_per_group: int = 1) -> tuple[pd.DataFrame, pd.Series]:
+    """Per-patient log2 CPM of the panel genes (pseudobulk of the chosen cells) and the responses. Every gene
+    must be in the data (:class:`InputError` naming the missing ones; :func:`panel_in_data` picks the usable
+    genes first); fewer than ``min_per_group`` patients of a group raise :class:`NotTestable`."""
     missing = [g for g in genes if g not in adata.var_names]
     if missing:
         raise InputError(f"{len(missing)} panel gene(s) missing from the data: {missing}; use gene symbols, or give "
                          "a panel file without them (analysis.classifier_panel in cohort.yaml)")
-    pb = pseudobulk_by_patient(adata, cell_types, tissue=tissue, min_cells=min_cells)
+    pb = testable_pseudobulk(adata, cell_types, groups, min_cells=min_cells, tissue=tissue, min_per_group=min_per_group)
     return log_cpm(pb)[genes], pb.obs["response"].astype(str)
 
 
@@ -129,6 +159,20 @@ def evaluate_external(model: Pipeline, X: pd.DataFrame, y: np.ndarray, seed: int
     return {"auc": float(auc), "ci_low": lo, "ci_high": hi, "prob": p}
 
 
+def evaluate_tissue(model: Pipeline, adata: ad.AnnData, genes: list[str], tissue: str | None, groups: list[str],
+                    test_group: str, cell_types: list[str] | None = None, min_cells: int = 10, seed: int = 0) -> dict:
+    """A fitted model applied unchanged to an independent tissue set (standardised with that set's own gene-wise
+    statistics, no labels used): :func:`evaluate_external` plus the set's ``Z``, ``y``, ``responses`` and
+    ``stats``. :class:`NotTestable` when no such tissue is declared or sampled, or fewer than
+    ``MIN_PATIENTS_EXTERNAL`` patients per group have ``min_cells`` cells."""
+    if not tissue:
+        raise NotTestable("no validation tissue declared (validation_tissue in cohort.yaml)")
+    X, r = panel_features(adata, genes, tissue, cell_types, min_cells, groups, MIN_PATIENTS_EXTERNAL)
+    Z, stats = standardise(X)
+    y = (r == test_group).astype(int).to_numpy()
+    return {**evaluate_external(model, Z, y, seed), "Z": Z, "y": y, "responses": r, "stats": stats}
+
+
 def build_bundle(model: Pipeline, genes: list[str], panel: pd.DataFrame, tissue_stats: dict[str, dict],
                  cell_types: list[str] | None, cohort: str, seed: int, classes: list[str]) -> dict:
     """Everything a prediction needs, with provenance: fitted pipeline, input genes, selected genes, the panel
@@ -143,3 +187,27 @@ def build_bundle(model: Pipeline, genes: list[str], panel: pd.DataFrame, tissue_
             "classes": classes,
             "versions": {p: version(p) for p in ("scikit-learn", "numpy", "pandas", "anndata", "scanpy")} |
                         {"python": platform.python_version()}}
+
+
+def evaluate_marrow(Z: pd.DataFrame, y: np.ndarray, seed: int, top_k: int, n_repeats: int = 5, n_perm: int = 1000,
+                    n_boot: int = 1000) -> dict:
+    """The marrow evaluation of notebook 07: cross-validated AUC with a bootstrap CI of the all-gene model
+    (``bm_34``) and of the in-fold top-k model (``bm_top8``), the all-gene model's permutation p and null, and
+    how often each gene was selected."""
+    res = {}
+    for name, k in (("bm_34", None), ("bm_top8", top_k)):
+        model = make_model(seed, top_k=k)
+        cv = cross_validate(model, Z, y, seed, n_repeats=n_repeats)
+        lo, hi = bootstrap_auc_ci(y, cv["oof_by_repeat"], seed, n_boot=n_boot)
+        res[name] = {**cv, "ci_low": lo, "ci_high": hi, "model": model}
+    perm_p, null = permutation_pvalue(res["bm_34"]["model"], Z, y, res["bm_34"]["auc"], seed, n_perm=n_perm)
+    sel = res["bm_top8"]["selection_frequency"].sort_values(ascending=False)
+    return {**res, "permutation_p": perm_p, "null": null, "selection": sel}
+
+
+def auc_entries(key: str, res: dict | None, untestable: dict | None) -> dict:
+    """The findings entries of one AUC: ``key``, ``key_ci_low``, ``key_ci_high``; ``key`` holds the
+    not-testable record (and the CI None) when it could not be measured."""
+    if untestable is not None:
+        return {key: untestable, f"{key}_ci_low": None, f"{key}_ci_high": None}
+    return {key: res["auc"], f"{key}_ci_low": res["ci_low"], f"{key}_ci_high": res["ci_high"]}

@@ -1,15 +1,83 @@
 """Building blocks the finding notebooks share: per-patient set scores in chosen cell types, a cell type x
-gene-set grid of NR-vs-CR shifts, and the claim record written to findings JSON."""
+gene-set grid of NR-vs-CR shifts, the claim record written to findings JSON, and the record of a claim that
+cannot be measured in a cohort.
+
+A record is either a comparison (``effect``, ``ci_low``, ``ci_high``, ``p``, ``direction``, ``n_cr``, ``n_nr``,
+``method``; from :func:`helpers.stats.compare_two_groups`) or ``{"status": "not testable", "reason": ...}``
+(plus ``n_cr``/``n_nr`` when known): :func:`measured` turns :class:`helpers.claims.NotTestable` (a cell type,
+tissue, side table or gene absent; fewer than two patients per group with enough cells) into the latter. Any
+other exception is a bug and propagates."""
 
 from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import anndata as ad
 import numpy as np
 import pandas as pd
 
+from .claims import (MIN_PATIENTS_PER_GROUP, UNASSIGNED, NotTestable, claim_pseudobulk,
+                     claim_value_from_pseudobulk, testable_pseudobulk, testable_set_score)
 from .cohort import Cohort
-from .pseudobulk import log_cpm, pseudobulk_by_patient, set_score
-from .stats import bh_fdr, compare_two_groups
+from .genesets import gene_set
+from .pseudobulk import gene_per_patient, log_cpm
+from .stats import bh_fdr, compare_two_groups, spearman_ci
+
+NOT_TESTABLE = "not testable"
+
+
+def not_testable(reason: str, n_cr: int | None = None, n_nr: int | None = None, **extra: Any) -> dict:
+    """The findings record of a quantity that cannot be measured in this cohort."""
+    rec = {"status": NOT_TESTABLE, "reason": reason}
+    rec.update({k: v for k, v in (("n_cr", n_cr), ("n_nr", n_nr)) if v is not None})
+    return {**rec, **extra}
+
+
+def is_not_testable(rec: Any) -> bool:
+    return isinstance(rec, dict) and rec.get("status") == NOT_TESTABLE
+
+
+def attempt(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, dict | None]:
+    """``(fn(*args, **kwargs), None)``, or ``(None, not-testable record)`` when the quantity cannot be measured
+    here (:class:`helpers.claims.NotTestable`). Other exceptions propagate: they are bugs."""
+    try:
+        return fn(*args, **kwargs), None
+    except NotTestable as e:
+        return None, not_testable(e.reason, e.n_cr, e.n_nr)
+
+
+def measured(fn: Callable[..., dict], *args: Any, **kwargs: Any) -> dict:
+    """``fn(*args, **kwargs)`` (a findings record), or the not-testable record (:func:`attempt`)."""
+    value, untestable = attempt(fn, *args, **kwargs)
+    return untestable if untestable is not None else value
+
+
+def describe(rec: dict | None, unit: str = "") -> str:
+    """One line for a conclusion: the shift with its CI and p, or ``not testable: <reason>``."""
+    if is_not_testable(rec):
+        return f"{NOT_TESTABLE}: {rec['reason']}"
+    if not rec or rec.get("effect") is None:
+        return "not estimable"
+    return (f"shift {rec['effect']:+.2f}{unit} (95% CI {rec['ci_low']:+.2f} to {rec['ci_high']:+.2f}), "
+            f"p = {rec['p']:.2g}, {rec['n_nr']} NR vs {rec['n_cr']} CR")
+
+
+def not_testable_records(findings: Any, path: str = "") -> Iterator[tuple[str, dict]]:
+    """Every not-testable record in a findings JSON object, with its key path (e.g. ``claims/ifn_mono_nfkb``)."""
+    if is_not_testable(findings):
+        yield path, findings
+    elif isinstance(findings, dict):
+        for k, v in findings.items():
+            yield from not_testable_records(v, f"{path}/{k}" if path else str(k))
+
+
+def load_annotated(path: str | Path) -> ad.AnnData:
+    """The annotated cells without the ``unassigned`` ones (not a cell type: left out of every analysis)."""
+    adata = ad.read_h5ad(path)
+    keep = (adata.obs["cell_type"].astype(str) != UNASSIGNED).to_numpy()
+    return adata if keep.all() else adata[keep].copy()
 
 
 def patient_responses(pb_or_obs) -> pd.Series:
@@ -18,36 +86,139 @@ def patient_responses(pb_or_obs) -> pd.Series:
 
 
 def patient_scores(adata: ad.AnnData, cell_types: list[str], genes: list[str], cohort: Cohort, min_cells: int = 10,
-                   tissue: str | None = None) -> tuple[pd.Series, pd.Series]:
-    """Per-patient set score in the pooled ``cell_types`` (pseudobulk, z-scored log CPM) and the responses."""
-    pb = pseudobulk_by_patient(adata, cell_types, tissue=tissue, min_cells=min_cells)
-    return set_score(log_cpm(pb), genes), patient_responses(pb)
+                   tissue: str | None = None, name: str = "the set") -> tuple[pd.Series, pd.Series]:
+    """Per-patient set score in the pooled ``cell_types`` (pseudobulk, z-scored log CPM) and the responses;
+    :class:`helpers.claims.NotTestable` when too few patients have the cells or too few set genes are expressed."""
+    pb = testable_pseudobulk(adata, cell_types, cohort.groups, min_cells=min_cells, tissue=tissue)
+    return testable_set_score(log_cpm(pb), genes, name), patient_responses(pb)
 
 
 def claim(values: pd.Series, groups: pd.Series, cohort: Cohort, method: str) -> dict:
-    """The findings-JSON record of one comparison (test group minus reference group)."""
-    return compare_two_groups(values, groups, cohort.reference_group, cohort.test_group, method)
+    """The findings-JSON record of one comparison (test group minus reference group); not testable when fewer
+    than two patients of a group have a value."""
+    rec = compare_two_groups(values, groups, cohort.reference_group, cohort.test_group, method)
+    if rec["effect"] is None:
+        return not_testable(f"only {rec['n_cr']} {cohort.reference_group} and {rec['n_nr']} {cohort.test_group} "
+                            f"patients have a value (need {MIN_PATIENTS_PER_GROUP} per group)", rec["n_cr"], rec["n_nr"])
+    return rec
+
+
+def measure_set_score(adata: ad.AnnData, cell_types: list[str], set_name: str, cohort: Cohort, method: str,
+                      min_cells: int = 10, genes: list[str] | None = None) -> tuple[pd.Series | None, dict]:
+    """Per-patient score of a gene set (``genes``, default the named set) in ``cell_types`` and its :func:`claim`
+    record; ``(None, not-testable record)`` when it cannot be measured."""
+    genes = gene_set(set_name) if genes is None else genes
+    values, untestable = attempt(patient_scores, adata, cell_types, genes, cohort, min_cells, name=set_name)
+    if untestable is not None:
+        return None, untestable
+    return values[0], claim(*values, cohort, method)
+
+
+def measure_claim(adata: ad.AnnData, name: str, cohort: Cohort, method: str,
+                  min_cells: int = 10) -> tuple[pd.Series | None, dict]:
+    """One of the study's claims (:data:`helpers.claims.CLAIMS`) measured in ``adata``: the per-patient values
+    and the comparison record with ``measured_in`` (the cell types used) and a ``note`` when the claim's fallback
+    cells were used; ``(None, not-testable record)`` when it cannot be measured."""
+    def run():
+        pb, types, note = claim_pseudobulk(adata, name, min_cells, groups=cohort.groups)
+        values = claim_value_from_pseudobulk(pb, name)
+        rec = claim(values, pb.obs["response"].astype(str), cohort, method)
+        return values, {**rec, "measured_in": types, **({"note": note} if note else {})}
+    result, untestable = attempt(run)
+    return (None, untestable) if untestable is not None else result
+
+
+def measure_scores(adata: ad.AnnData, cell_types: list[str], cohort: Cohort,
+                   scores: dict[str, tuple[str, Callable[[ad.AnnData], pd.Series]]],
+                   min_cells: int = 10) -> tuple[pd.DataFrame, dict[str, dict]]:
+    """Several per-patient scores of one pseudobulk (``cell_types``): ``scores`` maps a record name to (method
+    text, function of the pseudobulk). Returns the patients x scores table and one :func:`claim` record per score
+    (with ``measured_in``); a score, or all when the pseudobulk is not testable, gets the not-testable record."""
+    pb, untestable = attempt(testable_pseudobulk, adata, cell_types, cohort.groups, min_cells=min_cells)
+    if untestable is not None:
+        return pd.DataFrame(), {name: untestable for name in scores}
+    responses = patient_responses(pb)
+    values, records = {}, {}
+    for name, (method, fn) in scores.items():
+        v, records[name] = attempt(fn, pb)
+        if v is not None:
+            values[name] = v
+            records[name] = {**claim(v, responses, cohort, method), "measured_in": cell_types}
+    return pd.DataFrame(values).assign(response=responses), records
+
+
+def measure_gene(adata: ad.AnnData, cell_types: list[str], gene: str, cohort: Cohort, method: str,
+                 min_cells: int = 10) -> tuple[pd.DataFrame | None, dict[str, dict]]:
+    """One gene per patient in ``cell_types`` (:func:`helpers.pseudobulk.gene_per_patient`: pseudobulk log2 CPM,
+    fraction of positive cells) and one record per measure (``log2cpm``, ``fraction_positive``) with
+    ``measured_in``; ``(None, not-testable records)`` when the gene or the patients are missing."""
+    def run():
+        if gene not in adata.var_names:
+            raise NotTestable(f"gene {gene} is not in the data")
+        testable_pseudobulk(adata, cell_types, cohort.groups, min_cells=min_cells)
+        return gene_per_patient(adata, cell_types, gene, min_cells=min_cells)
+    table, untestable = attempt(run)
+    if untestable is not None:
+        return None, {"log2cpm": untestable, "fraction_positive": untestable}
+    t = table.set_index("patient_id")
+    return table, {m: {**claim(t[col], t["response"].astype(str), cohort, f"{gene} {m} {method}"), "measured_in": cell_types}
+                   for m, col in (("log2cpm", "log2_cpm"), ("fraction_positive", "fraction_positive"))}
+
+
+def correlation(x: pd.Series, y: pd.Series, what: str, min_n: int = 2 * MIN_PATIENTS_PER_GROUP) -> dict:
+    """Spearman rho with its 95% CI (:func:`helpers.stats.spearman_ci`) over the patients that have both values,
+    or the not-testable record when fewer than ``min_n`` have."""
+    both = pd.concat([x.rename("x"), y.rename("y")], axis=1, join="inner").dropna()
+    if len(both) < min_n:
+        return not_testable(f"only {len(both)} patients have both {what} (need {min_n})")
+    return spearman_ci(both["x"].to_numpy(), both["y"].to_numpy())
+
+
+
+def protein_column(adata: ad.AnnData, marker: str) -> str | None:
+    """The antibody-capture column of ``marker`` in ``obsm['protein_counts']`` (a cells x antibodies table added at
+    ingest for CITE-seq data): the first column whose name contains the marker not followed by a digit (CD16,
+    not CD160), or None when the cohort has no such counts."""
+    P = adata.obsm.get("protein_counts") if "protein_counts" in adata.obsm else None
+    if not isinstance(P, pd.DataFrame):
+        return None
+    pattern = re.compile(re.escape(marker) + r"(?![0-9])", re.IGNORECASE)
+    return next((str(c) for c in P.columns if pattern.search(str(c))), None)
+
+
+def protein_per_patient(adata: ad.AnnData, column: str, cell_types: list[str], min_cells: int = 10) -> pd.Series:
+    """Per-patient mean CLR-normalised antibody counts of one antibody in ``cell_types``: CLR as Seurat's
+    ``NormalizeData(method='CLR', margin=1)`` over all cells of ``adata`` (log1p of the count over the geometric
+    mean-like scale exp(sum log1p(x > 0) / n)); patients with fewer than ``min_cells`` such cells are left out."""
+    x = adata.obsm["protein_counts"][column].astype(float).to_numpy()
+    clr = np.log1p(x / np.exp(np.log1p(x[x > 0]).sum() / len(x)))
+    m = adata.obs["cell_type"].astype(str).isin(cell_types).to_numpy()
+    per = pd.DataFrame({"clr": clr[m], "patient": adata.obs["patient_id"].astype(str).to_numpy()[m]})
+    agg = per.groupby("patient")["clr"].agg(["mean", "size"])
+    return agg.loc[agg["size"] >= min_cells, "mean"].rename(column)
 
 
 def score_grid(adata: ad.AnnData, cell_types: list[str], sets: dict[str, list[str]], cohort: Cohort,
                min_cells: int = 10) -> pd.DataFrame:
-    """NR-vs-CR shift of each gene-set score in each cell type (patient-level), with BH q over the grid."""
+    """NR-vs-CR shift of each gene-set score in each cell type (patient-level), with BH q over the grid; cell
+    types or sets that cannot be measured are left out of the grid."""
     rows = []
     for ct in cell_types:
         try:
-            pb = pseudobulk_by_patient(adata, [ct], min_cells=min_cells)
-        except ValueError:
+            pb = testable_pseudobulk(adata, [ct], cohort.groups, min_cells=min_cells)
+        except NotTestable:
             continue
         g = patient_responses(pb)
-        if g.value_counts().min() < 2 or g.nunique() < 2:
-            continue
         L = log_cpm(pb)
         for name, genes in sets.items():
             try:
-                s = set_score(L, genes)
-            except ValueError:
+                s = testable_set_score(L, genes, name)
+            except NotTestable:
                 continue
-            rows.append({"cell_type": ct, "gene_set": name, **claim(s, g, cohort, "set score per patient")})
-    df = pd.DataFrame(rows)
+            rows.append({"cell_type": ct, "gene_set": name,
+                         **compare_two_groups(s, g, cohort.reference_group, cohort.test_group, "set score per patient")})
+    df = pd.DataFrame(rows) if rows else pd.DataFrame(columns=["cell_type", "gene_set", "effect", "ci_low", "ci_high",
+                                                                "p", "n_cr", "n_nr"])
     df["q"] = bh_fdr(pd.to_numeric(df["p"], errors="coerce").to_numpy()) if len(df) else []
     return df
+

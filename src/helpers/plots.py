@@ -287,7 +287,7 @@ def scorecard_figure(card: pd.DataFrame) -> plt.Figure:
         if isinstance(r["study_value"], float):
             ax.plot(r["study_value"], i, marker="*", color="k", ms=10)
     ax.set_yticks(range(len(c)))
-    ax.set_yticklabels([f"{a} [{v}]" for a, v in zip(c["claim"], c["verdict"])], fontsize=7)
+    ax.set_yticklabels([f"{a} [{v.split(':')[0]}]" for a, v in zip(c["claim"], c["verdict"])], fontsize=7)  # reasons: table
     ax.axvline(0, color="k", lw=0.5)
     ax.set_xlabel("reproduced value (shift NR-CR, hazard ratio, or AUC) with 95% CI; * = study's AUC")
     fig.tight_layout()

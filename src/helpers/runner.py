@@ -9,7 +9,8 @@ cell succeeded moves it to results/<cohort>/notebooks/ and exports HTML to resul
 A failing notebook leaves the previous good outputs in place, keeps the failed copy as
 ``<name>.failed.ipynb`` and exits 1 naming the notebook and the cell; when the cell raised an input error
 (``helpers.cohort.InputError``: unusable counts, missing panel genes, no cell left after QC, ...) it exits 2
-with that error's message instead.
+with that error's message instead. A claim the cohort cannot measure is not an error: the notebooks record it
+as not testable, and when a run writes results/<cohort>/not_testable.txt (notebook 10) the runner prints it.
 """
 
 from __future__ import annotations
@@ -95,7 +96,18 @@ def run_notebook(cohort_name: str, notebook: str | Path, kernel: str = "python3"
     seconds = time.time() - t0
     record_timing(cohort.results_dir / "timings" / "notebooks.tsv", name, seconds)
     print(f"[runner] {name} ({cohort_name}) done in {seconds:.0f} s -> {final.relative_to(root)}")
+    print_not_testable(cohort.results_dir, since=t0)
     return final
+
+
+def print_not_testable(results_dir: Path, since: float) -> None:
+    """Print the cohort's summary of what could not be tested (written by the scorecard notebook) when this run
+    wrote it, so ``make all`` ends with it."""
+    from .scorecard import NOT_TESTABLE_FILE
+
+    summary = results_dir / NOT_TESTABLE_FILE
+    if summary.exists() and summary.stat().st_mtime >= since:
+        print(summary.read_text(), end="")
 
 
 def record_timing(path: Path, notebook: str, seconds: float) -> None:

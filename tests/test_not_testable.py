@@ -1,0 +1,156 @@
+"""Claims that a cohort cannot measure are recorded as not testable, with the reason, and never crash; claims it
+can measure keep their values: a planted shift is found in the right direction and significant, a null one is not.
+
+Fixtures are small hand-made AnnData cohorts (Poisson counts per cell, a per-patient log-normal spread), so the
+expected values are known without the simulator."""
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from helpers.claims import CLAIMS, NotTestable, resolve_claim_cells
+from helpers.findings import (attempt, claim, correlation, describe, is_not_testable, load_annotated, measure_claim,
+                              measure_gene, measure_scores, measured, not_testable, not_testable_records,
+                              protein_column, protein_per_patient)
+
+GENES = ["FCGR3A", "ICAM1", "NKG7", "CD14", "LYZ"] + [f"G{i}" for i in range(195)]
+
+
+def _cohort(n_per_group=6, cells=30, effect_log2=0.0, types=("NK_CD56dim_CD54dim", "mono_classical"), seed=0,
+            few_nr_cells: int | None = None, protein: bool = False) -> ad.AnnData:
+    """``n_per_group`` CR and NR patients (marrow), ``cells`` cells per patient and type; FCGR3A in NK cells of NR
+    patients shifted by ``effect_log2`` (and the CD16 antibody counts with it when ``protein``)."""
+    rng = np.random.default_rng(seed)
+    base = rng.gamma(2.0, 2.0, len(GENES))
+    base[0] = 20.0  # FCGR3A well expressed
+    rows, X, adt = [], [], []
+    for i, resp in enumerate(["CR"] * n_per_group + ["NR"] * n_per_group):
+        pid = f"P{i:02d}"
+        patient = np.exp(rng.normal(0, 0.15, len(GENES)))
+        for t in types:
+            n = cells if not (few_nr_cells is not None and resp == "NR" and i > n_per_group) else few_nr_cells
+            mu = base * patient
+            shift = 2.0 ** effect_log2 if (resp == "NR" and t.startswith("NK")) else 1.0
+            if t.startswith("NK"):
+                mu = mu.copy()
+                mu[0] *= shift
+            X.append(rng.poisson(mu, size=(n, len(GENES))))
+            adt.append(rng.poisson([50.0 * shift if t.startswith("NK") else 2.0, 30.0], size=(n, 2)))
+            rows += [{"patient_id": pid, "sample_id": f"{pid}_BM", "tissue": "BM", "response": resp, "batch": "b1",
+                      "age": 60, "cell_type": t, "compartment": "NK" if t.startswith("NK") else "myeloid"}] * n
+    obs = pd.DataFrame(rows, index=[f"c{i}" for i in range(len(rows))])
+    a = ad.AnnData(X=sp.csr_matrix(np.vstack(X).astype(np.float32)), obs=obs, var=pd.DataFrame(index=GENES))
+    a.layers["counts"] = a.X.copy()
+    if protein:
+        a.obsm["protein_counts"] = pd.DataFrame(np.vstack(adt), index=a.obs_names, columns=["CD16_TotalSeqB", "CD160"])
+    return a
+
+
+def _measure(a, cohort, name="nk_cd54dim_cd16"):
+    return measure_claim(a, name, cohort, "test", min_cells=10)
+
+
+def test_planted_shift_found_right_direction_and_significant(tiny_cohort):
+    values, rec = _measure(_cohort(effect_log2=-1.5), tiny_cohort)
+    assert rec["direction"] == "down" and rec["effect"] < -1.0 and rec["p"] < 0.01
+    assert rec["n_cr"] == rec["n_nr"] == 6 and rec["measured_in"] == ["NK_CD56dim_CD54dim"] and "note" not in rec
+    assert len(values) == 12
+
+
+def test_null_shift_not_significant(tiny_cohort):
+    _, rec = _measure(_cohort(effect_log2=0.0, seed=3), tiny_cohort)
+    assert rec["p"] > 0.05 and abs(rec["effect"]) < 0.3
+    assert not is_not_testable(rec)
+
+
+def test_missing_cell_type_is_not_testable_and_named(tiny_cohort):
+    a = _cohort(types=("mono_classical",))
+    values, rec = _measure(a, tiny_cohort)
+    assert values is None and is_not_testable(rec)
+    assert rec == {"status": "not testable", "reason": "no NK_CD56dim_CD54dim cells in this cohort"}
+    _, rec = _measure(a, tiny_cohort, "nonclassical_mono_phagocytosis")
+    assert is_not_testable(rec) and "mono_nonclassical" in rec["reason"]
+    assert describe(rec) == "not testable: no mono_nonclassical cells in this cohort"
+
+
+def test_too_few_patients_with_enough_cells(tiny_cohort):
+    """Only one NR patient keeps >= 10 NK cells: fewer than two per group, not testable with the counts."""
+    _, rec = _measure(_cohort(effect_log2=-1.5, few_nr_cells=5), tiny_cohort)
+    assert is_not_testable(rec) and (rec["n_cr"], rec["n_nr"]) == (6, 1)
+    assert rec["reason"] == ("only 6 CR and 1 NR patients have >= 10 NK_CD56dim_CD54dim cells (need 2 per group)")
+
+
+def test_cd54_split_not_separable_falls_back_to_all_cd56dim(tiny_cohort):
+    a = _cohort(effect_log2=-1.5, types=("NK_CD56dim", "mono_classical"))
+    _, rec = _measure(a, tiny_cohort)
+    assert rec["measured_in"] == ["NK_CD56dim"] and "not separable" in rec["note"]
+    assert rec["direction"] == "down" and rec["p"] < 0.01
+    # the CD54bright control is absent: not testable, never a crash
+    t, recs = measure_gene(a, ["NK_CD56dim_CD54bright"], "FCGR3A", tiny_cohort, "m", min_cells=10)
+    assert t is None and all(is_not_testable(r) and "NK_CD56dim_CD54bright" in r["reason"] for r in recs.values())
+
+
+def test_gene_absent_is_not_testable(tiny_cohort):
+    a = _cohort()
+    a = a[:, [g for g in GENES if g != "FCGR3A"]].copy()
+    _, rec = _measure(a, tiny_cohort)
+    assert rec["reason"] == "gene FCGR3A is not in the data"
+    t, recs = measure_gene(a, ["NK_CD56dim_CD54dim"], "FCGR3A", tiny_cohort, "m")
+    assert t is None and recs["log2cpm"]["reason"] == "gene FCGR3A is not in the data"
+
+
+def test_set_and_progeny_scores_without_their_genes_are_not_testable(tiny_cohort):
+    """The fixture has one PROGENy NFkB target (ICAM1) and almost none of a phagocytosis set's genes."""
+    a = _cohort(types=("mono_IFN", "mono_classical"))
+    _, rec = _measure(a, tiny_cohort, "ifn_mono_nfkb")
+    assert is_not_testable(rec) and rec["reason"] == "PROGENy NFkB: only 1 of its target genes are expressed (need 5)"
+    _, rec = _measure(a, tiny_cohort, "classical_mono_phagocytosis")
+    assert is_not_testable(rec) and "genes of the set are expressed" in rec["reason"]
+    scores, recs = measure_scores(a, ["malignant_PC"], tiny_cohort, {"x": ("m", lambda pb: pb.X.sum(1))})
+    assert scores.empty and recs["x"]["reason"] == "no malignant_PC cells in this cohort"
+
+
+def test_a_real_bug_still_raises():
+    with pytest.raises(ZeroDivisionError):
+        attempt(lambda: 1 / 0)
+    with pytest.raises(KeyError):
+        measured(lambda: {}["missing"])
+    assert measured(lambda: (_ for _ in ()).throw(NotTestable("why", 1, 2))) == not_testable("why", 1, 2)
+
+
+def test_unassigned_cells_are_left_out(tmp_path, tiny_cohort):
+    a = _cohort(effect_log2=-1.5)
+    a.obs["cell_type"] = a.obs["cell_type"].astype(str)
+    a.obs.iloc[:5, a.obs.columns.get_loc("cell_type")] = "unassigned"
+    a.write_h5ad(tmp_path / "annotated.h5ad")
+    b = load_annotated(tmp_path / "annotated.h5ad")
+    assert b.n_obs == a.n_obs - 5 and "unassigned" not in set(b.obs["cell_type"])
+    types, _ = resolve_claim_cells(a, CLAIMS["inflammatory_bme_cytokines"])
+    assert "unassigned" not in types and set(types) == {"NK_CD56dim_CD54dim", "mono_classical"}
+
+
+def test_protein_readout(tiny_cohort):
+    a = _cohort(effect_log2=-1.0, protein=True)
+    col = protein_column(a, "CD16")
+    assert col == "CD16_TotalSeqB"  # not CD160
+    v = protein_per_patient(a, col, ["NK_CD56dim_CD54dim"], min_cells=10)
+    rec = claim(v, a.obs.drop_duplicates("patient_id").set_index("patient_id")["response"], tiny_cohort, "m")
+    assert len(v) == 12 and rec["direction"] == "down" and rec["p"] < 0.01
+    assert protein_column(_cohort(), "CD16") is None
+
+
+def test_correlation_needs_enough_patients():
+    x = pd.Series([1.0, 2, 3], index=list("abc"))
+    r = correlation(x, x, "x and y")
+    assert r == not_testable("only 3 patients have both x and y (need 4)")
+    r = correlation(pd.Series([1.0, 2, 3, 4, 5], index=list("abcde")), pd.Series([2.0, 1, 4, 3, 5], index=list("abcde")), "x")
+    assert r["n"] == 5 and r["rho"] == pytest.approx(0.8)
+
+
+def test_not_testable_records_walks_findings():
+    nt = not_testable("no bulk")
+    f = {"claims": {"a": {"effect": 1.0}, "b": nt}, "prognosis": nt, "n": 3}
+    assert list(not_testable_records(f)) == [("claims/b", nt), ("prognosis", nt)]
