@@ -140,6 +140,11 @@ def test_protein_readout(tiny_cohort):
     rec = claim(v, a.obs.drop_duplicates("patient_id").set_index("patient_id")["response"], tiny_cohort, "m")
     assert len(v) == 12 and rec["direction"] == "down" and rec["p"] < 0.01
     assert protein_column(_cohort(), "CD16") is None
+    # samples sequenced without antibodies have NaN counts: their patients have no protein value
+    pids = a.obs["patient_id"].isin(["P00", "P01", "P02", "P06"]).to_numpy()
+    a.obsm["protein_counts"].loc[pids, col] = np.nan
+    v = protein_per_patient(a, col, ["NK_CD56dim_CD54dim"], min_cells=10)
+    assert len(v) == 8 and v.notna().all()
 
 
 def test_correlation_needs_enough_patients():

@@ -189,10 +189,12 @@ def protein_column(adata: ad.AnnData, marker: str) -> str | None:
 def protein_per_patient(adata: ad.AnnData, column: str, cell_types: list[str], min_cells: int = 10) -> pd.Series:
     """Per-patient mean CLR-normalised antibody counts of one antibody in ``cell_types``: CLR as Seurat's
     ``NormalizeData(method='CLR', margin=1)`` over all cells of ``adata`` (log1p of the count over the geometric
-    mean-like scale exp(sum log1p(x > 0) / n)); patients with fewer than ``min_cells`` such cells are left out."""
+    mean-like scale exp(sum log1p(x > 0) / n)). Cells without antibody counts (NaN: samples sequenced without
+    antibodies) are left out, and so are patients with fewer than ``min_cells`` such cells with counts."""
     x = adata.obsm["protein_counts"][column].astype(float).to_numpy()
-    clr = np.log1p(x / np.exp(np.log1p(x[x > 0]).sum() / len(x)))
-    m = adata.obs["cell_type"].astype(str).isin(cell_types).to_numpy()
+    has = ~np.isnan(x)
+    clr = np.log1p(x / np.exp(np.log1p(x[has & (x > 0)]).sum() / max(int(has.sum()), 1)))
+    m = adata.obs["cell_type"].astype(str).isin(cell_types).to_numpy() & has
     per = pd.DataFrame({"clr": clr[m], "patient": adata.obs["patient_id"].astype(str).to_numpy()[m]})
     agg = per.groupby("patient")["clr"].agg(["mean", "size"])
     return agg.loc[agg["size"] >= min_cells, "mean"].rename(column)
