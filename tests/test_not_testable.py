@@ -13,7 +13,7 @@ import scipy.sparse as sp
 
 from helpers.claims import CLAIMS, NotTestable, resolve_claim_cells
 from helpers.findings import (attempt, claim, correlation, describe, is_not_testable, load_annotated, measure_claim,
-                              measure_gene, measure_scores, measured, not_testable, not_testable_records,
+                              measure_gene, measure_scores, not_testable, not_testable_records,
                               protein_column, protein_per_patient)
 
 GENES = ["FCGR3A", "ICAM1", "NKG7", "CD14", "LYZ"] + [f"G{i}" for i in range(195)]
@@ -117,8 +117,8 @@ def test_a_real_bug_still_raises():
     with pytest.raises(ZeroDivisionError):
         attempt(lambda: 1 / 0)
     with pytest.raises(KeyError):
-        measured(lambda: {}["missing"])
-    assert measured(lambda: (_ for _ in ()).throw(NotTestable("why", 1, 2))) == not_testable("why", 1, 2)
+        attempt(lambda: {}["missing"])
+    assert attempt(lambda: (_ for _ in ()).throw(NotTestable("why", 1, 2))) == (None, not_testable("why", 1, 2))
 
 
 def test_unassigned_cells_are_left_out(tmp_path, tiny_cohort):

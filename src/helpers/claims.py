@@ -90,11 +90,6 @@ def resolve_claim_cells(adata: ad.AnnData, claim: Claim, label: str = "cell_type
     return list(claim.cells), ""
 
 
-def claim_cell_types(adata: ad.AnnData, claim: Claim, label: str = "cell_type",
-                     compartment: str = "compartment") -> list[str]:
-    return resolve_claim_cells(adata, claim, label, compartment)[0]
-
-
 def testable_pseudobulk(adata: ad.AnnData, cell_types: list[str] | None, groups: list[str] | None = None,
                         min_cells: int = 10, label: str = "cell_type", tissue: str | None = None,
                         min_per_group: int = MIN_PATIENTS_PER_GROUP) -> ad.AnnData:

@@ -4,7 +4,7 @@ cannot be measured in a cohort.
 
 A record is either a comparison (``effect``, ``ci_low``, ``ci_high``, ``p``, ``direction``, ``n_cr``, ``n_nr``,
 ``method``; from :func:`helpers.stats.compare_two_groups`) or ``{"status": "not testable", "reason": ...}``
-(plus ``n_cr``/``n_nr`` when known): :func:`measured` turns :class:`helpers.claims.NotTestable` (a cell type,
+(plus ``n_cr``/``n_nr`` when known): :func:`attempt` turns :class:`helpers.claims.NotTestable` (a cell type,
 tissue, side table or gene absent; fewer than two patients per group with enough cells) into the latter. Any
 other exception is a bug and propagates."""
 
@@ -46,12 +46,6 @@ def attempt(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, dic
         return fn(*args, **kwargs), None
     except NotTestable as e:
         return None, not_testable(e.reason, e.n_cr, e.n_nr)
-
-
-def measured(fn: Callable[..., dict], *args: Any, **kwargs: Any) -> dict:
-    """``fn(*args, **kwargs)`` (a findings record), or the not-testable record (:func:`attempt`)."""
-    value, untestable = attempt(fn, *args, **kwargs)
-    return untestable if untestable is not None else value
 
 
 def describe(rec: dict | None, unit: str = "") -> str:
