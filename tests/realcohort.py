@@ -104,7 +104,7 @@ def cohort_yaml(name: str, seed: int) -> str:
 
 def build_real_cohort(dest: str | Path, name: str, n_cr: int = 5, n_nr: int = 5, seed: int = 559,
                       cells: tuple[int, int] = (350, 500), nk_share: float = 0.3, keep: tuple[float, float] = (0.7, 0.9),
-                      nr_fcgr3a_keep: float = 0.4, antibody_samples: int = 2) -> Path:
+                      nr_fcgr3a_keep: float = 0.4, antibody_samples: int = 4) -> Path:
     """Write the cohort folder ``dest/name`` (cohort.yaml, samples.csv, counts/<sample>/ Cell Ranger v3 folders,
     planted_effect.json) and return it. Patients alternate CR/NR between batches b1 and b2 (each batch holds both
     groups); the first ``antibody_samples`` samples (CR and NR alternately) carry CD16/CD38/CD54 antibody rows."""
