@@ -5,6 +5,9 @@ Fixtures are small hand-made AnnData cohorts (Poisson counts per cell, a per-pat
 expected values are known without the simulator."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -16,6 +19,7 @@ from helpers.findings import (attempt, claim, correlation, describe, is_not_test
                               measure_gene, measure_scores, not_testable, not_testable_records,
                               protein_column, protein_per_patient)
 
+ROOT = Path(__file__).resolve().parents[1]
 GENES = ["FCGR3A", "ICAM1", "NKG7", "CD14", "LYZ"] + [f"G{i}" for i in range(195)]
 
 
@@ -159,3 +163,81 @@ def test_not_testable_records_walks_findings():
     nt = not_testable("no bulk")
     f = {"claims": {"a": {"effect": 1.0}, "b": nt}, "prognosis": nt, "n": 3}
     assert list(not_testable_records(f)) == [("claims/b", nt), ("prognosis", nt)]
+
+
+LINKED = ["notebooks", "src", ".venv", ".cache", "data/genesets", "data/markers.yaml", "data/reference",
+          "data/resistance_atlas.yaml", "data/simulation"]
+FINDING_NOTEBOOKS = ["03_inflammation", "04_monocytes", "05_nk_cd16", "06_tumour_nfkb", "07_classifier",
+                     "08_resistance_atlas", "10_scorecard"]
+
+
+def _degraded_annotation(tiny_sim, dropped_genes: list[str]) -> ad.AnnData:
+    """The tiny cohort's good marrow cells labelled by their truth, without tumour/plasma cells, nonclassical and
+    IFN monocytes, with the CD54 split not separable (all CD56dim NK cells 'NK_CD56dim'), some cells
+    'unassigned', ``dropped_genes`` removed, no truth columns, and CITE-seq CD16 counts lower on NR NK cells."""
+    a, _ = tiny_sim
+    obs = a.obs
+    keep = ((obs["truth_quality"] == "good") & (obs["tissue"] == "BM") & (obs["truth_compartment"] != "plasma")
+            & ~obs["truth_cell_type"].isin(["mono_nonclassical", "mono_IFN"])).to_numpy()
+    b = a[keep][:, [g for g in a.var_names if g not in set(dropped_genes)]].copy()
+    b.obs["cell_type"] = b.obs["truth_cell_type"].astype(str).replace(
+        {"NK_CD56dim_CD54dim": "NK_CD56dim", "NK_CD56dim_CD54bright": "NK_CD56dim"})
+    b.obs["compartment"] = b.obs["truth_compartment"].astype(str)
+    b.obs.iloc[::40, b.obs.columns.get_loc("cell_type")] = "unassigned"
+    b.obs = b.obs[[c for c in b.obs.columns if not c.startswith("truth_")]]
+    b.uns["nk_cd54_split"] = {"separable": False, "reason": "one ICAM1 state fits"}
+    nk = (b.obs["cell_type"] == "NK_CD56dim").to_numpy()
+    nr = (b.obs["response"] == "NR").to_numpy()
+    rng = np.random.default_rng(0)
+    b.obsm["protein_counts"] = pd.DataFrame({"CD16": rng.poisson(np.where(nk, np.where(nr, 60, 150), 8)),
+                                             "CD160": rng.poisson(20, b.n_obs)}, index=b.obs_names).astype(float)
+    return b
+
+
+@pytest.mark.slow
+def test_degraded_cohort_notebooks_complete(tiny_sim, tmp_path, monkeypatch, capsys):
+    """Notebooks 03-08 and 10 complete on a marrow-only cohort without tumour cells, nonclassical and IFN monocytes,
+    CD54 split, blood samples, flow or bulk tables and 12 of the 34 classifier genes; what cannot be measured is
+    recorded as not testable (findings, scorecard, not_testable.txt), the rest is measured."""
+    from helpers.classifier import load_panel
+    from helpers.runner import main as runner_main
+    from helpers.scorecard import NOT_TESTABLE_FILE
+
+    root = tmp_path / "project"
+    for rel in LINKED:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).symlink_to(ROOT / rel)
+    (root / "pyproject.toml").write_text("")
+    cdir = root / "data" / "cohorts" / "zz_degraded"
+    cdir.mkdir(parents=True)
+    cfg = (ROOT / "data" / "cohorts" / "tiny" / "cohort.yaml").read_text().replace("name: tiny", "name: zz_degraded")
+    (cdir / "cohort.yaml").write_text(cfg)  # declares PB as validation tissue; the sheet has no PB sample
+    s = pd.read_csv(ROOT / "data" / "cohorts" / "tiny" / "samples.csv")
+    s[s["tissue"] == "BM"].to_csv(cdir / "samples.csv", index=False)
+    dropped = load_panel()["gene"].tolist()[::3][:12]
+    processed = root / "data" / "processed" / "zz_degraded"
+    processed.mkdir(parents=True)
+    _degraded_annotation(tiny_sim, dropped).write_h5ad(processed / "annotated.h5ad")
+    monkeypatch.setenv("DR_ROOT", str(root))
+    for nb in FINDING_NOTEBOOKS:
+        assert runner_main(["run", "--cohort", "zz_degraded", "--notebook", str(ROOT / "notebooks" / f"{nb}.ipynb")]) == 0, nb
+    out = capsys.readouterr().out
+    res = root / "results" / "zz_degraded"
+    f = {n: json.loads((res / "findings" / f"{n}.json").read_text()) for n in ("04", "05", "06", "07", "08")}
+    assert f["04"]["claims"]["nonclassical_mono_phagocytosis"]["reason"] == "no mono_nonclassical cells in this cohort"
+    assert f["04"]["claims"]["classical_mono_phagocytosis"]["p"] is not None
+    nk = f["05"]["claims"]["nk_cd54dim_cd16"]
+    assert nk["measured_in"] == ["NK_CD56dim"] and "not separable" in nk["note"] and nk["direction"] == "down"
+    assert f["05"]["claims"]["nk_cd16_protein"]["direction"] == "down"
+    assert f["05"]["flow_vs_rna"]["status"] == "not testable"
+    assert f["06"]["claims"]["tumour_nfkb_progeny"] == {"status": "not testable",
+                                                        "reason": "no malignant_PC cells in this cohort"}
+    assert "bulk" in f["06"]["prognosis"]["reason"]
+    assert f["07"]["n_panel_genes_used"] == 22 and f["07"]["panel_missing_genes"] == dropped
+    assert f["07"]["auc_pb_top8"]["reason"] == "no PB samples in this cohort" and 0 <= f["07"]["auc_bm_34"] <= 1
+    assert f["08"]["atlas"]["status"] == "not testable"
+    card = pd.read_csv(res / "scorecard.csv").set_index("claim")
+    assert card.loc["tumour NF-kB (up in NR)", "verdict"] == "not testable: no malignant_PC cells in this cohort"
+    assert card.loc["AUC 34 NF-kB genes, marrow", "note"] == "reduced panel (22 of 34 genes)"
+    summary = (res / NOT_TESTABLE_FILE).read_text()
+    assert summary.startswith("Not testable on cohort 'zz_degraded': 5 of 10 scorecard claims") and summary in out
