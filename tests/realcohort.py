@@ -10,8 +10,8 @@ One effect is planted without the project's annotator, by a rule on the referenc
 NK-like cells are those with NKG7 + GNLY >= 3, no CD3E/CD3D count and LYZ <= 5 (not a monocyte). In NR patients
 their FCGR3A counts are thinned again (each UMI kept with probability 0.4, log2(0.4) = -1.3), and their CD16
 antibody counts scaled by the same factor. Each patient gets a fixed share of NK-like cells (oversampled from the
-pool, every pool cell equally often, still thinned) so the NK claim has cells to test. The rule, the selected cells and the expected direction
-are in ``planted_effect.json`` beside the cohort; the pipeline does not read it.
+pool, every pool cell equally often, still thinned) so the NK claim has cells to test. The rule, the selected cells
+and the expected direction are in ``planted_effect.json`` beside the cohort; the pipeline does not read it.
 """
 
 from __future__ import annotations
@@ -84,7 +84,8 @@ def write_10x_v3(X: sp.csr_matrix, symbols, barcodes, folder: Path, antibodies: 
 
 
 def _write_gz(path: Path, data: bytes) -> None:
-    with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1, mtime=0) as fh:  # same bytes every build
+    # mtime 0: the same bytes at every build
+    with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1, mtime=0) as fh:
         fh.write(data)
 
 
@@ -103,8 +104,9 @@ def cohort_yaml(name: str, seed: int) -> str:
 
 
 def build_real_cohort(dest: str | Path, name: str, n_cr: int = 5, n_nr: int = 5, seed: int = 559,
-                      cells: tuple[int, int] = (350, 500), nk_share: float = 0.3, keep: tuple[float, float] = (0.7, 0.9),
-                      nr_fcgr3a_keep: float = 0.4, antibody_samples: int = 4) -> Path:
+                      cells: tuple[int, int] = (350, 500), nk_share: float = 0.3,
+                      keep: tuple[float, float] = (0.7, 0.9), nr_fcgr3a_keep: float = 0.4,
+                      antibody_samples: int = 4) -> Path:
     """Write the cohort folder ``dest/name`` (cohort.yaml, samples.csv, counts/<sample>/ Cell Ranger v3 folders,
     planted_effect.json) and return it. Patients alternate CR/NR between batches b1 and b2 (each batch holds both
     groups); the first ``antibody_samples`` samples (CR and NR alternately) carry CD16/CD38/CD54 antibody rows."""
