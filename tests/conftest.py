@@ -64,6 +64,31 @@ def scratch_root(tmp_path: Path) -> Path:
     return tmp_path
 
 
+# Why the simulated cohorts miss the junk-removal goal (0.80) since session 4, reported as XFAIL with the value
+JUNK_GOAL_GAP = ("the co-expression doublet rule uses lineage-exclusive genes (with the broad annotation lists it "
+                 "flagged 31% of real singlets, 4.3% now); the simulator's NK and T programmes lack several real lineage "
+                 "genes (NCR1, SH2D1B, TRAC), so its NK/T doublets are caught less often. Fix in the simulator "
+                 "(issue 14), not by loosening the goal")
+
+# what a project root needs besides its cohorts: code, notebooks, environment and the shared inputs
+PROJECT_FILES = ["Makefile", "pyproject.toml", "requirements.lock", "notebooks", "src", ".venv", ".cache",
+                 "data/genesets", "data/markers.yaml", "data/reference", "data/resistance_atlas.yaml", "data/simulation"]
+
+
+def linked_project(root: Path, committed_cohorts: bool = True) -> Path:
+    """A project root under ``root`` whose code, notebooks, environment and shared data are links to this checkout
+    (so a run there writes nothing into the checkout), with the committed cohort definitions linked too unless
+    ``committed_cohorts`` is False (a real cohort's power notebook simulates under ifm2017_sim's settings)."""
+    cohorts = [f"data/cohorts/{d.name}" for d in (ROOT / "data" / "cohorts").iterdir()
+               if committed_cohorts and not d.name.startswith("zz_")]
+    for rel in PROJECT_FILES + cohorts:
+        if (ROOT / rel).exists():
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).symlink_to(ROOT / rel)
+    (root / "data" / "cohorts").mkdir(parents=True, exist_ok=True)
+    return root
+
+
 def pseudobulk_effect(adata, genes, cell_types, tissue="BM") -> pd.DataFrame:
     """Per patient mean log2 CPM of ``genes`` in truth ``cell_types`` (good cells): a truth-side check."""
     import scipy.sparse as sp

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
+from conftest import linked_project
 from helpers.claims import CLAIMS, NotTestable, resolve_claim_cells
 from helpers.findings import (attempt, claim, correlation, describe, is_not_testable, load_annotated, measure_claim,
                               measure_gene, measure_scores, not_testable, not_testable_records,
@@ -165,8 +166,6 @@ def test_not_testable_records_walks_findings():
     assert list(not_testable_records(f)) == [("claims/b", nt), ("prognosis", nt)]
 
 
-LINKED = ["notebooks", "src", ".venv", ".cache", "data/genesets", "data/markers.yaml", "data/reference",
-          "data/resistance_atlas.yaml", "data/simulation"]
 FINDING_NOTEBOOKS = ["03_inflammation", "04_monocytes", "05_nk_cd16", "06_tumour_nfkb", "07_classifier",
                      "08_resistance_atlas", "10_scorecard"]
 
@@ -203,11 +202,7 @@ def test_degraded_cohort_notebooks_complete(tiny_sim, tmp_path, monkeypatch, cap
     from helpers.runner import main as runner_main
     from helpers.scorecard import NOT_TESTABLE_FILE
 
-    root = tmp_path / "project"
-    for rel in LINKED:
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).symlink_to(ROOT / rel)
-    (root / "pyproject.toml").write_text("")
+    root = linked_project(tmp_path / "project", committed_cohorts=False)
     cdir = root / "data" / "cohorts" / "zz_degraded"
     cdir.mkdir(parents=True)
     cfg = (ROOT / "data" / "cohorts" / "tiny" / "cohort.yaml").read_text().replace("name: tiny", "name: zz_degraded")

@@ -18,14 +18,11 @@ import yaml
 
 from helpers.cohort import load_cohort
 from helpers.ingest import ingest_samples
+from conftest import linked_project
 from realcohort import ANTIBODIES, PLANTED_FILE, build_real_cohort
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME = "zz_real_cells"
-LINKED = ["Makefile", "pyproject.toml", "requirements.lock", "notebooks", "src", ".venv", ".cache",
-          "data/genesets", "data/markers.yaml", "data/reference", "data/resistance_atlas.yaml", "data/simulation"]
-
-
 def selected_fcgr3a_cpm(adata: ad.AnnData, planted: dict) -> pd.DataFrame:
     """Per patient: FCGR3A counts per million in the cells the planted rule selected (raw counts)."""
     sel = adata.obs_names.isin([f"{s}_{b}" for s, bcs in planted["selected_cells"].items() for b in bcs])
@@ -88,12 +85,7 @@ def project(tmp_path_factory):
     definitions linked, the real-cell cohort built under its data/cohorts."""
     if not list((ROOT / ".venv").glob(".installed-*")):
         pytest.skip("environment stamp absent (pytest run outside make): make would reinstall the environment")
-    root = tmp_path_factory.mktemp("project")
-    others = [f"data/cohorts/{d.name}" for d in (ROOT / "data" / "cohorts").iterdir() if not d.name.startswith("zz_")]
-    for rel in LINKED + others:  # the committed cohorts too: a real cohort is powered under ifm2017_sim's simulator
-        if (ROOT / rel).exists():
-            (root / rel).parent.mkdir(parents=True, exist_ok=True)
-            (root / rel).symlink_to(ROOT / rel)
+    root = linked_project(tmp_path_factory.mktemp("project"))
     build_real_cohort(root / "data" / "cohorts", NAME)
     return root
 

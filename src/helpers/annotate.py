@@ -115,23 +115,24 @@ def otsu_threshold(x: np.ndarray) -> float:
 
 def coexpression_doublets(adata: ad.AnnData, markers: dict[str, Any] | None = None, layer: str = "counts",
                           on_fraction: float = 0.3) -> pd.Series:
-    """Cells expressing the programmes of two lineage compartments at once (heterotypic doublets).
+    """Cells expressing the programmes of two lineage compartments at once (heterotypic doublets), judged on the
+    marker table's ``lineage_exclusive`` genes (genes shared between lineages would flag singlets).
 
     Each compartment's typical 'on' level is the median score of the cells above its Otsu threshold (the
     data-driven split of the bimodal on/off distribution); a compartment counts as expressed in a cell when the
     score exceeds ``on_fraction`` of that level (a doublet carries each partner's programme diluted about
     two-fold, and log-scale means shrink further with dropouts)."""
-    markers = markers or load_markers()
-    S = marker_scores(adata, markers["compartments"], layer)
+    lineages = (markers or load_markers())["lineage_exclusive"]
+    S = marker_scores(adata, lineages, layer)
     X = sp.csr_matrix(adata.layers[layer] if layer in adata.layers else adata.X)
     on = {}
     for c in S:
-        genes = [g for g in markers["compartments"][c]["markers"] if g in adata.var_names]
+        genes = [g for g in lineages[c]["markers"] if g in adata.var_names]
         n_detected = np.asarray((X[:, adata.var_names.get_indexer(genes)] > 0).sum(1)).ravel()
         # two markers detected at least: one stray UMI of one marker never turns a programme on
         on[c] = (S[c] > on_fraction * on_level(S[c])) & (n_detected >= min(2, len(genes)))
     on = pd.DataFrame(on, index=S.index)
-    labels = pd.Series({c: v.get("label", c) for c, v in markers["compartments"].items()})
+    labels = pd.Series({c: v.get("label", c) for c, v in lineages.items()})
     n_on = on.T.groupby(labels[on.columns].to_numpy()).any().T.sum(1)  # programmes of one compartment count once
     return (n_on >= 2).rename("coexpression_doublet")
 

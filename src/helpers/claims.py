@@ -9,11 +9,12 @@ and the notebooks record ``{"status": "not testable", "reason": ...}`` (:mod:`he
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import anndata as ad
 import pandas as pd
 
-from .genesets import gene_set, progeny_weights
+from .genesets import gene_set
 from .pseudobulk import log_cpm, progeny_activity, pseudobulk_by_patient, set_score
 
 IMMUNE_COMPARTMENTS = ["myeloid", "T", "NK", "B"]
@@ -148,23 +149,19 @@ def claim_value_from_pseudobulk(pb: ad.AnnData, name: str) -> pd.Series:
     return v.rename(name)
 
 
-def testable_set_score(logcpm: pd.DataFrame, genes: list[str], name: str = "the set") -> pd.Series:
-    """:func:`helpers.pseudobulk.set_score`; too few expressed genes of the set make it :class:`NotTestable`."""
+def _not_testable_if_unmeasurable(score: Callable[..., pd.Series], logcpm: pd.DataFrame, key: Any, name: str) -> pd.Series:
+    """``score(logcpm, key)``; its ValueError (too few expressed genes, too few patients) as :class:`NotTestable`."""
     try:
-        return set_score(logcpm, genes)
-    except ValueError as e:  # set_score raises ValueError only for too few expressed genes
+        return score(logcpm, key)
+    except ValueError as e:
         raise NotTestable(f"{name}: {e}") from None
 
 
-PROGENY_MIN_TARGETS = 5  # decoupler's ``tmin`` in :func:`helpers.pseudobulk.progeny_activity`
+def testable_set_score(logcpm: pd.DataFrame, genes: list[str], name: str = "the set") -> pd.Series:
+    """:func:`helpers.pseudobulk.set_score`; too few expressed genes of the set make it :class:`NotTestable`."""
+    return _not_testable_if_unmeasurable(set_score, logcpm, genes, name)
 
 
 def testable_progeny(logcpm: pd.DataFrame, pathway: str) -> pd.Series:
-    """:func:`helpers.pseudobulk.progeny_activity`, or :class:`NotTestable` when fewer than 5 of the pathway's
-    PROGENy target genes are expressed (mean log2 CPM >= 1, the genes it scores)."""
-    net = progeny_weights()
-    targets = set(net.loc[net["source"] == pathway, "target"])
-    n = int(logcpm.columns[(logcpm.mean() >= 1.0).to_numpy()].isin(targets).sum())
-    if n < PROGENY_MIN_TARGETS:
-        raise NotTestable(f"PROGENy {pathway}: only {n} of its target genes are expressed (need {PROGENY_MIN_TARGETS})")
-    return progeny_activity(logcpm, pathway)
+    """:func:`helpers.pseudobulk.progeny_activity`; too few expressed targets or samples make it :class:`NotTestable`."""
+    return _not_testable_if_unmeasurable(progeny_activity, logcpm, pathway, f"PROGENy {pathway}")

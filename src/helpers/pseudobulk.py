@@ -71,6 +71,9 @@ def set_score(logcpm: pd.DataFrame, genes: list[str], min_genes: int = 5, min_me
     return Z.mean(1, skipna=True).rename("score")
 
 
+PROGENY_MIN_TARGETS = 5  # decoupler's tmin: with fewer expressed (mean log2 CPM >= 1) targets, no activity
+
+
 def progeny_activity(logcpm: pd.DataFrame, pathway: str = "NFkB", top: int = 100) -> pd.Series:
     """PROGENy pathway activity per patient: decoupler's univariate linear model (ULM) of the patient's
     gene-wise z-scored log CPM on the committed PROGENy weights (no download)."""
@@ -84,9 +87,12 @@ def progeny_activity(logcpm: pd.DataFrame, pathway: str = "NFkB", top: int = 100
     net = progeny_weights(top)
     net = net[net["source"] == pathway]
     L = logcpm.loc[:, logcpm.mean() >= 1.0]
+    n_targets = int(L.columns.isin(net["target"]).sum())
+    if n_targets < PROGENY_MIN_TARGETS:
+        raise ValueError(f"only {n_targets} of its target genes are expressed (need {PROGENY_MIN_TARGETS})")
     Z = (L - L.mean()) / L.std(ddof=1).replace(0, np.nan)
     Z = Z.fillna(0.0)
-    es, _ = dc.mt.ulm(Z, net, tmin=5)
+    es, _ = dc.mt.ulm(Z, net, tmin=PROGENY_MIN_TARGETS)
     return es[pathway].rename(f"progeny_{pathway}")
 
 
