@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.base import clone
 
 from helpers import classifier as clf
 
@@ -33,13 +34,13 @@ def test_signal_detected_and_selected_in_fold():
 @pytest.mark.slow
 def test_no_leakage_null_and_shuffled():
     """Pure-noise features (10 null cohorts of 12 vs 12): the honest cross-validated AUC averages near 0.5 and its
-    CI covers 0.5 in most cohorts (at least 8 of 10; a single small cohort can fall outside by chance), while
+    Hanley-McNeil CI covers 0.5 in most cohorts (at least 8 of 10; a single small cohort can fall outside by chance), while
     selecting the top 8 of 34 noise genes on all data before CV (the leak) is clearly optimistic."""
     honest, leaky, covered = [], [], 0
     for s in range(10):
         X, y = _data(signal=0.0, seed=100 + s)
         cv = clf.cross_validate(clf.make_model(s, top_k=8), X, y, seed=s, n_repeats=2)
-        lo, hi = clf.bootstrap_auc_ci(y, cv["oof_by_repeat"], seed=s, n_boot=300)
+        lo, hi = clf.auc_ci(cv["auc"], y)
         covered += lo < 0.5 < hi
         honest.append(cv["auc"])
         top = X.columns[np.argsort(-np.abs(np.corrcoef(np.c_[X.to_numpy(), y].T)[-1, :-1]))[:8]]
@@ -54,12 +55,117 @@ def test_no_leakage_null_and_shuffled():
     assert 0.3 < np.mean(aucs) < 0.7
 
 
-def test_permutation_pvalue_small_with_signal():
+def test_permutation_p_small_with_signal_and_selection_rerun():
+    """A separable toy: the whole-pipeline permutation p is the smallest possible, for the all-gene model and for the
+    top-k pipeline (its in-fold selection re-run on every permutation); the null is centred near chance."""
     X, y = _data(signal=2.5, seed=5)
-    m = clf.make_model(0)
-    cv = clf.cross_validate(m, X, y, seed=0, n_repeats=1)
-    p, null = clf.permutation_pvalue(m, X, y, cv["auc"], seed=0, n_perm=30, n_jobs=1)
-    assert p == pytest.approx(1 / 31) and abs(null.mean() - 0.5) < 0.15
+    for top_k in (None, 8):
+        m = clf.make_model(0, top_k=top_k)
+        cv = clf.cross_validate(m, X, y, seed=0, n_repeats=1)
+        null = clf.cv_auc_null(m, X, y, seed=0, n_perm=19)
+        assert clf.permutation_p(cv["auc"], null) == pytest.approx(1 / 20)
+        assert abs(null.mean() - 0.5) < 0.15 and null.std() > 0.03  # labels really permuted: the null varies
+
+
+def test_permutation_p_large_under_label_noise():
+    """Pure noise (8 toys, 19 permutations each): the permutation p is spread over (0, 1] as a valid p should be
+    (mean near 0.5), not piled up near 0."""
+    ps = []
+    for s in range(8):
+        X, y = _data(n=16, p=12, signal=0.0, seed=40 + s)
+        m = clf.make_model(s)
+        obs = clf.cross_validate(m, X, y, seed=s, n_repeats=1)["auc"]
+        ps.append(clf.permutation_p(obs, clf.cv_auc_null(m, X, y, seed=s, n_perm=19)))
+    assert 0.25 < np.mean(ps) < 0.8 and sum(p < 0.1 for p in ps) <= 2, ps
+
+
+def test_permutation_p_rule_and_determinism():
+    assert clf.permutation_p(0.9, np.array([0.5, 0.9, 0.95, 0.2])) == pytest.approx(3 / 5)  # ties count
+    assert clf.permutation_p(1.0, np.zeros(999)) == pytest.approx(0.001)
+    X, y = _data(n=12, p=10, signal=1.0, seed=3)
+    m = clf.make_model(1, top_k=4)
+    a = clf.cv_auc_null(m, X, y, seed=2, n_perm=6, n_jobs=1)
+    b = clf.cv_auc_null(m, X, y, seed=2, n_perm=6, n_jobs=2)
+    assert np.array_equal(a, b)  # seeded per permutation: independent of n_jobs
+    assert not np.array_equal(a, clf.cv_auc_null(m, X, y, seed=3, n_perm=6))
+    assert clf.auc_reproduced(0.8, 0.01) and not clf.auc_reproduced(0.3, 0.01) and not clf.auc_reproduced(0.8, 0.05)
+
+
+def test_external_permutation_null():
+    """Blood-style null: marrow labels permuted, the top-k model refitted on marrow and scored on the external set
+    against its true labels. With a shared signal the observed external AUC beats every permutation; with an
+    external set whose labels carry no signal the p is large."""
+    X, y = _data(signal=2.5, seed=8)
+    Xe, ye = _data(n=16, signal=2.5, seed=9)
+    model = clf.make_model(0, top_k=8)
+    ext = clf.evaluate_external(clone(model).fit(X, y), Xe, ye)
+    res = clf.evaluate_blood_permutation(model, X, y, {**ext, "Z": Xe, "y": ye}, seed=0, n_perm=19)
+    assert ext["auc"] > 0.9 and res["permutation_p"] == pytest.approx(1 / 20)
+    assert abs(res["null"].mean() - 0.5) < 0.2
+    Xn, yn = _data(n=16, signal=0.0, seed=10)
+    noise = clf.evaluate_external(clone(model).fit(X, y), Xn, yn)
+    null = clf.external_auc_null(model, X, y, Xn, yn, seed=0, n_perm=19)
+    assert clf.permutation_p(noise["auc"], null) > 0.1
+
+
+def test_top_k_selection_inside_folds_prevents_leakage():
+    """Many noise features (300, 12 vs 12): choosing the top 8 genes on all patients before cross-validation (the
+    leak) gives a high AUC from nothing; make_model's selection step sits inside the Pipeline, so cross_validate
+    refits it in every training fold and the AUC stays near chance."""
+    X, y = _data(n=24, p=300, signal=0.0, seed=11)
+    assert [name for name, _ in clf.make_model(0, top_k=8).steps] == ["select", "rf"]
+    corr = np.abs(np.corrcoef(np.c_[X.to_numpy(), y].T)[-1, :-1])
+    leaky = clf.cross_validate(clf.make_model(0), X[X.columns[np.argsort(-corr)[:8]]], y, seed=0, n_repeats=2)["auc"]
+    honest = clf.cross_validate(clf.make_model(0, top_k=8), X, y, seed=0, n_repeats=2)
+    assert leaky > 0.85, leaky
+    assert honest["auc"] < 0.7, honest["auc"]
+    assert (honest["selection_frequency"] > 0).sum() > 8  # different genes chosen in different folds
+
+
+def test_hanley_mcneil_against_published_example_and_simulation():
+    """Hanley & McNeil (1982, Radiology 143:29-36), Table I: 109 CT images rated 1-5 (58 normal: 33, 6, 6, 11, 2;
+    51 abnormal: 3, 2, 2, 11, 33); the paper reports area 0.893 with SE 0.032. Their formula also gives, by hand,
+    SE = 0.04450 for A = 0.8 at 50 vs 50 (Q1 = 2/3, Q2 = 32/45: sqrt((0.16 + 49 * 0.02667 + 49 * 0.07111) / 2500)).
+    Under the binormal model the SE matches the simulated spread of the rank AUC."""
+    from scipy.stats import norm
+
+    from helpers.stats import auc_by_ranks, hanley_mcneil_ci, hanley_mcneil_se
+
+    y = np.r_[np.zeros(58), np.ones(51)]
+    ratings = np.r_[np.repeat(np.arange(1, 6), [33, 6, 6, 11, 2]), np.repeat(np.arange(1, 6), [3, 2, 2, 11, 33])]
+    area = auc_by_ranks(y, ratings)
+    assert area == pytest.approx(0.893, abs=5e-4)
+    assert hanley_mcneil_se(area, 51, 58) == pytest.approx(0.032, abs=1e-3)
+    assert hanley_mcneil_se(0.8, 50, 50) == pytest.approx(0.04450, abs=1e-5)
+    lo, hi = hanley_mcneil_ci(0.8, 50, 50)
+    assert (lo, hi) == pytest.approx((0.8 - 1.959964 * 0.0445022, 0.8 + 1.959964 * 0.0445022), abs=1e-5)
+    rng = np.random.default_rng(0)
+    d = np.sqrt(2) * norm.ppf(0.8)
+    sims = auc_by_ranks(np.r_[np.zeros(50), np.ones(50)], np.c_[rng.normal(0, 1, (3000, 50)), rng.normal(d, 1, (3000, 50))])
+    assert sims.std() == pytest.approx(hanley_mcneil_se(0.8, 50, 50), rel=0.06)
+    assert hanley_mcneil_se(0.2, 10, 11) == pytest.approx(hanley_mcneil_se(0.8, 11, 10))  # reversed score
+    lo1, hi1 = hanley_mcneil_ci(1.0, 3, 3)
+    assert hi1 == 1.0 and lo1 < 0.9  # never a point at the boundary
+    assert hanley_mcneil_ci(0.96, 10, 11)[1] == 1.0  # clipped
+
+
+def test_study_auc_calibration():
+    """Binormal AUC = Phi(d / sqrt 2): the study's 0.92 in marrow with every effect halved in blood gives
+    Phi(Phi^-1(0.92) / 2) = 0.759, inside the Hanley-McNeil CI of 0.77 at 10 vs 10."""
+    from scipy.stats import norm
+
+    assert clf.binormal_auc(clf.binormal_d(0.96)) == pytest.approx(0.96)
+    assert clf.binormal_d(0.5) == pytest.approx(0.0, abs=1e-12)
+    cal = clf.study_auc_calibration(clf.STUDY_N_BM, (10, 10), 0.5)
+    assert cal["auc_bm_34"]["binormal_d"] == pytest.approx(2.4758, abs=1e-3)
+    b = cal["blood_from_marrow"]
+    assert b["expected_blood_auc"] == pytest.approx(norm.cdf(norm.ppf(0.92) / 2)) and 0.75 < b["expected_blood_auc"] < 0.77
+    assert b["expected_in_study_blood_ci"] is True
+    assert cal["auc_pb_top8"]["hanley_mcneil_ci_low"] < 0.6 and cal["auc_bm_34"]["n_nr"] == 10
+    assert clf.study_auc_calibration(clf.STUDY_N_BM, None, None)["auc_pb_top8"]["hanley_mcneil_ci_low"] is None
+    assert clf.scale_reaching_auc([0.5, 1.0, 1.5], [0.7, 0.86, 0.94], 0.9) == pytest.approx(1.25)
+    assert clf.scale_reaching_auc([0.5, 1.0, 1.5], [0.7, 0.86, 0.94], 0.96) is None
+    assert clf.scale_reaching_auc([1.0, 0.5], [0.97, 0.96], 0.9) == 0.5
 
 
 def test_external_evaluation_and_standardise():
@@ -68,8 +174,9 @@ def test_external_evaluation_and_standardise():
     assert np.allclose(Z.mean(), 0) and np.allclose(Z.std(ddof=1), 1)
     model = clf.make_model(0).fit(Z, y)
     Xb, yb = _data(signal=2.0, seed=7)
-    r = clf.evaluate_external(model, clf.standardise(Xb)[0], yb, seed=0)
+    r = clf.evaluate_external(model, clf.standardise(Xb)[0], yb)
     assert r["auc"] > 0.8 and r["ci_low"] <= r["auc"] <= r["ci_high"]
+    assert (r["ci_low"], r["ci_high"]) == clf.auc_ci(r["auc"], yb)  # the Hanley-McNeil CI
 
 
 def test_rank_auc_and_vectorised_bootstrap_equal_sklearn():

@@ -28,6 +28,22 @@ def test_clopper_pearson_and_summary():
     assert power.clopper_pearson(0, 10)[0] == 0.0
 
 
+def test_classifier_summary_reports_hanley_mcneil_width():
+    """The classifier's CI width in the power summary is the Hanley-McNeil width notebook 07 reports (from each
+    cohort's AUC and group sizes), not the no-refit bootstrap interval one_cohort also returns."""
+    import pandas as pd
+
+    from helpers.stats import hanley_mcneil_ci
+
+    raw = pd.DataFrame({"n_per_group": [8, 8], "n_cr": [8, 8], "n_nr": [8, 8], "effect_scale": [1.0, 1.0],
+                        "rep": [0, 1], "test": "classifier_auc", "effect": [0.8, 0.9], "p": None, "significant": None,
+                        "ci_low": [0.79, 0.89], "ci_high": [0.81, 0.91]})  # a (too narrow) no-refit interval
+    s = power.summarise_power(raw).iloc[0]
+    widths = [hi - lo for lo, hi in (hanley_mcneil_ci(a, 8, 8) for a in (0.8, 0.9))]
+    assert s["mean_auc"] == pytest.approx(0.85) and s["mean_ci_width"] == pytest.approx(np.mean(widths))
+    assert s["mean_ci_width"] > 0.2
+
+
 def test_pseudobulk_simulator_matches_cells(sim):
     """The same design simulated cell by cell and as pseudobulk: per-patient log2 CPM of a cell type agree."""
     samples = make_design(3, 3, seed=4)
@@ -50,7 +66,9 @@ def test_null_power_near_size_and_planted_power_high(sim):
     for name in CLAIMS:
         # under the null, 12 cohorts: at most 3 directional hits (P(X >= 4) < 0.01 for Binomial(12, 0.05))
         assert s.loc[(0.0, name), "power"] <= 3 / 12, (name, s.loc[(0.0, name), "power"])
-    for name in ("inflammatory_bme_cytokines", "ifn_mono_nfkb", "nk_cd54dim_cd16"):
+    strong = [n for n, c in CLAIMS.items() if c.primary and c.planted in ("inflammation", "ifn_mono_nfkb", "nk_cd16")]
+    assert len(strong) == 3, strong
+    for name in strong:
         assert s.loc[(1.5, name), "power"] >= 0.75, (name, s.loc[(1.5, name), "power"])
 
 

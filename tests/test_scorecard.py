@@ -23,8 +23,9 @@ def findings(tmp_path):
     (d / "04.json").write_text(json.dumps({"claims": {"classical_mono_phagocytosis": _rec(0.3, 0.01, 0.1, 0.5),
                                                       "ifn_mono_nfkb": _rec(1.0, 0.2, -0.2, 2.0)}}))
     (d / "07.json").write_text(json.dumps({"auc_bm_34": 0.8, "auc_bm_34_ci_low": 0.6, "auc_bm_34_ci_high": 0.95,
-                                           "permutation_p": 0.01, "auc_bm_top8": 0.6, "auc_bm_top8_ci_low": 0.4,
-                                           "auc_bm_top8_ci_high": 0.8, "auc_pb_top8": None}))
+                                           "auc_bm_34_permutation_p": 0.01, "auc_bm_top8": 0.6, "auc_bm_top8_ci_low": 0.4,
+                                           "auc_bm_top8_ci_high": 0.8, "auc_bm_top8_permutation_p": 0.2,
+                                           "auc_pb_top8": None}))
     return d
 
 
@@ -36,9 +37,67 @@ def test_verdicts_by_rule(findings):
     assert v["IFN-monocyte NF-kB (up in NR)"] == "not reproduced"  # p = 0.2
     assert v["CD54dim NK CD16 (down in NR)"] == "not applicable"  # no 05.json
     assert v["AUC 34 NF-kB genes, marrow"] == "reproduced"
-    assert v["AUC top-8, marrow"] == "not reproduced"  # CI includes 0.5
+    assert v["AUC top-8, marrow"] == "not reproduced"  # permutation p = 0.2
     assert v["AUC top-8, blood"] == "not applicable"
     assert len(card) == 10
+
+
+def _auc_findings(d, **aucs):
+    """07.json with the given (auc, ci_low, ci_high, permutation_p) per AUC key."""
+    rec = {}
+    for key, (auc, lo, hi, p) in aucs.items():
+        rec.update({key: auc, f"{key}_ci_low": lo, f"{key}_ci_high": hi, f"{key}_permutation_p": p})
+    (d / "07.json").write_text(json.dumps(rec))
+
+
+def test_auc_verdict_uses_permutation_p_and_direction(tmp_path):
+    """Every AUC row, blood included, is judged by its permutation p (< 0.05) and the AUC above 0.5; the CI does
+    not enter the verdict (a CI above 0.5 with p = 0.3 is not reproduced, one covering 0.5 with p = 0.01 is)."""
+    from helpers.scorecard import COLUMNS, verdict_auc
+
+    _auc_findings(tmp_path, auc_bm_34=(0.7, 0.55, 0.85, 0.3), auc_bm_top8=(0.62, 0.45, 0.8, 0.01),
+                  auc_pb_top8=(0.2, 0.05, 0.35, 0.001))
+    card = build_scorecard(tmp_path).set_index("claim")
+    assert list(card.reset_index().columns) == COLUMNS
+    assert {"permutation_p", "study_value_in_ci", "power_at_design", "null_twin_verdict"} <= set(COLUMNS)
+    assert card.loc["AUC 34 NF-kB genes, marrow", "verdict"] == "not reproduced"
+    assert card.loc["AUC top-8, marrow", "verdict"] == "reproduced"
+    assert card.loc["AUC top-8, blood", "verdict"] == "not reproduced"  # below 0.5: the wrong direction
+    assert card.loc["AUC top-8, blood", "permutation_p"] == 0.001
+    assert "permutation" in card.loc["AUC top-8, blood", "rule"] and "blood" in card.loc["AUC top-8, blood", "rule"]
+    assert "Hanley-McNeil" in card.loc["AUC 34 NF-kB genes, marrow", "rule"]
+    assert pd.isna(card.loc["inflammatory BME (cytokine signalling up in NR)", "permutation_p"])
+    assert verdict_auc(0.9, None) == "not applicable" and verdict_auc(0.9, 0.049) == "reproduced"
+
+
+def test_study_value_in_ci_power_and_null_twin(findings, tmp_path):
+    """study_value_in_ci: an AUC inside our CI; a direction when our whole CI is on the study's side. Power at the
+    design comes from 09.json (NA with a note when 09 does not simulate the test); the null twin's verdict from
+    results/ifm2017_null/scorecard.csv unless this cohort is the null twin."""
+    from helpers.scorecard import NULL_TWIN, null_twin_verdicts, study_value_in_ci
+
+    assert study_value_in_ci(0.96, 0.85, 1.0) is True and study_value_in_ci(0.96, 0.5, 0.9) is False
+    assert study_value_in_ci("up", 0.1, 0.9) is True and study_value_in_ci("up", -0.1, 0.9) is False
+    assert study_value_in_ci("down", -0.9, -0.1) is True and study_value_in_ci("down", 0.1, 0.9) is False
+    assert study_value_in_ci("HR > 1", 1.1, 1.5) is True and study_value_in_ci("HR > 1", 0.9, 1.5) is False
+    assert study_value_in_ci("up", None, None) is None
+    (findings / "09.json").write_text(json.dumps({"default_design": {"power": {
+        "inflammatory_bme_cytokines": {"power": 0.9}, "auc_bm_34": {"power": 0.4}}}}))
+    results = tmp_path / "results"
+    (results / NULL_TWIN).mkdir(parents=True)
+    build_scorecard(findings).assign(verdict="not reproduced").to_csv(results / NULL_TWIN / "scorecard.csv", index=False)
+    twin = null_twin_verdicts("ifm2017_sim", results)
+    assert null_twin_verdicts(NULL_TWIN, results) == {} and null_twin_verdicts("x", tmp_path / "none") == {}
+    card = build_scorecard(findings, null_twin=twin).set_index("claim")
+    infl, auc = "inflammatory BME (cytokine signalling up in NR)", "AUC 34 NF-kB genes, marrow"
+    assert card.loc[infl, "study_value_in_ci"] is True  # CI 0.2-0.9, up
+    assert card.loc["monocyte phagocytosis, classical (down in NR)", "study_value_in_ci"] is False
+    assert card.loc[auc, "study_value_in_ci"] is False  # 0.96 outside 0.6-0.95
+    assert card.loc[infl, "power_at_design"] == 0.9 and card.loc[auc, "power_at_design"] == 0.4
+    assert pd.isna(card.loc["AUC top-8, marrow", "power_at_design"])
+    assert "notebook 09 does not simulate" in card.loc["AUC top-8, marrow", "note"]
+    assert (card["null_twin_verdict"] == "not reproduced").all()
+    assert build_scorecard(findings)["null_twin_verdict"].isna().all()
 
 
 def test_report_renders(findings, tmp_path):
@@ -79,8 +138,9 @@ def test_not_testable_rows_counted_and_listed(tmp_path):
     (d / "06.json").write_text(json.dumps({"claims": {"tumour_nfkb_progeny": no_tumour},
                                            "prognosis": not_testable("no bulk cohort with survival (bulk.h5ad) for this cohort")}))
     (d / "07.json").write_text(json.dumps({"auc_bm_34": 0.8, "auc_bm_34_ci_low": 0.6, "auc_bm_34_ci_high": 0.95,
-                                           "permutation_p": 0.01, "auc_bm_top8": 0.7, "auc_bm_top8_ci_low": 0.55,
-                                           "auc_bm_top8_ci_high": 0.9, "auc_pb_top8": not_testable("no PB samples in this cohort"),
+                                           "auc_bm_34_permutation_p": 0.01, "auc_bm_top8": 0.7, "auc_bm_top8_ci_low": 0.55,
+                                           "auc_bm_top8_ci_high": 0.9, "auc_bm_top8_permutation_p": 0.02,
+                                           "auc_pb_top8": not_testable("no PB samples in this cohort"),
                                            "n_panel_genes": 34, "n_panel_genes_used": 21,
                                            "panel_missing_genes": ["A"] * 13}))
     card = build_scorecard(d).set_index("claim")

@@ -12,20 +12,27 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 import pandas as pd
+from joblib import Parallel, delayed
+from scipy.stats import norm
 from sklearn import config_context
 from sklearn.base import clone
 from sklearn.feature_selection import SelectFromModel
 from sklearn.model_selection import RepeatedStratifiedKFold
 from sklearn.pipeline import Pipeline
+from tqdm.auto import tqdm
 
 from .claims import NotTestable, testable_pseudobulk
 from .cohort import InputError, project_root
 from .forest import PatientForest
 from .pseudobulk import log_cpm
-from .stats import auc_by_ranks
+from .stats import auc_by_ranks, hanley_mcneil_ci
 
 MIN_PATIENTS_CV = 3  # per group, for cross-validated AUCs (stratified k-fold needs k >= 2 per group and a test fold)
-MIN_PATIENTS_EXTERNAL = 2  # per group, for the AUC of the fixed model on an independent set (rank AUC + bootstrap)
+MIN_PATIENTS_EXTERNAL = 2  # per group, for the AUC of the fixed model on an independent set
+STUDY_AUC = {"auc_bm_34": 0.96, "auc_bm_top8": 0.92, "auc_pb_top8": 0.77}  # the study's reported AUCs
+STUDY_N_BM = (10, 11)  # the study's marrow patients (NR, CR); its blood group sizes are not reported
+AUC_CI_METHOD = ("Hanley-McNeil (1982) analytic 95% CI from the AUC and the group sizes (a fixed score's "
+                 "sampling error; the variability of refitting in cross-validation is not included)")
 
 
 def load_panel(path: str | Path | None = None) -> pd.DataFrame:
@@ -124,9 +131,12 @@ def cross_validate(model: Pipeline, X: pd.DataFrame, y: np.ndarray, seed: int, n
 
 
 def bootstrap_auc_ci(y: np.ndarray, p: np.ndarray, seed: int, n_boot: int = 2000, alpha: float = 0.05) -> tuple[float, float]:
-    """Percentile CI of the AUC, resampling patients within each group. ``p`` is one score per patient, or a
-    repeats x patients matrix of out-of-fold scores: the statistic is then the mean AUC over repeats, as
-    reported by :func:`cross_validate` (no refitting: the out-of-fold predictions are resampled)."""
+    """Percentile interval of the AUC over patient resamples (within each group) of FIXED scores. ``p`` is one
+    score per patient or a repeats x patients matrix of out-of-fold scores (statistic: the mean AUC over repeats).
+
+    Not a confidence interval of a cross-validated AUC: the models are not refitted, so the variability of
+    training is missing. The AUC CIs reported are :func:`auc_ci` (Hanley-McNeil); this interval is kept only for
+    the raw table of notebook 09's simulated cohorts, where it is labelled ``auc_oof_bootstrap_*``."""
     rng = np.random.default_rng(seed)
     P = np.atleast_2d(p)
     i0, i1 = np.where(y == 0)[0], np.where(y == 1)[0]
@@ -137,30 +147,76 @@ def bootstrap_auc_ci(y: np.ndarray, p: np.ndarray, seed: int, n_boot: int = 2000
     return float(lo), float(hi)
 
 
-def permutation_pvalue(model: Pipeline, X: pd.DataFrame, y: np.ndarray, observed: float, seed: int,
-                       n_perm: int = 1000, n_jobs: int = 2) -> tuple[float, np.ndarray]:
-    """Label-permutation p of the cross-validated AUC: the whole CV (selection included) is re-run on
-    permuted labels, one repeat of stratified k-fold per permutation; p = (1 + #null >= observed)/(1 + n)."""
-    from joblib import Parallel, delayed
-
-    def one(k):
-        yp = np.random.default_rng([seed, k]).permutation(y)
-        return cross_validate(model, X, yp, seed + k, n_repeats=1)["auc"]
-
-    null = np.array(Parallel(n_jobs=n_jobs)(delayed(one)(k) for k in range(n_perm)))
-    return float((1 + np.sum(null >= observed)) / (1 + n_perm)), null
+def auc_ci(auc: float, y: np.ndarray, alpha: float = 0.05) -> tuple[float, float]:
+    """The reported 95% CI of an AUC: Hanley-McNeil (1982), analytic, from the AUC and the group sizes of ``y``
+    (:func:`helpers.stats.hanley_mcneil_ci`)."""
+    n_pos = int(np.sum(y == 1))
+    return hanley_mcneil_ci(auc, n_pos, len(y) - n_pos, alpha)
 
 
-def evaluate_external(model: Pipeline, X: pd.DataFrame, y: np.ndarray, seed: int) -> dict:
-    """AUC of an already fitted model on an independent set, with a bootstrap CI."""
+def permuted_labels(y: np.ndarray, seed: int, k: int) -> np.ndarray:
+    """The k-th label permutation of ``y`` (seeded by ``[seed, k]``: the same whatever the order of evaluation)."""
+    return np.random.default_rng([seed, k]).permutation(y)
+
+
+def permutation_p(observed: float, null: np.ndarray) -> float:
+    """Permutation p = (1 + #null >= observed) / (1 + n); a null value equal to the observed (to 1e-12) counts."""
+    null = np.asarray(null, dtype=float)
+    return float((1 + np.sum(null >= observed - 1e-12)) / (1 + len(null)))
+
+
+def auc_reproduced(auc: float, permutation_p: float, alpha: float = 0.05) -> bool:
+    """The scorecard's rule for an AUC: permutation p < alpha and the AUC above 0.5 (the expected direction)."""
+    return bool(permutation_p < alpha and auc > 0.5)
+
+
+def _cv_auc_permuted(k: int, model: Pipeline, X: pd.DataFrame, y: np.ndarray, seed: int, n_repeats: int) -> float:
+    return cross_validate(model, X, permuted_labels(y, seed, k), seed, n_repeats=n_repeats)["auc"]
+
+
+def _external_auc_permuted(k: int, model: Pipeline, X_train: pd.DataFrame, y_train: np.ndarray, X_test: pd.DataFrame,
+                           y_test: np.ndarray, seed: int) -> float:
+    with config_context(assume_finite=True, skip_parameter_validation=True):
+        fitted = clone(model).fit(X_train.to_numpy(dtype=float), permuted_labels(y_train, seed, k))
+        return auc_by_ranks(y_test, fitted.predict_proba(X_test.to_numpy(dtype=float))[:, 1])
+
+
+def _run_permutations(one, n_perm: int, n_jobs: int, desc: str, progress: bool, **kw) -> np.ndarray:
+    bar = tqdm(range(n_perm), desc=desc, disable=not progress)
+    return np.array(Parallel(n_jobs=n_jobs)(delayed(one)(k, **kw) for k in bar), dtype=float)
+
+
+def cv_auc_null(model: Pipeline, X: pd.DataFrame, y: np.ndarray, seed: int, n_perm: int, n_repeats: int = 1,
+                n_jobs: int = 1, progress: bool = False) -> np.ndarray:
+    """Null distribution of :func:`cross_validate`'s AUC: the whole cross-validation (same model and seeds, the
+    in-fold gene selection of a top-k pipeline refitted in every fold) re-run on ``n_perm`` label permutations.
+    With ``n_repeats`` below the observed AUC's repeats the null is wider than the observed statistic's (one
+    repeat varies more than a mean of several), so the p is conservative. Same result whatever ``n_jobs``.
+    (scikit-learn's ``permutation_test_score`` averages per-fold AUCs; this pools the out-of-fold predictions
+    of a repeat, as the reported AUC does.)"""
+    return _run_permutations(_cv_auc_permuted, n_perm, n_jobs, "permutations (CV)", progress, model=model, X=X, y=y,
+                             seed=seed, n_repeats=n_repeats)
+
+
+def external_auc_null(model: Pipeline, X_train: pd.DataFrame, y_train: np.ndarray, X_test: pd.DataFrame,
+                      y_test: np.ndarray, seed: int, n_perm: int, n_jobs: int = 1, progress: bool = False) -> np.ndarray:
+    """Null distribution of an external AUC: the training labels permuted, the whole model (gene selection
+    included) refitted on the training set, applied unchanged to the test set and scored against the test set's
+    true labels; ``n_perm`` permutations, same result whatever ``n_jobs``."""
+    return _run_permutations(_external_auc_permuted, n_perm, n_jobs, "permutations (external)", progress, model=model,
+                             X_train=X_train, y_train=y_train, X_test=X_test, y_test=y_test, seed=seed)
+
+
+def evaluate_external(model: Pipeline, X: pd.DataFrame, y: np.ndarray) -> dict:
+    """AUC of an already fitted model on an independent set, with its Hanley-McNeil 95% CI."""
     p = model.predict_proba(X)[:, 1]
     auc = auc_by_ranks(y, p)
-    lo, hi = bootstrap_auc_ci(y, p, seed)
+    lo, hi = auc_ci(auc, y)
     return {"auc": float(auc), "ci_low": lo, "ci_high": hi, "prob": p}
 
 
 def evaluate_tissue(model: Pipeline, adata: ad.AnnData, genes: list[str], tissue: str | None, groups: list[str],
-                    test_group: str, cell_types: list[str] | None = None, min_cells: int = 10, seed: int = 0) -> dict:
+                    test_group: str, cell_types: list[str] | None = None, min_cells: int = 10) -> dict:
     """A fitted model applied unchanged to an independent tissue set (standardised with that set's own gene-wise
     statistics, no labels used): :func:`evaluate_external` plus the set's ``Z``, ``y``, ``responses`` and
     ``stats``. :class:`NotTestable` when no such tissue is declared or sampled, or fewer than
@@ -170,7 +226,7 @@ def evaluate_tissue(model: Pipeline, adata: ad.AnnData, genes: list[str], tissue
     X, r = panel_features(adata, genes, tissue, cell_types, min_cells, groups, MIN_PATIENTS_EXTERNAL)
     Z, stats = standardise(X)
     y = (r == test_group).astype(int).to_numpy()
-    return {**evaluate_external(model, Z, y, seed), "Z": Z, "y": y, "responses": r, "stats": stats}
+    return {**evaluate_external(model, Z, y), "Z": Z, "y": y, "responses": r, "stats": stats}
 
 
 def build_bundle(model: Pipeline, genes: list[str], panel: pd.DataFrame, tissue_stats: dict[str, dict],
@@ -190,24 +246,85 @@ def build_bundle(model: Pipeline, genes: list[str], panel: pd.DataFrame, tissue_
 
 
 def evaluate_marrow(Z: pd.DataFrame, y: np.ndarray, seed: int, top_k: int, n_repeats: int = 5, n_perm: int = 1000,
-                    n_boot: int = 1000) -> dict:
-    """The marrow evaluation of notebook 07: cross-validated AUC with a bootstrap CI of the all-gene model
-    (``bm_34``) and of the in-fold top-k model (``bm_top8``), the all-gene model's permutation p and null, and
-    how often each gene was selected."""
+                    perm_repeats: int = 1, n_jobs: int = 1, progress: bool = False) -> dict:
+    """The marrow evaluation of notebook 07, for the all-gene model (``bm_34``) and the in-fold top-k model
+    (``bm_top8``): cross-validated AUC, its Hanley-McNeil 95% CI, the permutation null of the whole pipeline
+    (``perm_repeats`` CV repeats per permutation) and its p; and how often each gene was selected."""
     res = {}
     for name, k in (("bm_34", None), ("bm_top8", top_k)):
         model = make_model(seed, top_k=k)
         cv = cross_validate(model, Z, y, seed, n_repeats=n_repeats)
-        lo, hi = bootstrap_auc_ci(y, cv["oof_by_repeat"], seed, n_boot=n_boot)
-        res[name] = {**cv, "ci_low": lo, "ci_high": hi, "model": model}
-    perm_p, null = permutation_pvalue(res["bm_34"]["model"], Z, y, res["bm_34"]["auc"], seed, n_perm=n_perm)
+        lo, hi = auc_ci(cv["auc"], y)
+        null = cv_auc_null(model, Z, y, seed, n_perm, perm_repeats, n_jobs, progress)
+        res[name] = {**cv, "ci_low": lo, "ci_high": hi, "model": model, "null": null,
+                     "permutation_p": permutation_p(cv["auc"], null)}
     sel = res["bm_top8"]["selection_frequency"].sort_values(ascending=False)
-    return {**res, "permutation_p": perm_p, "null": null, "selection": sel}
+    return {**res, "selection": sel}
+
+
+def evaluate_blood_permutation(model: Pipeline, Z_train: pd.DataFrame, y_train: np.ndarray, external: dict, seed: int,
+                               n_perm: int, n_jobs: int = 1, progress: bool = False) -> dict:
+    """:func:`evaluate_tissue`'s result with the permutation null of the external AUC (marrow labels permuted,
+    ``model`` refitted on marrow, applied to the external set, scored against its true labels) and its p."""
+    null = external_auc_null(model, Z_train, y_train, external["Z"], external["y"], seed, n_perm, n_jobs, progress)
+    return {**external, "null": null, "permutation_p": permutation_p(external["auc"], null)}
 
 
 def auc_entries(key: str, res: dict | None, untestable: dict | None) -> dict:
-    """The findings entries of one AUC: ``key``, ``key_ci_low``, ``key_ci_high``; ``key`` holds the
-    not-testable record (and the CI None) when it could not be measured."""
+    """The findings entries of one AUC: ``key``, ``key_ci_low``, ``key_ci_high`` (Hanley-McNeil),
+    ``key_permutation_p`` and ``key_null_mean``; ``key`` holds the not-testable record (the others None) when it
+    could not be measured."""
+    names = (f"{key}_ci_low", f"{key}_ci_high", f"{key}_permutation_p", f"{key}_null_mean")
     if untestable is not None:
-        return {key: untestable, f"{key}_ci_low": None, f"{key}_ci_high": None}
-    return {key: res["auc"], f"{key}_ci_low": res["ci_low"], f"{key}_ci_high": res["ci_high"]}
+        return {key: untestable, **dict.fromkeys(names)}
+    return {key: res["auc"], names[0]: res["ci_low"], names[1]: res["ci_high"], names[2]: res["permutation_p"],
+            names[3]: float(np.mean(res["null"]))}
+
+
+def binormal_d(auc: float) -> float:
+    """Standardised separation d of the equal-variance binormal model with this AUC: AUC = Phi(d / sqrt 2)."""
+    return float(np.sqrt(2) * norm.ppf(auc))
+
+
+def binormal_auc(d: float) -> float:
+    """AUC of the equal-variance binormal model with standardised separation ``d``."""
+    return float(norm.cdf(d / np.sqrt(2)))
+
+
+def study_auc_calibration(n_bm: tuple[int, int], n_pb: tuple[int, int] | None, pb_effect_scale: float | None,
+                          alpha: float = 0.05) -> dict:
+    """What the study's AUCs imply, from :data:`STUDY_AUC` and the group sizes ((NR, CR) patients in marrow, e.g.
+    :data:`STUDY_N_BM`, and in blood): per AUC, the binormal separation d and the Hanley-McNeil CI at those sizes; and whether the blood AUC
+    fits the marrow top-k AUC with every effect scaled by ``pb_effect_scale`` (d scales with the effect)."""
+    sizes = {"auc_bm_34": n_bm, "auc_bm_top8": n_bm, "auc_pb_top8": n_pb}
+    out = {}
+    for key, auc in STUDY_AUC.items():
+        n = sizes[key]
+        lo, hi = hanley_mcneil_ci(auc, *n, alpha) if n else (None, None)
+        out[key] = {"study_auc": auc, "binormal_d": binormal_d(auc), "n_nr": n[0] if n else None,
+                    "n_cr": n[1] if n else None, "hanley_mcneil_ci_low": lo, "hanley_mcneil_ci_high": hi}
+    if pb_effect_scale is not None:
+        d_pb = pb_effect_scale * out["auc_bm_top8"]["binormal_d"]
+        expected = binormal_auc(d_pb)
+        pb = out["auc_pb_top8"]
+        out["blood_from_marrow"] = {
+            "pb_effect_scale": pb_effect_scale, "binormal_d_blood": d_pb, "expected_blood_auc": expected,
+            "implied_blood_scale": pb["binormal_d"] / out["auc_bm_top8"]["binormal_d"],
+            "expected_in_study_blood_ci": (None if pb["hanley_mcneil_ci_low"] is None else
+                                           bool(pb["hanley_mcneil_ci_low"] <= expected <= pb["hanley_mcneil_ci_high"]))}
+    return out
+
+
+def scale_reaching_auc(scales: list[float], aucs: list[float], target: float) -> float | None:
+    """The effect scale at which the expected AUC reaches ``target``, by linear interpolation between the two
+    simulated scales around it (``aucs``: mean AUC per scale); the smallest scale when every AUC reaches it,
+    None when none does."""
+    order = np.argsort(scales)
+    x, a = np.asarray(scales, float)[order], np.asarray(aucs, float)[order]
+    above = np.where(a >= target)[0]
+    if not len(above):
+        return None
+    i = int(above[0])
+    if i == 0:
+        return float(x[0])
+    return float(x[i - 1] + (target - a[i - 1]) * (x[i] - x[i - 1]) / (a[i] - a[i - 1]))

@@ -20,7 +20,7 @@ from scipy import stats as sstats
 
 from .claims import CLAIMS, IMMUNE_COMPARTMENTS, claim_value_from_pseudobulk
 from .simulate import (_stable_int, cohort_model, draw_patients, load_programs, make_design, sample_profiles)
-from .stats import compare_two_groups
+from .stats import compare_two_groups, hanley_mcneil_ci
 
 ALL_CELLS = "__all__"
 
@@ -158,15 +158,17 @@ def clopper_pearson(k: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
 
 def summarise_power(raw: pd.DataFrame) -> pd.DataFrame:
     """Per design, effect scale and test: power (share of cohorts with p < 0.05 in the study's direction) with
-    an exact 95% CI; for the classifier, mean AUC, its 2.5-97.5% spread over cohorts and the mean CI width."""
+    an exact 95% CI; for the classifier, mean AUC, its 2.5-97.5% spread over cohorts (refitted in every cohort)
+    and the mean width of the cohorts' Hanley-McNeil 95% CIs (the CI notebook 07 reports)."""
     rows = []
     for (n, scale, test), d in raw.groupby(["n_per_group", "effect_scale", "test"], sort=False):
         if test == "classifier_auc":
             a = d["effect"].astype(float)
+            cis = [hanley_mcneil_ci(v, nr, cr) for v, nr, cr in zip(a, d["n_nr"], d["n_cr"])]
             rows.append({"n_per_group": n, "effect_scale": scale, "test": test, "n_cohorts": len(d),
                          "power": np.nan, "power_ci_low": np.nan, "power_ci_high": np.nan,
                          "mean_auc": a.mean(), "auc_q025": a.quantile(0.025), "auc_q975": a.quantile(0.975),
-                         "mean_ci_width": (d["ci_high"] - d["ci_low"]).mean()})
+                         "mean_ci_width": float(np.mean([hi - lo for lo, hi in cis]))})
             continue
         k, m = int(d["significant"].sum()), int(len(d))
         lo, hi = clopper_pearson(k, m)

@@ -4,7 +4,28 @@ the planted truth (simulated cohorts) and a verdict computed by rule; and the on
 Verdicts: ``reproduced``, ``not reproduced``, ``not applicable`` (no findings file) or ``not testable: <reason>``
 (the cohort cannot measure the claim: a cell type, tissue, side table or panel genes absent, too few patients).
 The ``note`` column says how a claim was measured when it differs from the study (e.g. a reduced classifier
-panel, CD54dim NK cells replaced by all CD56dim NK cells)."""
+panel, CD54dim NK cells replaced by all CD56dim NK cells).
+
+Every row is judged the same way: a p below 0.05 and the effect in the study's direction. For the directional
+rows the p is the patient-level Mann-Whitney p (prognosis: the Cox p with the hazard ratio's CI above 1); for
+the AUC rows it is ``permutation_p``, the label-permutation p of the whole pipeline that produced the AUC
+(cross-validation with the in-fold top-k selection re-run per permutation; for blood, the marrow labels
+permuted, the model refitted on marrow and scored on blood), with the AUC above 0.5. The AUC's CI is the
+Hanley-McNeil (1982) analytic 95% CI; it does not enter the verdict.
+
+Further columns, for the reader:
+
+- ``study_value_in_ci``: is the study's value inside our 95% CI? For an AUC row, the study's AUC lies between
+  ``ci_low`` and ``ci_high``. For a directional row the study gives no number, only a side ("up", "down",
+  "HR > 1"), so True means our whole CI lies on that side (excludes 0 on the expected side; for the hazard
+  ratio, lies above 1). NA when there is no CI.
+- ``power_at_design``: notebook 09's simulated power of this row's test at this cohort's design with the planted
+  effects (``findings/09.json`` ``default_design.power``); NA when notebook 09 has not run or does not simulate
+  the row (the bulk prognosis, the top-k marrow and blood AUCs: its simulation runs the all-gene marrow model
+  only; the note says so).
+- ``null_twin_verdict``: the verdict of the same row on the null twin (:data:`NULL_TWIN`, same design, no planted
+  effect), when its scorecard exists and this cohort is not the null twin; else NA.
+"""
 
 from __future__ import annotations
 
@@ -15,9 +36,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from .classifier import STUDY_AUC, auc_reproduced
 from .findings import NOT_TESTABLE, is_not_testable, not_testable_records
 
-# claim, study value, findings file, how to read it
+# claim, study value, findings file, how to read it, planted effect
 ROWS = [
     ("inflammatory BME (cytokine signalling up in NR)", "up", "03", ("claims", "inflammatory_bme_cytokines"), "inflammation"),
     ("monocyte phagocytosis, classical (down in NR)", "down", "04", ("claims", "classical_mono_phagocytosis"), "phagocytosis"),
@@ -27,13 +49,21 @@ ROWS = [
     ("CD54dim NK CD16 (down in NR)", "down", "05", ("claims", "nk_cd54dim_cd16"), "nk_cd16"),
     ("tumour NF-kB (up in NR)", "up", "06", ("claims", "tumour_nfkb_progeny"), "tumour_nfkb"),
     ("prognosis (NF-kB high = shorter PFS)", "HR > 1", "06", ("prognosis",), "bulk"),
-    ("AUC 34 NF-kB genes, marrow", 0.96, "07", ("auc_bm_34",), None),
-    ("AUC top-8, marrow", 0.92, "07", ("auc_bm_top8",), None),
-    ("AUC top-8, blood", 0.77, "07", ("auc_pb_top8",), None),
+    ("AUC 34 NF-kB genes, marrow", STUDY_AUC["auc_bm_34"], "07", ("auc_bm_34",), None),
+    ("AUC top-8, marrow", STUDY_AUC["auc_bm_top8"], "07", ("auc_bm_top8",), None),
+    ("AUC top-8, blood", STUDY_AUC["auc_pb_top8"], "07", ("auc_pb_top8",), None),
 ]
-COLUMNS = ["claim", "study_value", "reproduced", "ci_low", "ci_high", "p", "truth", "verdict", "note", "rule"]
+COLUMNS = ["claim", "study_value", "reproduced", "ci_low", "ci_high", "p", "permutation_p", "truth", "verdict",
+           "study_value_in_ci", "power_at_design", "null_twin_verdict", "note", "rule"]
 VERDICTS = ["reproduced", "not reproduced", "not applicable", NOT_TESTABLE]
 NOT_TESTABLE_FILE = "not_testable.txt"  # results/<cohort>/not_testable.txt, printed by the runner after notebook 10
+NULL_TWIN = "ifm2017_null"  # the default cohort's design without planted effects (results/<NULL_TWIN>/scorecard.csv)
+ALPHA = 0.05
+AUC_RULE = {
+    "auc_bm_34": "cross-validation re-run on permuted labels",
+    "auc_bm_top8": "cross-validation with the in-fold top-k selection re-run on permuted labels",
+    "auc_pb_top8": "marrow labels permuted, top-k model refitted on marrow, applied to blood, scored on true labels",
+}
 
 
 def _get(d: dict, path: tuple[str, ...]):
@@ -44,16 +74,58 @@ def _get(d: dict, path: tuple[str, ...]):
     return d
 
 
-def _directional_rule(expected: str, alpha: float = 0.05) -> str:
+def _directional_rule(expected: str, alpha: float = ALPHA) -> str:
     return f"reproduced if the patient-level p < {alpha} and the shift is {expected} (NR vs CR)"
 
 
-def verdict_directional(rec: dict | None, expected: str, alpha: float = 0.05) -> tuple[str, str]:
+def verdict_directional(rec: dict | None, expected: str, alpha: float = ALPHA) -> tuple[str, str]:
     rule = _directional_rule(expected, alpha)
     if not rec or rec.get("effect") is None or rec.get("p") is None:
         return "not applicable", rule + "; not estimable here"
     ok = rec["p"] < alpha and rec.get("direction") == expected
     return ("reproduced" if ok else "not reproduced"), rule
+
+
+def auc_rule(key: str, alpha: float = ALPHA) -> str:
+    return (f"reproduced if the label-permutation p of the whole pipeline ({AUC_RULE[key]}) < {alpha} and the AUC "
+            "> 0.5; CI: Hanley-McNeil (1982) analytic 95% CI")
+
+
+def verdict_auc(auc: float | None, permutation_p: float | None, alpha: float = ALPHA) -> str:
+    """``reproduced`` when the permutation p < alpha and the AUC is above 0.5 (the expected direction)."""
+    if auc is None or permutation_p is None:
+        return "not applicable"
+    return "reproduced" if auc_reproduced(auc, permutation_p, alpha) else "not reproduced"
+
+
+def study_value_in_ci(study, ci_low: float | None, ci_high: float | None) -> bool | None:
+    """Is the study's value inside our CI (see the module docstring): a number between the limits; ``up`` /
+    ``down`` / ``HR > 1``: the whole CI on that side of 0 (of 1 for the hazard ratio); None without a CI."""
+    if ci_low is None or ci_high is None or pd.isna(ci_low) or pd.isna(ci_high):
+        return None
+    if isinstance(study, (int, float)):
+        return bool(ci_low <= study <= ci_high)
+    sides = {"up": ci_low > 0, "down": ci_high < 0, "HR > 1": ci_low > 1}
+    if study not in sides:
+        raise ValueError(f"unknown study value {study!r}")
+    return bool(sides[study])
+
+
+def power_at_design(power_findings: dict | None, path: tuple[str, ...]) -> float | None:
+    """Notebook 09's power of this row's test at this cohort's design (``default_design.power``), or None."""
+    key = path[1] if path[0] == "claims" else path[0]
+    rec = _get(power_findings or {}, ("default_design", "power", key))
+    return None if rec is None else rec.get("power")
+
+
+def null_twin_verdicts(cohort: str, results_root: str | Path) -> dict[str, str]:
+    """Claim -> verdict on the null twin (``results/<NULL_TWIN>/scorecard.csv``); empty when the file does not
+    exist or ``cohort`` is the null twin itself."""
+    f = Path(results_root) / NULL_TWIN / "scorecard.csv"
+    if cohort == NULL_TWIN or not f.exists():
+        return {}
+    card = pd.read_csv(f)
+    return dict(zip(card["claim"], card["verdict"]))
 
 
 def _truth_text(truth: dict | None, planted: str | None, path: tuple[str, ...]) -> str:
@@ -67,17 +139,55 @@ def _truth_text(truth: dict | None, planted: str | None, path: tuple[str, ...]) 
     return ""
 
 
-def _not_testable_row(claim, study, truth_txt, rec, rule, note="") -> list:
-    return [claim, study, None, None, None, None, truth_txt, f"{NOT_TESTABLE}: {rec['reason']}", note, rule]
-
-
 def _panel_note(d: dict) -> str:
     used, total = d.get("n_panel_genes_used"), d.get("n_panel_genes")
     return f"reduced panel ({used} of {total} genes)" if used and total and used < total else ""
 
 
-def build_scorecard(findings_dir: str | Path, truth: dict | None = None) -> pd.DataFrame:
-    """Read findings/NN.json and return the scorecard table (one row per study claim)."""
+def _row(claim, study, verdict, rule, rec=None, note="", **values) -> dict:
+    """One scorecard row; ``values`` are reproduced, ci_low, ci_high, p, permutation_p (None when absent)."""
+    if is_not_testable(rec):
+        return {"claim": claim, "study_value": study, "verdict": f"{NOT_TESTABLE}: {rec['reason']}", "note": note,
+                "rule": rule}
+    return {"claim": claim, "study_value": study, "verdict": verdict, "note": note, "rule": rule, **values}
+
+
+def _prognosis_row(claim, study, rec) -> dict:
+    rule = "reproduced if the Cox hazard ratio per SD of NF-kB is > 1 with its 95% CI above 1"
+    if not rec or is_not_testable(rec):
+        return _row(claim, study, "not applicable", rule + ("" if rec else "; no bulk cohort"), rec)
+    ok = rec["hr_ci_low"] > 1
+    return _row(claim, study, "reproduced" if ok else "not reproduced", rule, reproduced=rec["hazard_ratio_per_sd"],
+                ci_low=rec["hr_ci_low"], ci_high=rec["hr_ci_high"], p=rec["cox_p"])
+
+
+def _auc_row(claim, study, key, d) -> dict:
+    rec = _get(d, (key,)) if d else None
+    note = _panel_note(d) if d else ""
+    if rec is None or is_not_testable(rec):
+        return _row(claim, study, "not applicable", auc_rule(key), rec, note)
+    perm = d.get(f"{key}_permutation_p")
+    return _row(claim, study, verdict_auc(rec, perm), auc_rule(key), note=note, reproduced=rec,
+                ci_low=d.get(f"{key}_ci_low"), ci_high=d.get(f"{key}_ci_high"), permutation_p=perm)
+
+
+def _directional_row(claim, study, rec) -> dict:
+    if is_not_testable(rec):
+        return _row(claim, study, None, _directional_rule(study), rec, rec.get("note", ""))
+    v, rule = verdict_directional(rec, study)
+    rec = rec or {}
+    return _row(claim, study, v, rule, note=rec.get("note", ""), reproduced=rec.get("effect"),
+                ci_low=rec.get("ci_low"), ci_high=rec.get("ci_high"), p=rec.get("p"))
+
+
+def _join(*notes: str) -> str:
+    return "; ".join(n for n in notes if n)
+
+
+def build_scorecard(findings_dir: str | Path, truth: dict | None = None,
+                    null_twin: dict[str, str] | None = None) -> pd.DataFrame:
+    """Read findings/NN.json (and notebook 09's power in findings/09.json) and return the scorecard table, one
+    row per study claim; ``null_twin`` maps claim -> the null twin's verdict (:func:`null_twin_verdicts`)."""
     findings_dir = Path(findings_dir)
     cache: dict[str, dict | None] = {}
 
@@ -90,39 +200,20 @@ def build_scorecard(findings_dir: str | Path, truth: dict | None = None) -> pd.D
     rows = []
     for claim, study, nn, path, planted in ROWS:
         d = load(nn)
-        rec = _get(d, path) if d else None
-        truth_txt = _truth_text(truth, planted, path)
         if path[0] == "prognosis":
-            rule = "reproduced if the Cox hazard ratio per SD of NF-kB is > 1 with its 95% CI above 1"
-            if is_not_testable(rec):
-                rows.append(_not_testable_row(claim, study, truth_txt, rec, rule))
-            elif rec:
-                ok = rec["hr_ci_low"] > 1
-                rows.append([claim, study, rec["hazard_ratio_per_sd"], rec["hr_ci_low"], rec["hr_ci_high"], rec["cox_p"],
-                             truth_txt, "reproduced" if ok else "not reproduced", "", rule])
-            else:
-                rows.append([claim, study, None, None, None, None, truth_txt, "not applicable", "", rule + "; no bulk cohort"])
+            row = _prognosis_row(claim, study, _get(d, path) if d else None)
         elif path[0].startswith("auc"):
-            key = path[0]
-            rule = "reproduced if the 95% CI of the AUC lies above 0.5 (better than chance)" + (
-                "; and permutation p < 0.05" if key == "auc_bm_34" else "")
-            note = _panel_note(d) if d else ""
-            if is_not_testable(rec):
-                rows.append(_not_testable_row(claim, study, truth_txt, rec, rule, note))
-            elif rec is not None:
-                lo, hi = d.get(f"{key}_ci_low"), d.get(f"{key}_ci_high")
-                p = d.get("permutation_p") if key == "auc_bm_34" else None
-                ok = lo is not None and lo > 0.5 and (p is None or p < 0.05)
-                rows.append([claim, study, rec, lo, hi, p, truth_txt, "reproduced" if ok else "not reproduced", note, rule])
-            else:
-                rows.append([claim, study, None, None, None, None, truth_txt, "not applicable", note, rule])
-        elif is_not_testable(rec):
-            rows.append(_not_testable_row(claim, study, truth_txt, rec, _directional_rule(study), rec.get("note", "")))
+            row = _auc_row(claim, study, path[0], d)
         else:
-            v, rule = verdict_directional(rec, study)
-            rec = rec or {}
-            rows.append([claim, study, rec.get("effect"), rec.get("ci_low"), rec.get("ci_high"), rec.get("p"), truth_txt, v,
-                         rec.get("note", ""), rule])
+            row = _directional_row(claim, study, _get(d, path) if d else None)
+        power = power_at_design(load("09"), path)
+        no_power = load("09") is not None and power is None and row["verdict"] != "not applicable"
+        row.update(truth=_truth_text(truth, planted, path),
+                   study_value_in_ci=study_value_in_ci(study, row.get("ci_low"), row.get("ci_high")),
+                   power_at_design=power, null_twin_verdict=(null_twin or {}).get(claim),
+                   note=_join(row["note"], "no power at design: notebook 09 does not simulate this test" if no_power
+                              else ""))
+        rows.append(row)
     return pd.DataFrame(rows, columns=COLUMNS)
 
 

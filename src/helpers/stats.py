@@ -28,6 +28,30 @@ def auc_by_ranks(y: np.ndarray, scores: np.ndarray) -> float | np.ndarray:
     return float(auc[0]) if np.ndim(scores) == 1 else auc
 
 
+def hanley_mcneil_se(auc: float, n_pos: int, n_neg: int) -> float:
+    """Standard error of an AUC from its value and the group sizes (Hanley & McNeil 1982, Radiology 143:29, eq. 2
+    with Q1 = A/(2-A), Q2 = 2A^2/(1+A)). The formula is written for A >= 0.5; an AUC below 0.5 is the AUC
+    1 - A of the reversed score with the groups' roles swapped, so it gets that SE. At A = 0 or 1 the formula
+    gives 0; the SE is then taken one discordant pair away from the boundary (A = 1 - 1/(n_pos n_neg)), so an
+    interval never shrinks to a point."""
+    if n_pos < 1 or n_neg < 1:
+        raise ValueError("the AUC's standard error needs at least one sample per group")
+    if auc < 0.5:
+        auc, n_pos, n_neg = 1.0 - auc, n_neg, n_pos
+    a = min(float(auc), 1.0 - 1.0 / (n_pos * n_neg))
+    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+    var = (a * (1 - a) + (n_pos - 1) * (q1 - a * a) + (n_neg - 1) * (q2 - a * a)) / (n_pos * n_neg)
+    return float(np.sqrt(var))
+
+
+def hanley_mcneil_ci(auc: float, n_pos: int, n_neg: int, alpha: float = 0.05) -> tuple[float, float]:
+    """Analytic (1 - alpha) CI of an AUC: AUC -/+ z * :func:`hanley_mcneil_se`, clipped to [0, 1]. It is the
+    sampling uncertainty of the AUC of a fixed score at these group sizes: for a cross-validated AUC it leaves
+    out the variability of refitting the model (no CI of a CV AUC is exact at a few tens of patients)."""
+    half = stats.norm.ppf(1 - alpha / 2) * hanley_mcneil_se(auc, n_pos, n_neg)
+    return float(max(auc - half, 0.0)), float(min(auc + half, 1.0))
+
+
 def bh_fdr(p: np.ndarray) -> np.ndarray:
     """Benjamini-Hochberg adjusted p-values (NaN kept)."""
     p = np.asarray(p, dtype=float)
