@@ -8,7 +8,9 @@ import subprocess
 import pandas as pd
 import pytest
 
-from helpers.scorecard import build_scorecard, render_report
+from helpers.scorecard import build_scorecard, primary_claim, render_report
+
+INFLAMMATION = primary_claim("inflammation")  # the claim key the inflammation row reads (helpers.claims)
 
 
 def _rec(effect, p, lo, hi):
@@ -19,7 +21,7 @@ def _rec(effect, p, lo, hi):
 def findings(tmp_path):
     d = tmp_path / "findings"
     d.mkdir()
-    (d / "03.json").write_text(json.dumps({"claims": {"inflammatory_bme_cytokines": _rec(0.6, 0.01, 0.2, 0.9)}}))
+    (d / "03.json").write_text(json.dumps({"claims": {INFLAMMATION: _rec(0.6, 0.01, 0.2, 0.9)}}))
     (d / "04.json").write_text(json.dumps({"claims": {"classical_mono_phagocytosis": _rec(0.3, 0.01, 0.1, 0.5),
                                                       "ifn_mono_nfkb": _rec(1.0, 0.2, -0.2, 2.0)}}))
     (d / "07.json").write_text(json.dumps({"auc_bm_34": 0.8, "auc_bm_34_ci_low": 0.6, "auc_bm_34_ci_high": 0.95,
@@ -82,7 +84,7 @@ def test_study_value_in_ci_power_and_null_twin(findings, tmp_path):
     assert study_value_in_ci("HR > 1", 1.1, 1.5) is True and study_value_in_ci("HR > 1", 0.9, 1.5) is False
     assert study_value_in_ci("up", None, None) is None
     (findings / "09.json").write_text(json.dumps({"default_design": {"power": {
-        "inflammatory_bme_cytokines": {"power": 0.9}, "auc_bm_34": {"power": 0.4}}}}))
+        INFLAMMATION: {"power": 0.9}, "auc_bm_34": {"power": 0.4}}}}))
     results = tmp_path / "results"
     (results / NULL_TWIN).mkdir(parents=True)
     build_scorecard(findings).assign(verdict="not reproduced").to_csv(results / NULL_TWIN / "scorecard.csv", index=False)

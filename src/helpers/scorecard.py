@@ -36,12 +36,24 @@ from pathlib import Path
 
 import pandas as pd
 
+from .claims import CLAIMS
 from .classifier import STUDY_AUC, auc_reproduced
 from .findings import NOT_TESTABLE, is_not_testable, not_testable_records
 
+
+def primary_claim(planted: str) -> str:
+    """The one primary claim of :data:`helpers.claims.CLAIMS` that realises a planted effect (the scorecard row
+    follows the claim's definition there, e.g. which inflammation readout is primary)."""
+    names = [n for n, c in CLAIMS.items() if c.primary and c.planted == planted]
+    if len(names) != 1:
+        raise ValueError(f"expected one primary claim for the planted effect {planted!r}, found {names}")
+    return names[0]
+
+
 # claim, study value, findings file, how to read it, planted effect
 ROWS = [
-    ("inflammatory BME (cytokine signalling up in NR)", "up", "03", ("claims", "inflammatory_bme_cytokines"), "inflammation"),
+    ("inflammatory BME (cytokine signalling up in NR)", "up", "03", ("claims", primary_claim("inflammation")),
+     "inflammation"),
     ("monocyte phagocytosis, classical (down in NR)", "down", "04", ("claims", "classical_mono_phagocytosis"), "phagocytosis"),
     ("monocyte phagocytosis, nonclassical (down in NR)", "down", "04", ("claims", "nonclassical_mono_phagocytosis"),
      "phagocytosis"),
