@@ -133,7 +133,7 @@ def test_unassigned_cells_are_left_out(tmp_path, tiny_cohort):
     a.write_h5ad(tmp_path / "annotated.h5ad")
     b = load_annotated(tmp_path / "annotated.h5ad")
     assert b.n_obs == a.n_obs - 5 and "unassigned" not in set(b.obs["cell_type"])
-    types, _ = resolve_claim_cells(a, CLAIMS["inflammatory_bme_cytokines"])
+    types, _ = resolve_claim_cells(a, CLAIMS["inflammatory_bme"])
     assert "unassigned" not in types and set(types) == {"NK_CD56dim_CD54dim", "mono_classical"}
 
 

@@ -9,7 +9,7 @@ and the notebooks record ``{"status": "not testable", "reason": ...}`` (:mod:`he
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import anndata as ad
 import pandas as pd
@@ -37,6 +37,7 @@ class Claim:
     primary: bool = True  # secondary readouts are reported but not required to recover the planted effect
     fallback: tuple[str, ...] = ()  # cell types measured instead when none of ``cells`` is in the cohort
     fallback_note: str = ""  # what the record says when the fallback was used
+    exclude_set: str = ""  # progeny claims: targets of this gene set are left out (a specificity control)
 
 
 class NotTestable(ValueError):
@@ -48,17 +49,34 @@ class NotTestable(ValueError):
         self.reason, self.n_cr, self.n_nr = reason, n_cr, n_nr
 
 
+# Readouts, fixed in advance from published sets (never from what the simulator plants):
+# - inflammation: MSigDB Hallmark INFLAMMATORY_RESPONSE, the consensus 200-gene inflammatory programme (Liberzon et
+#   al. 2015) - the study's "pro-inflammatory marrow"; Reactome "Cytokine signaling in immune system", the study's
+#   own words, is reported beside it but is secondary (its ~700 genes include interferon and growth-factor signalling
+#   that vary between patients for other reasons).
+# - phagocytosis: Reactome "FCGR-dependent phagocytosis": the antibody-dependent phagocytosis through which
+#   daratumumab acts (Overdijk et al. 2015), the study's mechanism for monocytes.
+# - NF-kB (IFN monocytes, tumour): PROGENy NFkB, footprint genes of NF-kB activity from perturbation experiments
+#   (Schubert et al. 2018), robust to which pathway members are expressed. The IFN-monocyte claim has a control:
+#   the same activity on PROGENy targets outside the Hallmark inflammatory set, which separates NF-kB activation
+#   from the cytokine response it shares genes with.
+# - CD16: the FCGR3A gene itself (the study's readout, with flow cytometry).
+INFLAMMATION_SET = "HALLMARK_INFLAMMATORY_RESPONSE"
 CLAIMS = {c.name: c for c in [
-    Claim("inflammatory_bme_cytokines", "NR marrow is pro-inflammatory: cytokine signalling up in immune cells",
-          "immune", "set", "CYTOKINES_CHEMOKINES", "up", "inflammation", "03"),
-    Claim("inflammatory_bme_hallmark", "NR marrow is pro-inflammatory: Hallmark inflammatory response up in immune cells",
-          "immune", "set", "HALLMARK_INFLAMMATORY_RESPONSE", "up", "inflammation", "03", primary=False),
+    Claim("inflammatory_bme", "NR marrow is pro-inflammatory: Hallmark inflammatory response up in immune cells",
+          "immune", "set", INFLAMMATION_SET, "up", "inflammation", "03"),
+    Claim("inflammatory_bme_cytokine_signalling",
+          "NR marrow is pro-inflammatory: Reactome cytokine signalling up in immune cells",
+          "immune", "set", "REACTOME_CYTOKINE_SIGNALING_IN_IMMUNE_SYSTEM", "up", "inflammation", "03", primary=False),
     Claim("classical_mono_phagocytosis", "classical monocytes of NR: impaired phagocytosis",
           ("mono_classical",), "set", PHAGOCYTOSIS_SET, "down", "phagocytosis", "04"),
     Claim("nonclassical_mono_phagocytosis", "nonclassical monocytes of NR: impaired phagocytosis",
           ("mono_nonclassical",), "set", PHAGOCYTOSIS_SET, "down", "phagocytosis", "04"),
     Claim("ifn_mono_nfkb", "interferon-associated monocytes of NR up-regulate NF-kB genes",
           ("mono_IFN",), "progeny", "NFkB", "up", "ifn_mono_nfkb", "04"),
+    Claim("ifn_mono_nfkb_beyond_inflammation",
+          "IFN monocytes of NR: NF-kB activity on targets outside the inflammatory set (control)",
+          ("mono_IFN",), "progeny", "NFkB", "up", "ifn_mono_nfkb", "04", primary=False, exclude_set=INFLAMMATION_SET),
     Claim("nk_cd54dim_cd16", "CD54dim NK cells of NR express less CD16 (FCGR3A)",
           ("NK_CD56dim_CD54dim",), "gene", "FCGR3A", "down", "nk_cd16", "05", fallback=("NK_CD56dim",),
           fallback_note="CD54 split not separable in this cohort: measured in all CD56dim NK cells"),
@@ -143,7 +161,7 @@ def claim_value_from_pseudobulk(pb: ad.AnnData, name: str) -> pd.Series:
             raise NotTestable(f"gene {c.feature} is not in the data")
         v = L[c.feature]
     elif c.kind == "progeny":
-        v = testable_progeny(L, c.feature)
+        v = testable_progeny(L, c.feature, exclude=gene_set(c.exclude_set) if c.exclude_set else ())
     else:
         raise ValueError(f"unknown claim kind {c.kind}")
     return v.rename(name)
@@ -162,6 +180,8 @@ def testable_set_score(logcpm: pd.DataFrame, genes: list[str], name: str = "the 
     return _not_testable_if_unmeasurable(set_score, logcpm, genes, name)
 
 
-def testable_progeny(logcpm: pd.DataFrame, pathway: str) -> pd.Series:
-    """:func:`helpers.pseudobulk.progeny_activity`; too few expressed targets or samples make it :class:`NotTestable`."""
-    return _not_testable_if_unmeasurable(progeny_activity, logcpm, pathway, f"PROGENy {pathway}")
+def testable_progeny(logcpm: pd.DataFrame, pathway: str, exclude: Iterable[str] = ()) -> pd.Series:
+    """:func:`helpers.pseudobulk.progeny_activity` (targets in ``exclude`` left out); too few expressed targets or
+    samples make it :class:`NotTestable`."""
+    return _not_testable_if_unmeasurable(lambda L, pw: progeny_activity(L, pw, exclude=exclude), logcpm, pathway,
+                                         f"PROGENy {pathway}")

@@ -6,6 +6,8 @@ Makefile's runner (:mod:`helpers.runner`) and the tests all go through :func:`lo
 
 from __future__ import annotations
 
+import copy
+
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -214,6 +216,28 @@ def validate_samples(samples: pd.DataFrame, cfg: dict[str, Any], file: Path, coh
     return errors
 
 
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``override``'s values, merged key by key into nested dictionaries (neither is modified)."""
+    out = copy.deepcopy(base)
+    for k, v in override.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def inherited_simulation(sim: dict[str, Any], cohorts_dir: Path, file: Path, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A ``simulation:`` block with ``base: <cohort>`` resolved: the base cohort's block (itself resolved) with this
+    block's keys merged over it, so a twin or a smaller cohort states only what differs."""
+    name = sim["base"]
+    base_file = cohorts_dir / str(name) / "cohort.yaml"
+    if name in seen or not base_file.exists():
+        why = "inherits from itself" if name in seen else f"names base cohort '{name}', which has no {base_file}"
+        raise CohortError(_err(file, f"simulation.base {why}"))
+    base_sim = (yaml.safe_load(base_file.read_text()) or {}).get("simulation", {})
+    if "base" in base_sim:
+        base_sim = inherited_simulation(base_sim, cohorts_dir, base_file, seen + (name,))
+    return deep_merge(base_sim, {k: v for k, v in sim.items() if k != "base"})
+
+
 def load_cohort(name: str, root: str | os.PathLike | None = None) -> Cohort:
     """Load and validate a cohort by name (a folder under data/cohorts/). Raises :class:`CohortError`."""
     root = Path(root).resolve() if root is not None else project_root()
@@ -228,6 +252,11 @@ def load_cohort(name: str, root: str | os.PathLike | None = None) -> Cohort:
     except yaml.YAMLError as e:
         raise CohortError(f"{cfg_file}: not valid YAML ({e})") from e
     errors = validate_config(cfg, cfg_file)
+    if not errors and isinstance(cfg.get("simulation"), dict) and "base" in cfg["simulation"]:
+        try:
+            cfg["simulation"] = inherited_simulation(cfg["simulation"], root / "data" / "cohorts", cfg_file)
+        except CohortError as e:
+            errors.append(str(e))
     if not errors and cfg["name"] != name:
         errors.append(_err(cfg_file, f"name '{cfg['name']}' differs from the folder name '{name}'; make them equal"))
     samples_file = cdir / cfg.get("samples", "samples.csv")

@@ -19,7 +19,7 @@ import pandas as pd
 from scipy import stats as sstats
 
 from .claims import CLAIMS, IMMUNE_COMPARTMENTS, claim_value_from_pseudobulk
-from .simulate import (_stable_int, cohort_model, draw_patients, load_programs, make_design, sample_profiles)
+from .simulate import _stable_int, cohort_model, draw_patients, knob, load_programs, make_design, sample_profiles
 from .stats import compare_two_groups, hanley_mcneil_ci
 
 ALL_CELLS = "__all__"
@@ -41,22 +41,24 @@ def simulate_pseudobulks(samples: pd.DataFrame, sim: dict[str, Any], seed: int, 
                          model=None, min_cells: int = 10) -> dict[str, ad.AnnData]:
     """Per cell-type group, a patients x genes pseudobulk of raw counts (patients with fewer than
     ``min_cells`` cells of the group left out, as in the notebooks), drawn from the cohort simulator."""
-    gm, base, weights = model if model is not None else cohort_model(sim, seed)
+    model = model if model is not None else cohort_model(sim, seed)
+    gm = model.genes
     patients = draw_patients(samples, sim, seed)
     types = load_programs()["types"]
     shape = 1.0 / gm.dispersion
     rows = {g: [] for g in groups}
     for _, row in samples.iterrows():
         tissue = row["tissue"]
-        prof, state_props = sample_profiles(gm, base, row, patients[row["patient_id"]], weights, sim, seed, tissue.lower())
+        prof, state_props = sample_profiles(model, row, patients[row["patient_id"]], sim, seed, tissue.lower())
         rng = np.random.default_rng([seed, _stable_int("pbcells", row["sample_id"])])
         cfg = sim["cells"][tissue]
-        n = max(int(round(cfg["per_sample"] * np.exp(rng.normal(0, cfg.get("sd", 0.25))))), 50)
+        n = max(int(round(cfg["per_sample"] * np.exp(rng.normal(0, cfg["sd"])))), 50)
         states = list(state_props)
         p = np.array([state_props[s] for s in states])
         counts = dict(zip(states, rng.multinomial(n, p / p.sum())))
-        bfac = np.exp(np.random.default_rng([seed, _stable_int("batchlib", row["batch"])]).normal(0, 0.2))
-        lib_median = float(sim.get("library_median", 4000)) * bfac * np.exp(rng.normal(0, 0.2))
+        libsd = knob(sim, "library_sd")
+        bfac = np.exp(np.random.default_rng([seed, _stable_int("batchlib", row["batch"])]).normal(0, libsd["batch"]))
+        lib_median = float(knob(sim, "library_median")) * bfac * np.exp(rng.normal(0, libsd["sample"]))
         for g, cts in groups.items():
             mu = np.zeros(len(gm.genes))
             k_total = 0
@@ -65,7 +67,7 @@ def simulate_pseudobulks(samples: pd.DataFrame, sim: dict[str, Any], seed: int, 
                 k = int(counts[s])
                 if t not in cts or k == 0:
                     continue
-                lib = lib_median * types[t]["lib"] * np.exp(rng.normal(0, 0.45, k)).sum()
+                lib = lib_median * types[t]["lib"] * np.exp(rng.normal(0, libsd["cell"], k)).sum()
                 mu += prof.loc[s].to_numpy() * lib
                 k_total += k
             if k_total < min_cells:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Iterable
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -74,9 +76,11 @@ def set_score(logcpm: pd.DataFrame, genes: list[str], min_genes: int = 5, min_me
 PROGENY_MIN_TARGETS = 5  # decoupler's tmin: with fewer expressed (mean log2 CPM >= 1) targets, no activity
 
 
-def progeny_activity(logcpm: pd.DataFrame, pathway: str = "NFkB", top: int = 100) -> pd.Series:
+def progeny_activity(logcpm: pd.DataFrame, pathway: str = "NFkB", top: int = 100,
+                     exclude: Iterable[str] = ()) -> pd.Series:
     """PROGENy pathway activity per patient: decoupler's univariate linear model (ULM) of the patient's
-    gene-wise z-scored log CPM on the committed PROGENy weights (no download)."""
+    gene-wise z-scored log CPM on the committed PROGENy weights (no download); targets in ``exclude`` are left out
+    (a specificity control: the activity without genes another programme shares)."""
     import decoupler as dc
 
     from .genesets import progeny_weights
@@ -85,7 +89,7 @@ def progeny_activity(logcpm: pd.DataFrame, pathway: str = "NFkB", top: int = 100
         raise ValueError(f"PROGENy {pathway} activity needs at least 3 samples (got {len(logcpm)}): genes are "
                          "z-scored across samples")
     net = progeny_weights(top)
-    net = net[net["source"] == pathway]
+    net = net[(net["source"] == pathway) & ~net["target"].isin(set(exclude))]
     L = logcpm.loc[:, logcpm.mean() >= 1.0]
     n_targets = int(L.columns.isin(net["target"]).sum())
     if n_targets < PROGENY_MIN_TARGETS:

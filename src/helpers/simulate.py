@@ -1,12 +1,17 @@
 """Simulator of an IFM2017-03-like myeloma cohort with known, planted response effects.
 
-The counts are negative-binomial UMI counts over real gene symbols. Gene-level means and dispersions
-are calibrated on a real full-transcriptome reference (data/reference/celltypist_sample_559cells.h5ad),
-cell types get marker programmes (data/simulation/cell_programs.yaml), patients get random effects,
-tumours get a clonal immunoglobulin, a translocation group and arm-level copy-number changes, and
-non-responders (NR) get the study's effects (data/simulation/planted_programs.yaml) at the strength set
-in the cohort's ``cohort.yaml``. Everything is drawn from numpy Generators seeded from the cohort seed,
-one independent stream per sample, so the output is identical across runs and across ``n_jobs``.
+The counts are negative-binomial UMI counts over real gene symbols. Gene-level means and dispersions are calibrated
+on a real full-transcriptome reference (data/reference/celltypist_sample_559cells.h5ad). Cell types carry broad
+programmes (a compartment part and a type part of hundreds of genes around the reference's levels, plus named
+genes from data/simulation/cell_programs.yaml with graded leakage); cells sit on continua between neighbouring
+states; every droplet holds ambient RNA of its sample; doublets pair any two cells (homotypic ones included);
+damage is a continuum; patients carry co-varying gene modules and response-independent nuisance programmes
+(interferon, dissociation stress, cell cycle; data/simulation/nuisance_programs.yaml). Tumours get a clonal
+immunoglobulin, a translocation group and arm-level copy-number changes. Non-responders (NR) get the study's effects
+(data/simulation/planted_programs.yaml), each on a random part of its pathway plus genes outside every tested set.
+Every knob is read from the cohort's ``cohort.yaml`` (:func:`knob` names the missing one). Everything is drawn from
+numpy Generators seeded from the cohort seed, one independent stream per sample, so the output is identical across
+runs and across ``n_jobs``.
 
 Analysis code never reads the ``truth_*`` columns or ``truth.json``; only tests and the scorecard do.
 """
@@ -61,10 +66,36 @@ def load_programs() -> dict[str, Any]:
 def load_planted() -> dict[str, Any]:
     planted = yaml.safe_load((simulation_dir() / "planted_programs.yaml").read_text())
     for name, eff in planted.items():
-        if "genes_from" in eff:
-            eff["genes"] = list(planted[eff["genes_from"]]["genes"])
+        if ("genes" in eff) == ("pathway" in eff):
+            raise ValueError(f"data/simulation/planted_programs.yaml: effect '{name}' needs either 'genes' or 'pathway'")
         eff.setdefault("sign", 1)
+        eff.setdefault("disjoint_from", [])
     return planted
+
+
+@lru_cache(maxsize=None)
+def load_nuisance() -> dict[str, Any]:
+    """Nuisance programmes with their gene lists resolved (a named ``gene_set`` becomes its genes)."""
+    from .genesets import gene_set
+
+    nuisance = yaml.safe_load((simulation_dir() / "nuisance_programs.yaml").read_text())
+    for spec in nuisance.values():
+        if "gene_set" in spec:
+            spec["genes"] = gene_set(spec["gene_set"])
+    return nuisance
+
+
+def knob(sim: dict[str, Any], path: str) -> Any:
+    """A simulator setting from a cohort's ``simulation:`` block by dotted path, e.g. ``knob(sim, "ambient.fraction")``.
+    Every knob lives in cohort.yaml (no hidden default); a missing one is named in the error."""
+    cur: Any = sim
+    for key in path.split("."):
+        if not isinstance(cur, dict) or key not in cur:
+            raise KeyError(f"cohort.yaml simulation.{path} is missing: every simulator knob is set in the cohort's "
+                           "cohort.yaml (data/cohorts/ifm2017_sim/cohort.yaml lists each with its justification; "
+                           "'base: ifm2017_sim' inherits them)")
+        cur = cur[key]
+    return cur
 
 
 @lru_cache(maxsize=None)
@@ -83,9 +114,6 @@ class GeneModel:
     baseline: np.ndarray  # pooled mean fraction of UMIs per gene (sums to 1)
     dispersion: np.ndarray  # NB dispersion phi (var = mu + phi mu^2)
     detected_in_reference: np.ndarray  # bool
-
-
-DISPERSION_SCALE = 1.0  # share of the reference dispersion kept (checked against the reference in tests)
 
 
 def estimate_gene_parameters(counts: sp.spmatrix) -> tuple[np.ndarray, np.ndarray]:
@@ -117,13 +145,13 @@ def estimate_gene_parameters(counts: sp.spmatrix) -> tuple[np.ndarray, np.ndarra
             trend[(idx == b) & detected] = np.median(phi_c[sel])
     shrunk = np.exp(0.5 * np.log(np.where(ok, phi_c, trend)) + 0.5 * np.log(trend))
     # (the mixed reference also carries between-type variance; the realism test checks the net effect)
-    shrunk = np.clip(shrunk * DISPERSION_SCALE, 0.02, 5.0)
+    shrunk = np.clip(shrunk, 0.02, 5.0)
     return p, shrunk
 
 
 def required_genes() -> list[str]:
-    """Genes the universe must hold: programme markers, immunoglobulins, translocation and planted genes,
-    the analysis gene sets, PROGENy NFkB/TNFa/JAK-STAT targets and the resistance-atlas genes."""
+    """Genes the universe must hold: programme markers, immunoglobulins, translocation genes, planted genes and
+    pathways, nuisance programmes, the analysis gene sets, PROGENy NFkB/TNFa/JAK-STAT targets and the resistance-atlas genes."""
     from .genesets import gene_set, progeny_weights
 
     progs = load_programs()
@@ -135,7 +163,9 @@ def required_genes() -> list[str]:
     for grp in progs["translocation_groups"].values():
         required += list(grp)
     for eff in load_planted().values():
-        required += list(eff["genes"])
+        required += list(eff["genes"]) if "genes" in eff else pathway_genes(eff)
+    for spec in load_nuisance().values():
+        required += list(spec["genes"])
     for s in ANALYSIS_SETS:
         required += gene_set(s)
     required += list(progeny_weights().query("source in ['NFkB', 'TNFa', 'JAK-STAT']")["target"])
@@ -144,7 +174,7 @@ def required_genes() -> list[str]:
 
 
 @lru_cache(maxsize=4)
-def build_gene_model(n_genes: int, seed: int) -> GeneModel:
+def build_gene_model(n_genes: int, seed: int, dispersion_scale: float = 1.0) -> GeneModel:
     """Calibrate on the reference and build a gene universe of ``n_genes`` real symbols.
 
     The universe holds every gene detected in the reference, every gene named in the programmes, planted
@@ -186,7 +216,12 @@ def build_gene_model(n_genes: int, seed: int) -> GeneModel:
     phi = ref_phi.reindex(genes).to_numpy()
     phi_fill = float(np.nanmedian(ref_phi[ref_p < np.quantile(ref_p[ref_p > 0], 0.25)]))
     phi = np.where(np.isfinite(phi), phi, phi_fill)
-    return GeneModel(genes=genes, baseline=base / base.sum(), dispersion=phi, detected_in_reference=det_mask)
+    # named programme genes are type-restricted: their dispersion in the mixed reference mostly measures which cells
+    # express them, which the simulator models through its types, so they take the median dispersion of detected genes
+    named = genes.isin(list(named_gene_levels()))
+    phi[named] = float(np.nanmedian(ref_phi[ref_p > 0]))
+    return GeneModel(genes=genes, baseline=base / base.sum(), dispersion=phi * dispersion_scale,
+                     detected_in_reference=det_mask)
 
 
 # sets the notebooks score; they must exist in the simulated universe
@@ -215,25 +250,46 @@ RESISTANCE_GENES = [
 # --------------------------------------------------------------------------------------------------
 # cell-type profiles
 # --------------------------------------------------------------------------------------------------
-def cell_type_profiles(gm: GeneModel, seed: int = 0, type_sd: float = 1.0) -> pd.DataFrame:
-    """Types x genes mean fractions (rows sum to 1): reference baseline, a type-specific deviation of every
-    gene (log2 normal, sd ``type_sd``; cell types differ in thousands of genes, not only in markers; mitochondrial
-    genes are left alone), then the marker programme.
+def _sparse_shift(rng: np.random.Generator, n: int, fraction: float, sd: float) -> np.ndarray:
+    """log2 shifts of ``n`` genes: a random ``fraction`` of them shifted by normal(0, ``sd``), the rest 0."""
+    shift = rng.normal(0, sd, n)
+    return np.where(rng.random(n) < fraction, shift, 0.0)
 
-    Marker genes are lineage-restricted: outside the types that list them they keep at most 5% of the
-    pooled reference level (capped at 0.5 CP10k)."""
-    progs = load_programs()["types"]
+
+def named_gene_levels() -> dict[str, float]:
+    """The highest level (fraction of UMIs) at which any type of cell_programs.yaml lists each named gene."""
+    out: dict[str, float] = {}
+    for t in load_programs()["types"].values():
+        for g, cp10k in t["markers"].items():
+            out[g] = max(out.get(g, 0.0), cp10k * 1e-4)
+    return out
+
+
+def cell_type_profiles(gm: GeneModel, seed: int, programmes: dict[str, Any]) -> pd.DataFrame:
+    """Types x genes mean fractions (rows sum to 1).
+
+    Each type starts from the reference's gene levels, takes its compartment's shift (a random share of genes,
+    ``programmes.lineage``: shared by the types of a lineage) and its own smaller shift (``programmes.type``), then
+    its named genes at their listed level. Named genes keep, in types that do not list them, a per-gene leak of
+    their highest listed level (log-uniform in ``programmes.marker_leak``). Mitochondrial genes are left alone (the
+    mitochondrial fraction is a property of a cell's state, not of its type)."""
+    types = load_programs()["types"]
     rng = np.random.default_rng([seed, _stable_int("type_profiles")])
-    gidx = pd.Series(np.arange(len(gm.genes)), index=gm.genes)
-    markers = sorted({g for t in progs.values() for g in t["markers"]} & set(gm.genes))
-    base = gm.baseline.copy()
-    mi = gidx[markers].to_numpy()
-    base[mi] = np.minimum(base[mi] * 0.05, 0.5e-4)
-    rows = {}
+    n = len(gm.genes)
     mt = np.asarray(gm.genes.str.startswith("MT-"))
-    for name, t in progs.items():
-        dev = rng.normal(0, type_sd, len(base))
-        dev[mt] = 0.0  # the mitochondrial fraction is a cell-state property, not a cell-type programme
+    gidx = pd.Series(np.arange(n), index=gm.genes)
+    lin, typ = knob(programmes, "lineage"), knob(programmes, "type")
+    compartments = sorted({t["compartment"] for t in types.values()})
+    lineage = {c: _sparse_shift(rng, n, lin["fraction"], lin["sd"]) for c in compartments}
+    levels = {g: v for g, v in named_gene_levels().items() if g in gidx.index}
+    lo, hi = knob(programmes, "marker_leak")
+    base = gm.baseline.copy()
+    named = gidx[list(levels)].to_numpy()
+    base[named] = np.fromiter(levels.values(), float) * np.exp(rng.uniform(np.log(lo), np.log(hi), len(named)))
+    rows = {}
+    for name, t in types.items():
+        dev = lineage[t["compartment"]] + _sparse_shift(rng, n, typ["fraction"], typ["sd"])
+        dev[mt] = 0.0
         prof = base * np.exp2(dev)
         for g, cp10k in t["markers"].items():
             if g in gidx.index:
@@ -244,6 +300,37 @@ def cell_type_profiles(gm: GeneModel, seed: int = 0, type_sd: float = 1.0) -> pd
 
 def _norm(v: np.ndarray) -> np.ndarray:
     return v / v.sum()
+
+
+def continuum_neighbours() -> dict[str, list[str]]:
+    """Per cell type, the states it has continua with (cell_programs.yaml ``continua``, both directions)."""
+    out: dict[str, list[str]] = {}
+    for a, b in load_programs().get("continua", []):
+        out.setdefault(a, []).append(b)
+        out.setdefault(b, []).append(a)
+    return out
+
+
+@dataclass
+class Modules:
+    """Co-varying gene modules: the module of each gene (-1: none) and its loading."""
+
+    member: np.ndarray
+    loading: np.ndarray
+    n: int
+
+
+def draw_modules(n_genes: int, cfg: dict[str, Any], seed: int) -> Modules:
+    rng = np.random.default_rng([seed, _stable_int("modules")])
+    n = int(cfg["n"])
+    member = np.where(rng.random(n_genes) < float(cfg["gene_fraction"]), rng.integers(0, n, n_genes), -1)
+    return Modules(member=member, loading=rng.uniform(0.5, 1.5, n_genes), n=n)
+
+
+def module_log2(modules: Modules, sd: float, rng: np.random.Generator) -> np.ndarray:
+    """log2 shifts of every gene from one draw of the modules' activities (normal, ``sd``)."""
+    act = np.append(rng.normal(0, sd, modules.n), 0.0)  # index -1 (no module) reads the trailing 0
+    return act[modules.member] * modules.loading
 
 
 # --------------------------------------------------------------------------------------------------
@@ -287,21 +374,121 @@ def _stable_int(*parts: Any) -> int:
     return int(h[:8], 16)
 
 
-def draw_effect_weights(gm: GeneModel, seed: int) -> dict[str, dict[str, float]]:
-    """Per effect, a fixed gene weight (uniform 0.5-1.5) so genes respond unequally, as in real programmes."""
-    out = {}
+def pathway_genes(effect: dict[str, Any]) -> list[str]:
+    """The genes of an effect's pathway: a named gene set, or ``progeny:<pathway>`` (targets with positive weight)."""
+    from .genesets import gene_set, progeny_weights
+
+    pathway = effect["pathway"]
+    if pathway.startswith("progeny:"):
+        net = progeny_weights()
+        net = net[(net["source"] == pathway.split(":", 1)[1]) & (net["weight"] > 0)]
+        return sorted(net["target"])
+    return list(gene_set(pathway))
+
+
+@lru_cache(maxsize=None)
+def tested_genes() -> frozenset[str]:
+    """Every gene of any set the compendium can test or annotate with: all Hallmark and canonical sets, the GO,
+    TRRUST and curated lists, every PROGENy pathway, the classifier panel, the resistance-atlas genes and the named
+    genes of the simulator's and the annotation's marker tables. Planted genes "outside every tested set" avoid these."""
+    from .genesets import _collection, curated_sets, genesets_dir, progeny_weights
+
+    genes: set[str] = set()
+    for coll in ("hallmark", "canonical"):
+        for members in _collection(coll).values():
+            genes.update(members)
+    for txt in genesets_dir().glob("*.txt"):
+        genes.update(g.strip() for g in txt.read_text().split() if g.strip())
+    for members in curated_sets().values():
+        genes.update(members)
+    genes.update(progeny_weights()["target"])
+    genes.update(pd.read_csv(genesets_dir() / "nfkb_panel.csv")["gene"])
+    genes.update(RESISTANCE_GENES)
+    genes.update(named_gene_levels())
+    markers = yaml.safe_load((project_root() / "data" / "markers.yaml").read_text())
+    genes.update(yaml_strings(markers))
+    return frozenset(genes)
+
+
+def yaml_strings(tree: Any) -> set[str]:
+    """Every string inside lists of a nested YAML structure (the gene symbols of the annotation's marker table)."""
+    if isinstance(tree, dict):
+        return set().union(*(yaml_strings(v) for v in tree.values())) if tree else set()
+    if isinstance(tree, list):
+        return {g for g in tree if isinstance(g, str)} | set().union(*(yaml_strings(v) for v in tree if not isinstance(v, str)))
+    return set()
+
+
+def draw_effect_weights(gm: GeneModel, seed: int, planting: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Per planted effect, its genes and their weights, drawn per cohort seed.
+
+    A pathway effect touches a random share (uniform in ``planting.pathway_fraction``) of its pathway's genes in the
+    universe, avoiding the genes of the effects it must be disjoint from, plus ``planting.outside_ratio`` as many
+    expressed genes outside every tested set (:func:`tested_genes`). Single-gene effects stay on their genes.
+    Weights are uniform in ``planting.gene_weight``: genes respond unequally, as in real programmes."""
+    universe = set(gm.genes)
+    tested = tested_genes()
+    pool = sorted(g for g, det in zip(gm.genes, gm.detected_in_reference)
+                  if det and g not in tested and not g.startswith("MT-"))
+    lo, hi = knob(planting, "pathway_fraction")
+    out: dict[str, dict[str, float]] = {}
     for name, eff in load_planted().items():
         rng = np.random.default_rng([seed, _stable_int("weights", name)])
-        genes = [g for g in eff["genes"] if g in set(gm.genes)]
-        out[name] = dict(zip(genes, np.round(rng.uniform(0.5, 1.5, len(genes)), 3)))
+        if "genes" in eff:
+            genes = [g for g in eff["genes"] if g in universe]
+        else:
+            excluded = set().union(*(set(out[o]) for o in eff["disjoint_from"]))
+            path = [g for g in pathway_genes(eff) if g in universe]
+            cand = sorted(set(path) - excluded)
+            k = min(len(cand), int(round(rng.uniform(lo, hi) * len(path))))
+            inside = sorted(rng.choice(cand, size=k, replace=False)) if k else []
+            free = [g for g in pool if g not in excluded]
+            n_out = min(len(free), int(round(float(knob(planting, "outside_ratio")) * len(inside))))
+            genes = inside + sorted(rng.choice(free, size=n_out, replace=False))
+        w = rng.uniform(*knob(planting, "gene_weight"), size=len(genes))
+        out[name] = {str(g): float(v) for g, v in zip(genes, np.round(w, 3))}
+    return out
+
+
+def claim_tested_genes(claim: Any) -> list[str]:
+    """The genes a claim's readout reads (its gene set, its PROGENy pathway's targets, or its gene)."""
+    from .genesets import gene_set, progeny_weights
+
+    if claim.kind == "set":
+        return list(gene_set(claim.feature))
+    if claim.kind == "progeny":
+        net = progeny_weights()
+        return sorted(net.loc[net["source"] == claim.feature, "target"])
+    return [claim.feature]
+
+
+def tested_set_fractions(weights: dict[str, dict[str, float]], genes: pd.Index) -> dict[str, dict[str, Any]]:
+    """Per claim, how much of its tested set the claim's planted effect touches: the fraction of the set's genes
+    (those in the simulated universe) that are planted, and the share of the planted genes inside the set."""
+    from .claims import CLAIMS
+
+    out = {}
+    universe = set(genes)
+    for name, claim in CLAIMS.items():
+        tested = [g for g in claim_tested_genes(claim) if g in universe]
+        planted = set(weights.get(claim.planted, {}))
+        hit = planted & set(tested)
+        out[name] = {"planted_effect": claim.planted, "tested_set": claim.feature, "n_tested": len(tested),
+                     "n_planted_in_set": len(hit), "n_planted": len(planted),
+                     "fraction_of_set_planted": round(len(hit) / len(tested), 4) if tested else None,
+                     "fraction_of_planted_in_set": round(len(hit) / len(planted), 4) if planted else None}
     return out
 
 
 def draw_patients(samples: pd.DataFrame, sim: dict[str, Any], seed: int) -> dict[str, dict[str, Any]]:
-    """Per-patient draws: effect activations (log2), tumour fraction, clone structure, Ig, translocation."""
+    """Per-patient draws: effect activations (log2) and their latent z, nuisance activities (interferon, share of
+    cycling cells), tumour fraction, clone structure, Ig, translocation."""
     progs = load_programs()
-    effects = sim.get("effects", {})
-    rho = float(sim.get("tumour_inflammation_correlation", 0.6))
+    effects = knob(sim, "effects")
+    rho = float(knob(sim, "tumour_inflammation_correlation"))
+    ifn_sd = float(knob(sim, "nuisance.interferon_sd"))
+    cyc = knob(sim, "nuisance.cycling_fraction")
+    mf = knob(sim, "malignant_fraction")
     out: dict[str, dict[str, Any]] = {}
     patients = samples.drop_duplicates("patient_id")
     for _, row in patients.iterrows():
@@ -309,7 +496,7 @@ def draw_patients(samples: pd.DataFrame, sim: dict[str, Any], seed: int) -> dict
         rng = np.random.default_rng([seed, _stable_int("patient", pid)])
         nr = row["response"] == "NR"
         # blood carries the immune-side effects at a weaker strength
-        scale = float(sim.get("pb_effect_scale", 0.5)) if row["tissue"] == "PB" else 1.0
+        scale = float(knob(sim, "pb_effect_scale")) if row["tissue"] == "PB" else 1.0
         names = list(load_planted())
         z = dict(zip(names, rng.standard_normal(len(names))))
         # tumour NF-kB co-varies with the patient's inflammation (shared latent, correlation rho)
@@ -326,7 +513,6 @@ def draw_patients(samples: pd.DataFrame, sim: dict[str, Any], seed: int) -> dict
         hv = rng.choice(ig["heavy_v"])
         tgroups = list(progs["translocation_groups"])
         tgroup = rng.choice(tgroups, p=[0.2, 0.15, 0.1, 0.55])
-        mf = sim.get("malignant_fraction", {"a": 1.3, "b": 5.0, "min": 0.02, "max": 0.6})
         frac = float(np.clip(rng.beta(mf["a"], mf["b"]), mf["min"], mf["max"]))
         trunk = [ev for ev, (_, _, _, prev) in CNV_EVENTS.items() if rng.random() < prev]
         if tgroup == "hyperdiploid":
@@ -344,8 +530,13 @@ def draw_patients(samples: pd.DataFrame, sim: dict[str, Any], seed: int) -> dict
         fr = rng.dirichlet(np.full(len(clones), 3.0))
         for c, f in zip(clones, fr):
             c["fraction"] = float(np.round(f, 4))
+        # nuisance, independent of response: drawn from a separate stream so effects and designs do not move them
+        nrng = np.random.default_rng([seed, _stable_int("nuisance", pid)])
         out[pid] = {
-            "response": row["response"], "activation": acts, "malignant_fraction": round(frac, 4),
+            "response": row["response"], "activation": acts, "latent_z": {k: round(float(v), 4) for k, v in z.items()},
+            "interferon_log2": round(float(nrng.normal(0, ifn_sd)), 4),
+            "cycling_fraction": round(float(nrng.beta(cyc["a"], cyc["b"])), 4),
+            "malignant_fraction": round(frac, 4),
             "light_chain": light, "light_v": str(v), "heavy_constant": str(heavy), "heavy_v": str(hv),
             "translocation_group": str(tgroup), "clones": clones,
         }
@@ -416,23 +607,40 @@ def _effect_log2(gm: GeneModel, weights: dict[str, dict[str, float]], acts: dict
     return out
 
 
-def sample_profiles(gm: GeneModel, base: pd.DataFrame, row: pd.Series, patient: dict[str, Any],
-                    weights: dict[str, dict[str, float]], sim: dict[str, Any], seed: int,
+def nuisance_genes(gm: GeneModel, name: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of a nuisance programme's genes in the universe and their fixed per-gene weights (uniform 0.5-1.5)."""
+    idx = gm.genes.get_indexer(load_nuisance()[name]["genes"])
+    idx = np.unique(idx[idx >= 0])
+    rng = np.random.default_rng([seed, _stable_int("nuisance_weights", name)])
+    return idx, rng.uniform(0.5, 1.5, len(idx))
+
+
+def sample_profiles(model: "CohortModel", row: pd.Series, patient: dict[str, Any], sim: dict[str, Any], seed: int,
                     tissue_key: str) -> tuple[pd.DataFrame, dict[str, float]]:
-    """States x genes profiles of one sample (rows sum to 1) and the state proportions."""
+    """States x genes profiles of one sample (rows sum to 1) and the state proportions.
+
+    Per type: the type profile with the patient's gene effects (independent per gene plus co-varying modules), the
+    batch effect, the patient's interferon activity (immune compartments), the sample's dissociation stress and the
+    planted effects; tumour states add the clone's Ig, translocation and copy-number changes."""
+    gm, base = model.genes, model.profiles
     progs = load_programs()
     types = progs["types"]
     gidx = pd.Series(np.arange(len(gm.genes)), index=gm.genes)
     rng = np.random.default_rng([seed, _stable_int("patient_re", row["patient_id"])])
     brng = np.random.default_rng([seed, _stable_int("batch", row["batch"])])
-    patient_sd = float(sim.get("patient_sd", 0.25))
-    batch_sd = float(sim.get("batch_sd", 0.15))
-    batch_log2 = brng.normal(0, batch_sd, len(gm.genes))
+    srng = np.random.default_rng([seed, _stable_int("sample_nuisance", row["sample_id"])])
+    patient_sd = float(knob(sim, "patient_sd"))
+    module_sd = float(knob(sim, "modules.sd"))
+    batch_log2 = brng.normal(0, float(knob(sim, "batch_sd")), len(gm.genes))
     tissue = row["tissue"]
+    ifn_idx, ifn_w = nuisance_genes(gm, "interferon", seed)
+    ifn_comps = set(load_nuisance()["interferon"]["compartments"])
+    stress_idx, stress_w = nuisance_genes(gm, "dissociation_stress", seed)
+    stress = srng.normal(0, float(knob(sim, "nuisance.stress_sd.sample")))
 
     means = pd.Series({t: float(v[tissue_key]) for t, v in types.items()})
     means = means[means > 0]
-    conc = float(sim.get("composition_concentration", 300.0))
+    conc = float(knob(sim, "composition_concentration"))
     props = pd.Series(rng.dirichlet(conc * means.to_numpy() / means.sum()), index=means.index)
     if tissue == "BM":
         f = patient["malignant_fraction"]
@@ -441,11 +649,13 @@ def sample_profiles(gm: GeneModel, base: pd.DataFrame, row: pd.Series, patient: 
 
     profiles, state_props = {}, {}
     for t, p in props.items():
-        log2 = rng.normal(0, patient_sd, len(gm.genes)) + batch_log2
-        log2 += _effect_log2(gm, weights, patient["activation"], t, tissue)
+        log2 = rng.normal(0, patient_sd, len(gm.genes)) + module_log2(model.modules, module_sd, rng) + batch_log2
+        log2 += _effect_log2(gm, model.weights, patient["activation"], t, tissue)
+        if types[t]["compartment"] in ifn_comps:
+            log2[ifn_idx] += patient["interferon_log2"] * ifn_w
+        log2[stress_idx] += stress * stress_w
         prof = base.loc[t].to_numpy() * np.exp2(log2)
         if t == "malignant_PC":
-            ig = progs["immunoglobulin"]
             if patient["light_chain"] == "kappa":
                 prof[gidx["IGKC"]] = 3000e-4
             else:
@@ -459,7 +669,6 @@ def sample_profiles(gm: GeneModel, base: pd.DataFrame, row: pd.Series, patient: 
                 fac, _ = cnv_factors(gm.genes, clone["events"])
                 profiles[f"malignant_PC|{k}"] = _norm(prof * fac)
                 state_props[f"malignant_PC|{k}"] = p * clone["fraction"]
-            del ig
             continue
         if t == "normal_PC":  # polyclonal: kappa and lambda cells
             for light, share in (("kappa", 0.6), ("lambda", 0.4)):
@@ -490,64 +699,99 @@ def _barcodes(rng: np.random.Generator, n: int) -> list[str]:
     return out
 
 
-def simulate_sample(gm: GeneModel, base: pd.DataFrame, row: pd.Series, patient: dict[str, Any],
-                    weights: dict[str, dict[str, float]], sim: dict[str, Any], seed: int) -> ad.AnnData:
-    """Simulate one sample's cells (raw counts, obs with design and truth columns)."""
+def _continuum(states: np.ndarray, st: np.ndarray, cfg: dict[str, Any], rng: np.random.Generator
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Per cell, the neighbour state it leans toward (its own state when its type has no neighbour in the sample)
+    and its position t toward it (0.5 x Beta(1, b) with the default knobs)."""
+    type_of = np.array([s.split("|")[0] for s in states])
+    neighbours = continuum_neighbours()
+    nb, t = st.copy(), np.zeros(len(st))
+    for s in range(len(states)):
+        cells = np.where(st == s)[0]
+        cand = np.where(np.isin(type_of, neighbours.get(type_of[s], [])))[0]
+        if not len(cells) or not len(cand):
+            continue
+        nb[cells] = cand[rng.integers(0, len(cand), len(cells))]
+        t[cells] = float(cfg["max_position"]) * rng.beta(1.0, float(cfg["beta_b"]), len(cells))
+    return nb, t
+
+
+def simulate_sample(model: "CohortModel", row: pd.Series, patient: dict[str, Any], sim: dict[str, Any],
+                    seed: int) -> ad.AnnData:
+    """Simulate one sample's droplets (raw counts, obs with design and truth columns).
+
+    A droplet's expected counts: its cell's profile (interpolated toward a neighbour state on a continuum, with the
+    cell's own stress and, for cycling cells, the cell-cycle genes), mixed with the sample's ambient RNA, scaled by
+    its library size; damaged cells lose cytoplasmic (non-mitochondrial) mRNA along a continuum; a doublet adds a
+    second cell of any state of the sample. Truth: ``truth_quality`` is "doublet" for doublets, "low_quality" when
+    the lost share reaches ``quality.damaged_if_loss_at_least``, else "good"."""
+    gm = model.genes
     tissue = row["tissue"]
-    tkey = tissue.lower()
-    prof, state_props = sample_profiles(gm, base, row, patient, weights, sim, seed, tkey)
+    prof, state_props = sample_profiles(model, row, patient, sim, seed, tissue.lower())
     rng = np.random.default_rng([seed, _stable_int("cells", row["sample_id"])])
-    cells_cfg = sim["cells"][tissue]
-    n = max(int(round(cells_cfg["per_sample"] * np.exp(rng.normal(0, cells_cfg.get("sd", 0.25))))), 50)
+    cells_cfg = knob(sim, f"cells.{tissue}")
+    n = max(int(round(cells_cfg["per_sample"] * np.exp(rng.normal(0, cells_cfg["sd"])))), 50)
     states = np.array(list(state_props))
     p = np.array(list(state_props.values()))
-    st = rng.choice(len(states), size=n, p=p / p.sum())
-
-    qc = sim.get("quality", {})
-    lowq_rate = float(qc.get("low_quality_rate", 0.06)) * np.exp(rng.normal(0, 0.3))
-    dbl_rate = float(qc.get("doublet_rate", 0.05)) * np.exp(rng.normal(0, 0.3))
-    quality = np.full(n, "good", dtype=object)
-    u = rng.random(n)
-    quality[u < lowq_rate] = "low_quality"
-    quality[(u >= lowq_rate) & (u < lowq_rate + dbl_rate)] = "doublet"
-    # heterotypic partner for each doublet: a state of another cell type
+    p = p / p.sum()
+    st = rng.choice(len(states), size=n, p=p)
     type_of = np.array([s.split("|")[0] for s in states])
-    partner = np.full(n, -1)
-    for i in np.where(quality == "doublet")[0]:
-        cand = np.where(type_of != type_of[st[i]])[0]
-        pc = p[cand] / p[cand].sum()
-        partner[i] = cand[rng.choice(len(cand), p=pc)]
+    types = load_programs()["types"]
+    nb, pos = _continuum(states, st, knob(sim, "programmes.continuum"), rng)
 
-    bfac = np.exp(np.random.default_rng([seed, _stable_int("batchlib", row["batch"])]).normal(0, 0.2))
-    lib_median = float(sim.get("library_median", 4000)) * bfac * np.exp(rng.normal(0, 0.2))
-    lib_type = np.array([load_programs()["types"][t]["lib"] for t in type_of])
-    lib = lib_median * lib_type[st] * np.exp(rng.normal(0, 0.45, n))
-    lowq = quality == "low_quality"
-    lib[lowq] *= 0.2
-    lib2 = lib_median * lib_type[np.maximum(partner, 0)] * np.exp(rng.normal(0, 0.45, n))
+    qc = knob(sim, "quality")
+    dbl_rate = float(qc["doublet_rate"]) * np.exp(rng.normal(0, 0.3))
+    prone = rng.random(n) < float(qc["damage_prone_rate"]) * np.exp(rng.normal(0, 0.3))
+    loss = float(qc["damage_max_loss"]) * np.where(prone, rng.random(n), rng.beta(1.0, 30.0, n))
+    doublet = rng.random(n) < dbl_rate
+    partner = np.where(doublet, rng.choice(len(states), size=n, p=p), -1)  # any cell: homotypic doublets too
+    quality = np.where(doublet, "doublet", np.where(loss >= float(qc["damaged_if_loss_at_least"]), "low_quality", "good"))
 
+    libsd = knob(sim, "library_sd")
+    bfac = np.exp(np.random.default_rng([seed, _stable_int("batchlib", row["batch"])]).normal(0, libsd["batch"]))
+    lib_median = float(knob(sim, "library_median")) * bfac * np.exp(rng.normal(0, libsd["sample"]))
+    lib_type = np.array([types[t]["lib"] for t in type_of])
+    lib = lib_median * lib_type[st] * np.exp(rng.normal(0, libsd["cell"], n))
+    lib2 = lib_median * lib_type[np.maximum(partner, 0)] * np.exp(rng.normal(0, libsd["cell"], n))
+
+    amb = knob(sim, "ambient")
+    m = min(float(amb["fraction"]) * np.exp(rng.normal(0, amb["sample_sd"])), 0.5)
+    ambient = rng.beta(amb["concentration"] * m, amb["concentration"] * (1 - m), n)
     P = prof.to_numpy()
+    soup = _norm(((p * lib_type)[:, None] * P).sum(0))  # the sample's average expression, by UMIs
+
+    stress_idx, stress_w = nuisance_genes(gm, "dissociation_stress", seed)
+    cell_stress = rng.normal(0, float(knob(sim, "nuisance.stress_sd.cell")), n)
+    cc_idx, cc_w = nuisance_genes(gm, "cell_cycle", seed)
+    can_cycle = np.isin(type_of[st], load_nuisance()["cell_cycle"]["cell_types"])
+    cycling = can_cycle & (rng.random(n) < patient["cycling_fraction"])
+    cycle_log2 = float(knob(sim, "nuisance.cycle_log2"))
+
+    logP = np.log(P)
     mt = np.asarray(gm.genes.str.startswith("MT-"))
     shape = 1.0 / gm.dispersion
     blocks = []
     chunk = 1024
     for s0 in range(0, n, chunk):
         sl = slice(s0, min(s0 + chunk, n))
-        mu = P[st[sl]] * lib[sl, None]
-        lq = lowq[sl]
-        if lq.any():  # damaged cells: cytoplasmic mRNA lost, mitochondrial fraction up
-            m = mu[lq]
-            m[:, mt] *= float(qc.get("low_quality_mito_factor", 8.0))
-            mu[lq] = m * (lib[sl][lq] / m.sum(1))[:, None]
+        t = pos[sl, None]
+        cell = np.exp((1 - t) * logP[st[sl]] + t * logP[nb[sl]])
+        cell[:, stress_idx] *= np.exp2(cell_stress[sl, None] * stress_w[None, :])
+        cyc = cycling[sl]
+        if cyc.any():
+            cell[np.ix_(cyc, cc_idx)] *= np.exp2(cycle_log2 * cc_w)[None, :]
+        cell /= cell.sum(1, keepdims=True)
+        a = ambient[sl, None]
+        mu = ((1 - a) * cell + a * soup[None, :]) * lib[sl, None]
+        mu[:, ~mt] *= (1 - loss[sl, None])  # damage: cytoplasmic mRNA lost, mitochondria retained
         db = partner[sl] >= 0
         if db.any():
-            mu[db] += P[partner[sl][db]] * lib2[sl][db, None]
+            mu[db] += ((1 - a[db]) * P[partner[sl][db]] + a[db] * soup[None, :]) * lib2[sl][db, None]
         lam = rng.gamma(shape[None, :], mu / shape[None, :])
         blocks.append(sp.csr_matrix(rng.poisson(lam).astype(np.int32)))
     X = sp.vstack(blocks).tocsr()
 
     clone = np.array([int(s.split("|")[1]) if s.startswith("malignant_PC|") else -1 for s in states])
-    types = load_programs()["types"]
     obs = pd.DataFrame({
         "sample_id": row["sample_id"], "patient_id": row["patient_id"], "tissue": tissue,
         "response": row["response"], "age": float(row["age"]), "batch": row["batch"],
@@ -557,6 +801,11 @@ def simulate_sample(gm: GeneModel, base: pd.DataFrame, row: pd.Series, patient: 
         "truth_doublet_partner": np.where(partner >= 0, type_of[np.maximum(partner, 0)], ""),
         "truth_malignant": type_of[st] == "malignant_PC",
         "truth_clone": clone[st],
+        "truth_continuum_toward": np.where(pos > 0, type_of[nb], ""),
+        "truth_continuum_position": np.round(pos, 4),
+        "truth_damage_loss": np.round(loss, 4),
+        "truth_ambient_fraction": np.round(ambient, 4),
+        "truth_cycling": cycling,
     }, index=[f"{row['sample_id']}_{b}" for b in _barcodes(rng, n)])
     return ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=gm.genes.copy()))
 
@@ -572,27 +821,27 @@ def simulate_bulk(gm: GeneModel, base: pd.DataFrame, weights: dict[str, dict[str
     the hazard is h0 * HR**z (HR per SD of activity), with exponential event times and uniform
     administrative censoring between ``follow_up_months``."""
     rng = np.random.default_rng([seed, _stable_int("bulk")])
-    n = int(bulk.get("n_patients", 500))
-    hr = float(bulk.get("hazard_ratio", 1.6))
+    n = int(knob(bulk, "n_patients"))
+    hr = float(knob(bulk, "hazard_ratio"))
     z = rng.standard_normal(n)
     prof = base.loc["malignant_PC"].to_numpy()
     gidx = pd.Series(np.arange(len(gm.genes)), index=gm.genes)
     w = weights["tumour_nfkb"]
     nf_idx = gidx[list(w)].to_numpy()
     nf_w = np.fromiter(w.values(), float)
-    per_sd = float(bulk.get("nfkb_log2_per_sd", 0.7))
-    lib = float(bulk.get("library_size", 2e6))
+    per_sd = float(knob(bulk, "nfkb_log2_per_sd"))
+    lib = float(knob(bulk, "library_size"))
     shape = 1.0 / np.clip(gm.dispersion * 0.2, 0.01, None)  # bulk: far less overdispersion than single cells
     X = np.empty((n, len(gm.genes)), dtype=np.int32)
     for i in range(n):
-        log2 = rng.normal(0, float(bulk.get("patient_sd", 0.3)), len(gm.genes))
+        log2 = rng.normal(0, float(knob(bulk, "patient_sd")), len(gm.genes))
         log2[nf_idx] += per_sd * z[i] * nf_w
         mu = _norm(prof * np.exp2(log2)) * lib * np.exp(rng.normal(0, 0.2))
         X[i] = rng.poisson(rng.gamma(shape, mu / shape))
-    median_pfs = float(bulk.get("median_pfs_months", 40.0))
+    median_pfs = float(knob(bulk, "median_pfs_months"))
     h0 = np.log(2) / median_pfs
     t_event = rng.exponential(1.0 / (h0 * hr**z))
-    lo, hi = bulk.get("follow_up_months", [24, 96])
+    lo, hi = knob(bulk, "follow_up_months")
     t_cens = rng.uniform(lo, hi, n)
     obs = pd.DataFrame({
         "pfs_months": np.round(np.minimum(t_event, t_cens), 2),
@@ -602,13 +851,24 @@ def simulate_bulk(gm: GeneModel, base: pd.DataFrame, weights: dict[str, dict[str
     return ad.AnnData(X=sp.csr_matrix(X), obs=obs, var=pd.DataFrame(index=gm.genes.copy()))
 
 
-def simulate_flow(samples: pd.DataFrame, patients: dict[str, dict[str, Any]], seed: int) -> pd.DataFrame:
-    """Per-patient flow cytometry: % CD16+ among CD56dim NK cells, tracking the patient's CD16 RNA effect."""
+def simulate_flow(samples: pd.DataFrame, patients: dict[str, dict[str, Any]], sim: dict[str, Any],
+                  seed: int) -> pd.DataFrame:
+    """Per-patient flow cytometry: % CD16+ among CD56dim NK cells.
+
+    The CD16 protein shift shares the RNA effect's group shift but only part of its patient variation (correlation
+    ``flow.rna_link`` of the patient's latent), and the assay adds its own logit-scale noise (``flow.measurement_sd``),
+    so flow and RNA agree only as far as biology and measurement let them."""
+    cfg = knob(sim, "flow")
+    eff = knob(sim, "effects.nk_cd16")
+    link = float(cfg["rna_link"])
     rows = []
     for pid in samples.loc[samples["tissue"] == "BM", "patient_id"].unique():
         rng = np.random.default_rng([seed, _stable_int("flow", pid)])
-        a = patients[pid]["activation"]["nk_cd16"]  # log2 decrease of FCGR3A in NR
-        logit = np.log(0.88 / 0.12) - 1.2 * a + rng.normal(0, 0.35)
+        pt = patients[pid]
+        z = link * pt["latent_z"]["nk_cd16"] + np.sqrt(1 - link**2) * rng.standard_normal()
+        protein_down = float(eff.get("strength", 0.0)) * (pt["response"] == "NR") + float(eff.get("spread", 0.0)) * z
+        base = np.log(cfg["baseline_pct"] / (100 - cfg["baseline_pct"]))
+        logit = base - float(cfg["logit_per_log2"]) * protein_down + rng.normal(0, float(cfg["measurement_sd"]))
         rows.append({"patient_id": pid, "pct_cd16_of_cd56dim_nk": round(100 / (1 + np.exp(-logit)), 2)})
     return pd.DataFrame(rows)
 
@@ -616,10 +876,23 @@ def simulate_flow(samples: pd.DataFrame, patients: dict[str, dict[str, Any]], se
 # --------------------------------------------------------------------------------------------------
 # whole cohort
 # --------------------------------------------------------------------------------------------------
-def cohort_model(sim: dict[str, Any], seed: int) -> tuple[GeneModel, pd.DataFrame, dict[str, dict[str, float]]]:
-    """The gene model, cell-type profiles and planted-effect gene weights of a simulation config (one place)."""
-    gm = build_gene_model(int(sim.get("n_genes", 16000)), seed)
-    return gm, cell_type_profiles(gm, seed, float(sim.get("type_sd", 1.2))), draw_effect_weights(gm, seed)
+@dataclass
+class CohortModel:
+    """What every sample of a simulated cohort shares: the gene universe, the cell-type profiles, the planted
+    effects' genes and weights, and the co-varying gene modules."""
+
+    genes: GeneModel
+    profiles: pd.DataFrame
+    weights: dict[str, dict[str, float]]
+    modules: Modules
+
+
+def cohort_model(sim: dict[str, Any], seed: int) -> CohortModel:
+    """The shared parts of a simulation config (one place)."""
+    gm = build_gene_model(int(knob(sim, "n_genes")), seed, float(knob(sim, "dispersion_scale")))
+    return CohortModel(genes=gm, profiles=cell_type_profiles(gm, seed, knob(sim, "programmes")),
+                       weights=draw_effect_weights(gm, seed, knob(sim, "planting")),
+                       modules=draw_modules(len(gm.genes), knob(sim, "modules"), seed))
 
 
 def simulate_cohort(samples: pd.DataFrame, sim: dict[str, Any], seed: int, n_jobs: int = 1,
@@ -628,19 +901,20 @@ def simulate_cohort(samples: pd.DataFrame, sim: dict[str, Any], seed: int, n_job
     from joblib import Parallel, delayed
     from tqdm.auto import tqdm
 
-    gm, base, weights = cohort_model(sim, seed)
+    model = cohort_model(sim, seed)
+    gm = model.genes
     patients = draw_patients(samples, sim, seed)
     rows = [r for _, r in samples.iterrows()]
     it = tqdm(rows, desc="simulating samples", disable=not progress)
     parts = Parallel(n_jobs=n_jobs)(
-        delayed(simulate_sample)(gm, base, r, patients[r["patient_id"]], weights, sim, seed) for r in it
+        delayed(simulate_sample)(model, r, patients[r["patient_id"]], sim, seed) for r in it
     )
     adata = ad.concat(parts, join="outer", merge="same")
     adata.var_names = gm.genes
     adata.var["detected_in_reference"] = gm.detected_in_reference
     adata.layers["counts"] = adata.X.copy()
     for c in ("sample_id", "patient_id", "tissue", "response", "batch", "truth_cell_type",
-              "truth_compartment", "truth_quality", "truth_doublet_partner"):
+              "truth_compartment", "truth_quality", "truth_doublet_partner", "truth_continuum_toward"):
         adata.obs[c] = adata.obs[c].astype("category")
 
     segs = {}
@@ -649,26 +923,39 @@ def simulate_cohort(samples: pd.DataFrame, sim: dict[str, Any], seed: int, n_job
             _, s = cnv_factors(gm.genes, clone["events"])
             segs[f"{pid}|{k}"] = s
     planted = load_planted()
+    tested = tested_genes()
+    effects = knob(sim, "effects")
     truth = {
         "seed": seed,
         "effects": {
             name: {
-                "claim": eff["claim"], "genes": list(weights[name]), "gene_weights": weights[name],
+                "claim": eff["claim"], "pathway": eff.get("pathway"), "genes": list(model.weights[name]),
+                "gene_weights": model.weights[name],
+                "genes_outside_tested_sets": [g for g in model.weights[name] if g not in tested],
+                "fraction_of_pathway_planted": _pathway_fraction(eff, model.weights[name], gm.genes),
                 "cell_types": eff["cell_types"], "direction": "down" if eff["sign"] < 0 else "up",
-                "strength_log2": float(sim.get("effects", {}).get(name, {}).get("strength", 0.0)),
-                "spread_log2": float(sim.get("effects", {}).get(name, {}).get("spread", 0.0)),
+                "strength_log2": float(effects.get(name, {}).get("strength", 0.0)),
+                "spread_log2": float(effects.get(name, {}).get("spread", 0.0)),
                 "in_blood": bool(eff.get("blood", False)),
                 "per_patient_activation": {p: pt["activation"][name] for p, pt in patients.items()},
             }
             for name, eff in planted.items()
         },
-        "pb_effect_scale": float(sim.get("pb_effect_scale", 0.5)),
-        "tumour_inflammation_correlation": float(sim.get("tumour_inflammation_correlation", 0.6)),
+        "claims_tested_set_planted": tested_set_fractions(model.weights, gm.genes),
+        "pb_effect_scale": float(knob(sim, "pb_effect_scale")),
+        "tumour_inflammation_correlation": float(knob(sim, "tumour_inflammation_correlation")),
         "patients": patients,
         "cnv_segments": segs,
         "n_genes": int(len(gm.genes)),
     }
     return adata, truth
+
+
+def _pathway_fraction(effect: dict[str, Any], weights: dict[str, float], genes: pd.Index) -> float | None:
+    if "pathway" not in effect:
+        return None
+    path = set(pathway_genes(effect)) & set(genes)
+    return round(len(path & set(weights)) / len(path), 4) if path else None
 
 
 def matrix_hash(adata: ad.AnnData) -> str:
@@ -690,16 +977,16 @@ def build_simulated_cohort(cohort: Cohort, n_jobs: int = 2, progress: bool = Tru
     sim = cohort.simulation
     adata, truth = simulate_cohort(cohort.samples, sim, cohort.seed, n_jobs=n_jobs, progress=progress)
     adata.uns["cohort"] = {"name": cohort.name, "kind": "simulated", "seed": cohort.seed}
-    gm, base, weights = cohort_model(sim, cohort.seed)
+    model = cohort_model(sim, cohort.seed)
     out = cohort.processed_dir
     out.mkdir(parents=True, exist_ok=True)
     paths = {"cells": write_h5ad(adata, out / "cells.h5ad")}
     truth["matrix_sha256"] = matrix_hash(adata)
     if "bulk" in sim:
-        bulk = simulate_bulk(gm, base, weights, sim["bulk"], cohort.seed)
+        bulk = simulate_bulk(model.genes, model.profiles, model.weights, sim["bulk"], cohort.seed)
         truth["bulk"] = {k: v for k, v in sim["bulk"].items()}
         paths["bulk"] = write_h5ad(bulk, out / "bulk.h5ad")
-    flow = simulate_flow(cohort.samples, truth["patients"], cohort.seed)
+    flow = simulate_flow(cohort.samples, truth["patients"], sim, cohort.seed)
     paths["flow"] = write_table(flow, out / "flow_cytometry.csv")
     paths["truth"] = write_json(truth, out / "truth.json")
     return paths
