@@ -136,6 +136,9 @@ def test_hanley_mcneil_against_published_example_and_simulation():
     area = auc_by_ranks(y, ratings)
     assert area == pytest.approx(0.893, abs=5e-4)
     assert hanley_mcneil_se(area, 51, 58) == pytest.approx(0.032, abs=1e-3)
+    # by hand at A = 0.893: Q1 = 0.80669, Q2 = 0.84252, SE = sqrt((0.09555 + 50 * 0.00924 + 57 * 0.04508) / 2958);
+    # the groups' roles matter (51 abnormal with Q1, 58 normal with Q2; swapped it would be 0.03118)
+    assert hanley_mcneil_se(0.893, 51, 58) == pytest.approx(0.03251, abs=1e-5)
     assert hanley_mcneil_se(0.8, 50, 50) == pytest.approx(0.04450, abs=1e-5)
     lo, hi = hanley_mcneil_ci(0.8, 50, 50)
     assert (lo, hi) == pytest.approx((0.8 - 1.959964 * 0.0445022, 0.8 + 1.959964 * 0.0445022), abs=1e-5)
