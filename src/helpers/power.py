@@ -1,11 +1,13 @@
 """Power of the study's patient-level tests and of the classifier for small cohorts (notebook 09).
 
 Cohorts are drawn from the same simulator as the default cohort (gene model, cell-type profiles, patient and
-batch effects, composition, planted effects with per-patient spread), but each patient's pseudobulk per cell
-type is drawn directly instead of cell by cell: the sum of n cells' negative-binomial counts with a common
-profile is negative binomial with n times the mean and n times the shape. That skips QC and annotation (both
-measured separately: annotation accuracy ~0.99 on the default), so the power here is that of the statistics
-given correct cell calls, which makes thousands of cohorts affordable on two cores.
+batch effects, gene modules, nuisance programmes, composition, planted effects with per-patient spread), but each
+patient's pseudobulk per cell type is drawn directly instead of cell by cell: the sum of n cells' negative-binomial
+counts with a common mean profile (continua and ambient soup averaged in, :func:`expected_cell_profiles`) is negative
+binomial with n times the mean and n times the shape. That skips QC and annotation (measured separately:
+validation/annotation_default.json) and per-cell stress and damage, so the power here is that of the statistics
+given correct cell calls, which makes thousands of cohorts affordable on two cores; the calibration run
+(``make calibrate``) measures how far the whole chain falls short of it.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import pandas as pd
 from scipy import stats as sstats
 
 from .claims import CLAIMS, IMMUNE_COMPARTMENTS, claim_value_from_pseudobulk
-from .simulate import _stable_int, cohort_model, draw_patients, knob, load_programs, make_design, sample_profiles
+from .simulate import (_stable_int, cohort_model, draw_patients, expected_cell_profiles, knob, load_programs, make_design,
+                       sample_profiles)
 from .stats import compare_two_groups, hanley_mcneil_ci
 
 ALL_CELLS = "__all__"
@@ -50,6 +53,7 @@ def simulate_pseudobulks(samples: pd.DataFrame, sim: dict[str, Any], seed: int, 
     for _, row in samples.iterrows():
         tissue = row["tissue"]
         prof, state_props = sample_profiles(model, row, patients[row["patient_id"]], sim, seed, tissue.lower())
+        prof = expected_cell_profiles(prof, state_props, sim)
         rng = np.random.default_rng([seed, _stable_int("pbcells", row["sample_id"])])
         cfg = sim["cells"][tissue]
         n = max(int(round(cfg["per_sample"] * np.exp(rng.normal(0, cfg["sd"])))), 50)

@@ -716,6 +716,36 @@ def _continuum(states: np.ndarray, st: np.ndarray, cfg: dict[str, Any], rng: np.
     return nb, t
 
 
+def expected_cell_profiles(prof: pd.DataFrame, state_props: dict[str, float], sim: dict[str, Any],
+                           n_quantiles: int = 16) -> pd.DataFrame:
+    """States x genes: the mean expression profile of a state's droplets (continuum and ambient soup averaged out),
+    for the pseudobulk shortcut of :mod:`helpers.power`. The continuum position is integrated over ``n_quantiles``
+    quantiles of its distribution with the neighbours equally likely, as :func:`_continuum` draws them; the soup
+    enters at its mean fraction (``ambient.fraction``)."""
+    from scipy import stats as sstats
+
+    states = np.array(list(state_props))
+    p = np.array(list(state_props.values()))
+    p = p / p.sum()
+    type_of = np.array([s.split("|")[0] for s in states])
+    lib_type = np.array([load_programs()["types"][t]["lib"] for t in type_of])
+    P = prof.loc[states].to_numpy()
+    logP = np.log(P)
+    cont = knob(sim, "programmes.continuum")
+    q = (np.arange(n_quantiles) + 0.5) / n_quantiles
+    ts = float(cont["max_position"]) * sstats.beta.ppf(q, 1.0, float(cont["beta_b"]))
+    neighbours = continuum_neighbours()
+    out = P.copy()
+    for i in range(len(states)):
+        cand = np.where(np.isin(type_of, neighbours.get(type_of[i], [])))[0]
+        if len(cand):
+            mixes = [np.exp((1 - t) * logP[i] + t * logP[j]) for j in cand for t in ts]
+            out[i] = np.mean([m / m.sum() for m in mixes], axis=0)
+    soup = _norm(((p * lib_type)[:, None] * P).sum(0))
+    a = float(knob(sim, "ambient.fraction"))
+    return pd.DataFrame((1 - a) * out + a * soup[None, :], index=states, columns=prof.columns)
+
+
 def simulate_sample(model: "CohortModel", row: pd.Series, patient: dict[str, Any], sim: dict[str, Any],
                     seed: int) -> ad.AnnData:
     """Simulate one sample's droplets (raw counts, obs with design and truth columns).
