@@ -34,7 +34,8 @@ def test_signal_detected_and_selected_in_fold():
 @pytest.mark.slow
 def test_no_leakage_null_and_shuffled():
     """Pure-noise features (10 null cohorts of 12 vs 12): the honest cross-validated AUC averages near 0.5 and its
-    Hanley-McNeil CI covers 0.5 in most cohorts (at least 8 of 10; a single small cohort can fall outside by chance), while
+    Hanley-McNeil CI covers 0.5 in most cohorts (at least 8 of 10; a single small cohort can fall outside by chance),
+    while
     selecting the top 8 of 34 noise genes on all data before CV (the leak) is clearly optimistic."""
     honest, leaky, covered = [], [], 0
     for s in range(10):
@@ -144,7 +145,8 @@ def test_hanley_mcneil_against_published_example_and_simulation():
     assert (lo, hi) == pytest.approx((0.8 - 1.959964 * 0.0445022, 0.8 + 1.959964 * 0.0445022), abs=1e-5)
     rng = np.random.default_rng(0)
     d = np.sqrt(2) * norm.ppf(0.8)
-    sims = auc_by_ranks(np.r_[np.zeros(50), np.ones(50)], np.c_[rng.normal(0, 1, (3000, 50)), rng.normal(d, 1, (3000, 50))])
+    scores = np.c_[rng.normal(0, 1, (3000, 50)), rng.normal(d, 1, (3000, 50))]
+    sims = auc_by_ranks(np.r_[np.zeros(50), np.ones(50)], scores)
     assert sims.std() == pytest.approx(hanley_mcneil_se(0.8, 50, 50), rel=0.06)
     assert hanley_mcneil_se(0.2, 10, 11) == pytest.approx(hanley_mcneil_se(0.8, 11, 10))  # reversed score
     lo1, hi1 = hanley_mcneil_ci(1.0, 3, 3)
@@ -162,7 +164,8 @@ def test_study_auc_calibration():
     cal = clf.study_auc_calibration(clf.STUDY_N_BM, (10, 10), 0.5)
     assert cal["auc_bm_34"]["binormal_d"] == pytest.approx(2.4758, abs=1e-3)
     b = cal["blood_from_marrow"]
-    assert b["expected_blood_auc"] == pytest.approx(norm.cdf(norm.ppf(0.92) / 2)) and 0.75 < b["expected_blood_auc"] < 0.77
+    assert b["expected_blood_auc"] == pytest.approx(norm.cdf(norm.ppf(0.92) / 2))
+    assert 0.75 < b["expected_blood_auc"] < 0.77
     assert b["expected_in_study_blood_ci"] is True
     assert cal["auc_pb_top8"]["hanley_mcneil_ci_low"] < 0.6 and cal["auc_bm_34"]["n_nr"] == 10
     assert clf.study_auc_calibration(clf.STUDY_N_BM, None, None)["auc_pb_top8"]["hanley_mcneil_ci_low"] is None

@@ -25,8 +25,9 @@ def findings(tmp_path):
     (d / "04.json").write_text(json.dumps({"claims": {"classical_mono_phagocytosis": _rec(0.3, 0.01, 0.1, 0.5),
                                                       "ifn_mono_nfkb": _rec(1.0, 0.2, -0.2, 2.0)}}))
     (d / "07.json").write_text(json.dumps({"auc_bm_34": 0.8, "auc_bm_34_ci_low": 0.6, "auc_bm_34_ci_high": 0.95,
-                                           "auc_bm_34_permutation_p": 0.01, "auc_bm_top8": 0.6, "auc_bm_top8_ci_low": 0.4,
-                                           "auc_bm_top8_ci_high": 0.8, "auc_bm_top8_permutation_p": 0.2,
+                                           "auc_bm_34_permutation_p": 0.01, "auc_bm_top8": 0.6,
+                                           "auc_bm_top8_ci_low": 0.4, "auc_bm_top8_ci_high": 0.8,
+                                           "auc_bm_top8_permutation_p": 0.2,
                                            "auc_pb_top8": None}))
     return d
 
@@ -87,7 +88,8 @@ def test_study_value_in_ci_power_and_null_twin(findings, tmp_path):
         INFLAMMATION: {"power": 0.9}, "auc_bm_34": {"power": 0.4}}}}))
     results = tmp_path / "results"
     (results / NULL_TWIN).mkdir(parents=True)
-    build_scorecard(findings).assign(verdict="not reproduced").to_csv(results / NULL_TWIN / "scorecard.csv", index=False)
+    twin_card = build_scorecard(findings).assign(verdict="not reproduced")
+    twin_card.to_csv(results / NULL_TWIN / "scorecard.csv", index=False)
     twin = null_twin_verdicts("ifm2017_sim", results)
     assert null_twin_verdicts(NULL_TWIN, results) == {} and null_twin_verdicts("x", tmp_path / "none") == {}
     card = build_scorecard(findings, null_twin=twin).set_index("claim")

@@ -199,7 +199,8 @@ def cv_auc_null(model: Pipeline, X: pd.DataFrame, y: np.ndarray, seed: int, n_pe
 
 
 def external_auc_null(model: Pipeline, X_train: pd.DataFrame, y_train: np.ndarray, X_test: pd.DataFrame,
-                      y_test: np.ndarray, seed: int, n_perm: int, n_jobs: int = 1, progress: bool = False) -> np.ndarray:
+                      y_test: np.ndarray, seed: int, n_perm: int, n_jobs: int = 1,
+                      progress: bool = False) -> np.ndarray:
     """Null distribution of an external AUC: the training labels permuted, the whole model (gene selection
     included) refitted on the training set, applied unchanged to the test set and scored against the test set's
     true labels; ``n_perm`` permutations, same result whatever ``n_jobs``."""
@@ -294,8 +295,9 @@ def binormal_auc(d: float) -> float:
 def study_auc_calibration(n_bm: tuple[int, int], n_pb: tuple[int, int] | None, pb_effect_scale: float | None,
                           alpha: float = 0.05) -> dict:
     """What the study's AUCs imply, from :data:`STUDY_AUC` and the group sizes ((NR, CR) patients in marrow, e.g.
-    :data:`STUDY_N_BM`, and in blood): per AUC, the binormal separation d and the Hanley-McNeil CI at those sizes; and whether the blood AUC
-    fits the marrow top-k AUC with every effect scaled by ``pb_effect_scale`` (d scales with the effect)."""
+    :data:`STUDY_N_BM`, and in blood): per AUC, the binormal separation d and the Hanley-McNeil CI at those sizes;
+    and whether the blood AUC fits the marrow top-k AUC with every effect scaled by ``pb_effect_scale`` (d scales
+    with the effect)."""
     sizes = {"auc_bm_34": n_bm, "auc_bm_top8": n_bm, "auc_pb_top8": n_pb}
     out = {}
     for key, auc in STUDY_AUC.items():
