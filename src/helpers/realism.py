@@ -89,5 +89,6 @@ def silhouette_against_reference(sim: ad.AnnData, seed: int = 0, n_pcs: int = 20
     s_ref = label_silhouette(ref.X, ref.obs["coarse"].to_numpy(), n_pcs, seed)
     return {"silhouette_simulated": round(s_sim, 4), "silhouette_reference": round(s_ref, 4),
             "difference": round(s_sim - s_ref, 4), "n_cells": int(sim_cells.n_obs), "n_genes": len(genes),
-            "zero_fraction_simulated": round(1 - sim_cells.X.nnz / np.prod(sim_cells.shape), 4),
-            "zero_fraction_reference": round(1 - sp.csr_matrix(ref.X).nnz / np.prod(ref.shape), 4)}
+            "zero_fraction_simulated": round(float(1 - sim_cells.X.nnz / np.prod(sim_cells.shape)), 4),
+            "zero_fraction_reference": round(float(1 - sp.csr_matrix(ref.X).nnz / np.prod(ref.shape)), 4)}
+
