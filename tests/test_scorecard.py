@@ -167,3 +167,17 @@ def test_not_testable_rows_counted_and_listed(tmp_path):
     assert "  - tumour NF-kB (up in NR): no malignant_PC cells in this cohort\n" in text
     assert "04.json controls/cdc_phagocytosis: no cDC cells in this cohort" in text
     assert "04.json claims/ifn_mono_nfkb" not in text  # a scorecard row is listed once
+
+
+def test_confounded_design_flags_rows_of_that_tissue(tmp_path):
+    """A batch confounded with the response in blood (notebook 00's association) is noted on the blood AUC row."""
+    from helpers.scorecard import build_scorecard, confounded_design_note
+    d = tmp_path / "findings"
+    d.mkdir()
+    assoc = [{"tissue": "PB", "confounded": True, "cramers_v": 0.8, "p": 0.01},
+             {"tissue": "BM", "confounded": False, "cramers_v": 0.1, "p": 0.9}]
+    (d / "00.json").write_text(json.dumps({"batch_response_association": assoc}))
+    card = build_scorecard(d).set_index("claim")
+    assert "design confounded" in card.loc["AUC top-8, blood", "note"]
+    assert "design confounded" not in card.loc["AUC top-8, marrow", "note"]
+    assert confounded_design_note(None, "PB") == ""

@@ -24,6 +24,7 @@ from pathlib import Path
 import yaml
 
 from .cohort import CohortError, load_cohort, notebook_parameters
+from .describe import batch_response_association
 from .io import atomic_path
 
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
@@ -155,6 +156,12 @@ def main(argv: list[str] | None = None) -> int:
             c = load_cohort(args.cohort)
             print(f"cohort '{c.name}' is valid: {len(c.samples)} samples, "
                   f"{c.samples['patient_id'].nunique()} patients, tissues {sorted(c.samples['tissue'].unique())}")
+            assoc = batch_response_association(c.samples)
+            print("batch-response association (Fisher exact, Cramér's V):")
+            print(assoc.to_string(index=False))
+            for r in assoc[assoc["confounded"]].itertuples():
+                print(f"WARNING: in {r.tissue} the processing batch is associated with the response (Cramér's V "
+                      f"{r.cramers_v:.2f}, p = {r.p:.2g}): differences there may be batch effects", file=sys.stderr)
             return 0
         run_notebook(args.cohort, args.notebook, kernel=args.kernel, log_output=args.log_output)
         return 0

@@ -196,6 +196,17 @@ def _join(*notes: str) -> str:
     return "; ".join(n for n in notes if n)
 
 
+def confounded_design_note(cohort_findings: dict | None, tissue: str) -> str:
+    """A warning for rows measured in ``tissue`` when notebook 00 found its processing batch confounded with the
+    response (``batch_response_association`` in findings/00.json): a classifier or a shift there may read batch."""
+    for rec in (cohort_findings or {}).get("batch_response_association", []):
+        if rec.get("tissue") == tissue and rec.get("confounded"):
+            v = rec.get("cramers_v")
+            return (f"design confounded: batch and response associated in {tissue}"
+                    + (f" (Cramér's V {v:.2f})" if isinstance(v, (int, float)) else "") + "; may read batch")
+    return ""
+
+
 def build_scorecard(findings_dir: str | Path, truth: dict | None = None,
                     null_twin: dict[str, str] | None = None) -> pd.DataFrame:
     """Read findings/NN.json (and notebook 09's power in findings/09.json) and return the scorecard table, one
@@ -218,13 +229,14 @@ def build_scorecard(findings_dir: str | Path, truth: dict | None = None,
             row = _auc_row(claim, study, path[0], d)
         else:
             row = _directional_row(claim, study, _get(d, path) if d else None)
+        tissue = "PB" if path[0] == "auc_pb_top8" else "BM"
         power = power_at_design(load("09"), path)
         no_power = load("09") is not None and power is None and row["verdict"] != "not applicable"
         row.update(truth=_truth_text(truth, planted, path),
                    study_value_in_ci=study_value_in_ci(study, row.get("ci_low"), row.get("ci_high")),
                    power_at_design=power, null_twin_verdict=(null_twin or {}).get(claim),
                    note=_join(row["note"], "no power at design: notebook 09 does not simulate this test" if no_power
-                              else ""))
+                              else "", confounded_design_note(load("00"), tissue)))
         rows.append(row)
     return pd.DataFrame(rows, columns=COLUMNS)
 
