@@ -16,6 +16,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from scipy import stats
 import yaml
 
 from .cohort import project_root
@@ -113,24 +114,49 @@ def otsu_threshold(x: np.ndarray) -> float:
     return float(threshold_otsu(x)) if np.ptp(x) > 0 else float(x.max())
 
 
+def above_ambient(X: sp.csr_matrix, genes_idx: np.ndarray, samples: np.ndarray, max_ambient: float,
+                  quantile: float = 0.999) -> np.ndarray:
+    """Per cell: do its counts of ``genes_idx`` exceed what ambient RNA alone could give?
+
+    The ambient profile of a sample is approximated by its pooled expression (as SoupX does without empty droplets);
+    a cell of library l could carry up to ``max_ambient`` x l x (the genes' pooled share) ambient counts of them, and
+    its count must exceed the Poisson ``quantile`` of that (a real programme, not soup)."""
+    lib = np.asarray(X.sum(1)).ravel()
+    k = np.asarray(X[:, genes_idx].sum(1)).ravel()
+    out = np.zeros(X.shape[0], dtype=bool)
+    for s in np.unique(samples):
+        m = samples == s
+        share = k[m].sum() / max(lib[m].sum(), 1.0)
+        out[m] = k[m] > stats.poisson.ppf(quantile, max_ambient * lib[m] * share)
+    return out
+
+
 def coexpression_doublets(adata: ad.AnnData, markers: dict[str, Any] | None = None, layer: str = "counts",
-                          on_fraction: float = 0.3) -> pd.Series:
+                          on_fraction: float = 0.3, sample_key: str = "sample_id") -> pd.Series:
     """Cells expressing the programmes of two lineage compartments at once (heterotypic doublets), judged on the
     marker table's ``lineage_exclusive`` genes (genes shared between lineages would flag singlets).
 
     Each compartment's typical 'on' level is the median score of the cells above its Otsu threshold (the
     data-driven split of the bimodal on/off distribution); a compartment counts as expressed in a cell when the
     score exceeds ``on_fraction`` of that level (a doublet carries each partner's programme diluted about
-    two-fold, and log-scale means shrink further with dropouts)."""
-    lineages = (markers or load_markers())["lineage_exclusive"]
+    two-fold, and log-scale means shrink further with dropouts), at least two of its genes are detected, and its
+    counts exceed what the sample's ambient RNA could put there (:func:`above_ambient`, with the marker table's
+    ``rules.max_ambient_fraction``): in marrow, soup of abundant myeloid, erythroid and plasma-cell transcripts
+    reaches every droplet."""
+    markers = markers or load_markers()
+    lineages = markers["lineage_exclusive"]
+    max_ambient = float(markers.get("rules", {}).get("max_ambient_fraction", 0.2))
     S = marker_scores(adata, lineages, layer)
     X = sp.csr_matrix(adata.layers[layer] if layer in adata.layers else adata.X)
+    samples = (adata.obs[sample_key].astype(str).to_numpy() if sample_key in adata.obs
+               else np.zeros(adata.n_obs, dtype=str))
     on = {}
     for c in S:
-        genes = [g for g in lineages[c]["markers"] if g in adata.var_names]
-        n_detected = np.asarray((X[:, adata.var_names.get_indexer(genes)] > 0).sum(1)).ravel()
+        idx = adata.var_names.get_indexer([g for g in lineages[c]["markers"] if g in adata.var_names])
+        n_detected = np.asarray((X[:, idx] > 0).sum(1)).ravel()
         # two markers detected at least: one stray UMI of one marker never turns a programme on
-        on[c] = (S[c] > on_fraction * on_level(S[c])) & (n_detected >= min(2, len(genes)))
+        on[c] = ((S[c] > on_fraction * on_level(S[c])).to_numpy() & (n_detected >= min(2, len(idx)))
+                 & above_ambient(X, idx, samples, max_ambient))
     on = pd.DataFrame(on, index=S.index)
     labels = pd.Series({c: v.get("label", c) for c, v in lineages.items()})
     n_on = on.T.groupby(labels[on.columns].to_numpy()).any().T.sum(1)  # programmes of one compartment count once

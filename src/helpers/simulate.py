@@ -283,9 +283,11 @@ def cell_type_profiles(gm: GeneModel, seed: int, programmes: dict[str, Any]) -> 
     lineage = {c: _sparse_shift(rng, n, lin["fraction"], lin["sd"]) for c in compartments}
     levels = {g: v for g, v in named_gene_levels().items() if g in gidx.index}
     lo, hi = knob(programmes, "marker_leak")
+    cap = float(knob(programmes, "marker_leak_max_cp10k")) * 1e-4
     base = gm.baseline.copy()
     named = gidx[list(levels)].to_numpy()
-    base[named] = np.fromiter(levels.values(), float) * np.exp(rng.uniform(np.log(lo), np.log(hi), len(named)))
+    leak = np.fromiter(levels.values(), float) * np.exp(rng.uniform(np.log(lo), np.log(hi), len(named)))
+    base[named] = np.minimum(leak, cap)
     rows = {}
     for name, t in types.items():
         dev = lineage[t["compartment"]] + _sparse_shift(rng, n, typ["fraction"], typ["sd"])
