@@ -391,8 +391,9 @@ def pathway_genes(effect: dict[str, Any]) -> list[str]:
 @lru_cache(maxsize=None)
 def tested_genes() -> frozenset[str]:
     """Every gene of any set the compendium can test or annotate with: all Hallmark and canonical sets, the GO,
-    TRRUST and curated lists, every PROGENy pathway, the classifier panel, the resistance-atlas genes and the named
-    genes of the simulator's and the annotation's marker tables. Planted genes "outside every tested set" avoid these."""
+    TRRUST and curated lists, every PROGENy pathway, the classifier panel, the resistance-atlas genes and the
+    simulator's named programme genes. Planted genes "outside every tested set" avoid these. (The annotation's marker
+    table is never read here: the simulator does not know how cells will be annotated.)"""
     from .genesets import _collection, curated_sets, genesets_dir, progeny_weights
 
     genes: set[str] = set()
@@ -407,18 +408,7 @@ def tested_genes() -> frozenset[str]:
     genes.update(pd.read_csv(genesets_dir() / "nfkb_panel.csv")["gene"])
     genes.update(RESISTANCE_GENES)
     genes.update(named_gene_levels())
-    markers = yaml.safe_load((project_root() / "data" / "markers.yaml").read_text())
-    genes.update(yaml_strings(markers))
     return frozenset(genes)
-
-
-def yaml_strings(tree: Any) -> set[str]:
-    """Every string inside lists of a nested YAML structure (the gene symbols of the annotation's marker table)."""
-    if isinstance(tree, dict):
-        return set().union(*(yaml_strings(v) for v in tree.values())) if tree else set()
-    if isinstance(tree, list):
-        return {g for g in tree if isinstance(g, str)} | set().union(*(yaml_strings(v) for v in tree if not isinstance(v, str)))
-    return set()
 
 
 def draw_effect_weights(gm: GeneModel, seed: int, planting: dict[str, Any]) -> dict[str, dict[str, float]]:
