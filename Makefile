@@ -5,6 +5,8 @@
 #   make lab                 JupyterLab with the project's kernel
 #   make clean               remove generated outputs of COHORT (figures/, results/, data/processed/)
 #   make bench [SIZES="50000 100000"]  benchmarks/results.md: notebook timings, core pipeline and memory against cells
+#   make calibrate [CAL_K=20]  validation/calibration.*: verdict rates of K null + K planted small cohorts run
+#                            through the chain, against predicted power (not part of all; resumable; ~2 h)
 SHELL := /bin/bash
 .DEFAULT_GOAL := all
 .DELETE_ON_ERROR:
@@ -91,3 +93,25 @@ lab: $(STAMP)
 
 clean:
 	rm -rf results/$(COHORT) figures/$(COHORT) data/processed/$(COHORT)
+
+# Calibration (issue 15; helpers.calibration): CAL_K null and CAL_K planted cohorts of a small design (CAL_BM and
+# CAL_PB = CR NR patients in marrow and blood, cells per sample) through notebooks 00-10 but 09, CAL_JOBS cohorts at a
+# time with CAL_THREADS threads each, in a scratch project root (.cache/calibration/<design>/); a rerun skips finished
+# cohorts. CAL_ARGS passes more options (python -m helpers.calibration --help), e.g. CAL_ARGS="--analysis '{min_cells: 5}'".
+# The recipe line starts with + so that --output-sync does not hold back the progress bar; under make -n it only prints.
+CAL_K ?= 20
+CAL_BM ?= 6 6
+CAL_PB ?= 6 6
+CAL_BM_CELLS ?= 600
+CAL_PB_CELLS ?= 300
+CAL_SEED ?= 150000
+CAL_JOBS ?= 2
+CAL_THREADS ?= 1
+CAL_POWER_REPS ?= 500
+CAL_ARGS ?=
+CALIBRATE = $(PY) -m helpers.calibration --k $(CAL_K) --bm $(CAL_BM) --pb $(CAL_PB) --bm-cells $(CAL_BM_CELLS) \
+  --pb-cells $(CAL_PB_CELLS) --seed $(CAL_SEED) --jobs $(CAL_JOBS) --threads $(CAL_THREADS) \
+  --power-reps $(CAL_POWER_REPS) $(CAL_ARGS)
+.PHONY: calibrate
+calibrate: $(STAMP)
+	+@$(if $(findstring n,$(firstword -$(MAKEFLAGS))),$(info $(CALIBRATE)),$(CALIBRATE))

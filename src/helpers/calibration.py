@@ -61,7 +61,8 @@ SUMMARY_COLUMNS = ["claim", "cohort_kind", "n_runs", "n_reproduced", "rate", "ci
 RUN_COLUMNS = ["cohort", "kind", "seed", "claim", "verdict", "p"]
 # what a scratch project root links from the checkout (the same list as tests/conftest.py's linked_project)
 PROJECT_LINKS = ["Makefile", "pyproject.toml", "requirements.lock", "notebooks", "src", ".venv", ".cache",
-                 "data/genesets", "data/markers.yaml", "data/reference", "data/resistance_atlas.yaml", "data/simulation"]
+                 "data/genesets", "data/markers.yaml", "data/reference", "data/resistance_atlas.yaml",
+                 "data/simulation"]
 
 
 class ChainFailed(RuntimeError):
@@ -139,7 +140,8 @@ def simulation_settings(source: dict[str, Any], design: Design) -> dict[str, Any
     return sim
 
 
-def calibration_config(source_config: dict[str, Any], name: str, kind: str, seed: int, design: Design) -> dict[str, Any]:
+def calibration_config(source_config: dict[str, Any], name: str, kind: str, seed: int,
+                       design: Design) -> dict[str, Any]:
     """cohort.yaml of a calibration cohort: the source cohort's definition with its own name, seed, cells per
     sample and the design's analysis settings."""
     cfg = copy.deepcopy(source_config)
@@ -163,11 +165,19 @@ def cohort_files(config: dict[str, Any], samples: pd.DataFrame) -> dict[str, str
 
 # -- scratch project root and chain ------------------------------------------------------------------------------
 
+def committed_cohorts(checkout: Path) -> list[str]:
+    """The checkout's cohort definitions a chain may read besides its own (notebook 07 reads ifm2017_sim's blood
+    design); scratch cohorts of the tests and benchmarks (zz_*, bench_*) are left out."""
+    return sorted(f"data/cohorts/{d.name}" for d in (checkout / "data" / "cohorts").iterdir()
+                  if (d / "cohort.yaml").exists() and not d.name.startswith(("zz_", "bench_", "cal_")))
+
+
 def link_project(scratch: Path, checkout: Path) -> Path:
-    """A project root at ``scratch`` whose code, notebooks, environment and shared data are links to ``checkout``
-    (the library version of tests/conftest.py's linked_project); runs there write only under ``scratch``."""
+    """A project root at ``scratch`` whose code, notebooks, environment, shared data and committed cohort definitions
+    are links to ``checkout`` (the library version of tests/conftest.py's linked_project); runs there write only
+    under ``scratch``."""
     scratch.mkdir(parents=True, exist_ok=True)
-    for rel in PROJECT_LINKS:
+    for rel in PROJECT_LINKS + committed_cohorts(checkout):
         target, link = checkout / rel, scratch / rel
         if not target.exists() or link.is_symlink():
             continue
@@ -509,31 +519,27 @@ def plot_calibration(table: pd.DataFrame, path: Path, alpha: float = ALPHA) -> P
         rate = t["rate"].to_numpy(float)
         err = np.vstack([rate - t["ci_low"].to_numpy(float), t["ci_high"].to_numpy(float) - rate])
         ax.errorbar(rate, y, xerr=err, fmt="o", color="black", capsize=3, label=f"{kind} rate, exact 95% CI")
-        if kind == "planted":
-            ax.plot(t["predicted_power"].to_numpy(float), y, "x", color="tab:red", ms=9, mew=2,
-                    label="predicted power (notebook 09's model)")
-        else:
+        if kind == "null":
             ax.axvline(alpha, color="tab:red", ls="--", label=f"{alpha}")
-            ax.plot(t["predicted_power"].to_numpy(float), y, "x", color="tab:red", ms=9, mew=2,
-                    label="predicted rate (notebook 09's model)")
+        what = "power" if kind == "planted" else "rate"
+        ax.plot(t["predicted_power"].to_numpy(float), y, "x", color="tab:red", ms=9, mew=2, zorder=3,
+                label=f"predicted {what} (notebook 09's model)")
         for yi, n in zip(y, t["n_runs"].fillna(0).astype(int)):
             ax.annotate(f"n={n}", (1.02, yi), xycoords=("axes fraction", "data"), fontsize=8, va="center")
-        ax.set_yticks(y, [n if len(n) < 48 else n[:46] + "..." for n in names], fontsize=9)
+        ax.set_yticks(y, [n if len(n) < 52 else n[:50] + "..." for n in names], fontsize=9)
         ax.set_xlim(-0.02, 1.02)
         ax.set_xlabel("share of cohorts with verdict 'reproduced'")
         ax.set_title(f"{kind} cohorts")
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3, frameon=False)
     fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=130, format="png", metadata={"Software": None})
+        fig.savefig(tmp, dpi=130, format="png", bbox_inches="tight", metadata={"Software": None})
     plt.close(fig)
     return path
 
 
-def seconds_text(s: float) -> str:
-    if s != s:
-        return "NA"
-    return f"{s / 60:.1f} min" if s >= 120 else f"{s:.0f} s"
+def minutes_text(s: float) -> str:
+    return "NA" if s != s else f"{s / 60:.1f} min"
 
 
 def calibration_markdown(table: pd.DataFrame, checks: list[dict[str, Any]], meta: dict[str, Any]) -> str:
@@ -552,9 +558,9 @@ def calibration_markdown(table: pd.DataFrame, checks: list[dict[str, Any]], meta
         f"- Seeds: base {meta['base_seed']}; planted cohort i has seed base + 2i, null cohort i base + 2i + 1 "
         f"(planted {meta['seeds']['planted']}, null {meta['seeds']['null']}); the blood sheet's seed is derived "
         "from the cohort's; predicted rates are seeded with base (planted) and base + 1 (null).",
-        f"- Run time: one cohort's chain took median {seconds_text(per['median'])} (range {seconds_text(per['min'])}"
-        f"-{seconds_text(per['max'])}, {meta['threads']} thread(s), {meta['jobs']} cohort(s) at a time); sum over "
-        f"cohorts {seconds_text(per['sum'])}; this invocation's wall time {seconds_text(meta['wall_seconds'])}"
+        f"- Run time: one cohort's chain took median {minutes_text(per['median'])} (range {minutes_text(per['min'])}"
+        f"-{minutes_text(per['max'])}, {meta['threads']} thread(s), {meta['jobs']} cohort(s) at a time); sum over "
+        f"cohorts {minutes_text(per['sum'])}; this invocation's wall time {minutes_text(meta['wall_seconds'])}"
         + (" (finished cohorts of earlier invocations were skipped)" if meta["n_skipped"] else "") + ".",
         f"- Predicted rates: notebook 09's model (helpers.power.power_grid) for the same marrow design and "
         f"settings, {meta['power_reps']} simulated cohorts per kind, at most {POWER_GENES} genes as in notebook 09; "
@@ -564,7 +570,9 @@ def calibration_markdown(table: pd.DataFrame, checks: list[dict[str, Any]], meta
         "",
         "`rate` = n_reproduced / n_runs with the exact (Clopper-Pearson) 95% CI; `n_runs` counts the cohorts where "
         "the claim was testable (verdict reproduced or not reproduced); not-testable and not-applicable verdicts are "
-        "counted apart. Per-cohort rows: `calibration_runs.csv`.",
+        "counted apart. Per-cohort rows: `calibration_runs.csv`. Read either file with "
+        "`helpers.calibration.read_calibration_table` (or `pd.read_csv(path, keep_default_na=False, na_values=[''])`: "
+        "pandas reads the kind `null` as missing by default).",
         "",
         markdown_table(table.assign(claim=table["claim"].str.replace("|", "/"))),
         "",
@@ -574,9 +582,9 @@ def calibration_markdown(table: pd.DataFrame, checks: list[dict[str, Any]], meta
         f"about {ALPHA}, its CI should contain {ALPHA} and its upper bound stay below {2 * ALPHA:g}; no single null "
         f"row should exceed {max_null_hits(20)} of 20 (in general the count a calibrated 5% test exceeds with chance "
         f"< {NULL_TAIL}). The directional rows need p < 0.05 *and* the study's direction, so a calibrated two-sided "
-        "test gives about half of 0.05 there (the predicted null rate column shows the model's value); the AUC rows "
-        "need the CI above 0.5 (one-sided). The pooled CI treats rows as independent although rows of one cohort "
-        "are correlated (e.g. the AUC rows): read it as approximate.",
+        "test gives about half of 0.05 there (`predicted_power` on the null rows is the model's false-positive rate); "
+        "the other rows follow their own rules (the scorecard's `rule` column). The pooled CI treats rows as "
+        "independent although rows of one cohort are correlated (e.g. the AUC rows): read it as approximate.",
         "- **Planted**: the rate is the chain's power at this design; it should agree with the predicted power "
         "within its CI. A planted rate clearly below the prediction means the chain (QC, annotation, the "
         "not-testable rules) loses power that the pseudobulk model does not see; clearly above means the model is "
@@ -612,6 +620,12 @@ def prepare_cohorts(project: Path, cohorts: list[tuple[str, str, int]], sources:
         cfg = calibration_config(sources[kind], name, kind, seed, design)
         write_cohort(project, name, cohort_files(cfg, calibration_samples(design, seed)))
         load_cohort(name, root=project)  # validates the written definition now, not inside a notebook
+
+
+def read_calibration_table(path: str | Path) -> pd.DataFrame:
+    """Read calibration.csv or calibration_runs.csv back: the kind 'null' stays a string (pandas' default reads
+    'null' as missing), only empty cells are missing."""
+    return pd.read_csv(path, keep_default_na=False, na_values=[""])
 
 
 def write_outputs(out_dir: Path, runs: pd.DataFrame, table: pd.DataFrame, markdown: str) -> dict[str, Path]:
@@ -681,7 +695,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bm-cells", type=int, default=Design.bm_cells, help="median marrow cells per sample")
     ap.add_argument("--pb-cells", type=int, default=Design.pb_cells, help="median blood cells per sample")
     ap.add_argument("--n-genes", type=int, default=None, help="genes simulated (default: the source cohort's)")
-    ap.add_argument("--analysis", default="{}", help="analysis settings for every cohort, as YAML, e.g. '{n_perm: 200}'")
+    ap.add_argument("--analysis", default="{}",
+                    help="analysis settings for every cohort, as YAML, e.g. '{n_perm: 200}'")
     ap.add_argument("--seed", type=int, default=150000, help="base seed")
     ap.add_argument("--jobs", type=int, default=2, help="cohorts at a time")
     ap.add_argument("--threads", type=int, default=1, help="threads per cohort")
@@ -694,7 +709,8 @@ def main(argv: list[str] | None = None) -> int:
     analysis = yaml.safe_load(args.analysis) or {}
     if not isinstance(analysis, dict):
         ap.error(f"--analysis must be a YAML mapping, got {args.analysis!r}")
-    design = Design(args.bm[0], args.bm[1], args.pb[0], args.pb[1], args.bm_cells, args.pb_cells, args.n_genes, analysis)
+    design = Design(args.bm[0], args.bm[1], args.pb[0], args.pb[1], args.bm_cells, args.pb_cells, args.n_genes,
+                    analysis)
     checkout = project_root()
     command = "python -m helpers.calibration " + " ".join(argv if argv is not None else sys.argv[1:])
     res = calibrate(args.k, design, args.seed, Path(args.out) if args.out else checkout / "validation", checkout,
