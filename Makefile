@@ -4,6 +4,7 @@
 #   make test                unit tests + an end-to-end run of every notebook on the tiny cohort
 #   make lab                 JupyterLab with the project's kernel
 #   make clean               remove generated outputs of COHORT (figures/, results/, data/processed/)
+#   make snapshot            after make all: validation/<COHORT>/ (scorecard, QC/annotation goals, realism) to commit
 #   make bench [SIZES="50000 100000"]  benchmarks/results.md: notebook timings, core pipeline and memory against cells
 #   make calibrate [CAL_K=20]  validation/calibration.*: verdict rates of K null + K planted small cohorts run
 #                            through the chain, against predicted power (not part of all; resumable; ~2 h)
@@ -35,7 +36,9 @@ export DR_ROOT := $(CURDIR)
 
 HELPERS := $(wildcard src/helpers/*.py)
 SHARED_DATA := $(wildcard data/simulation/*) $(wildcard data/genesets/*) $(wildcard data/*.yaml)
-COHORT_FILES := $(wildcard data/cohorts/$(COHORT)/*)
+# a cohort whose simulation block says 'base: <cohort>' inherits that cohort's knobs: its cohort.yaml is an input too
+BASE_COHORT := $(shell sed -n 's/^ *base: *\([A-Za-z0-9_.-]*\).*/\1/p' data/cohorts/$(COHORT)/cohort.yaml 2>/dev/null)
+COHORT_FILES := $(wildcard data/cohorts/$(COHORT)/*) $(if $(BASE_COHORT),$(wildcard data/cohorts/$(BASE_COHORT)/cohort.yaml))
 OUT := results/$(COHORT)/notebooks
 RUN := $(PY) -m helpers.runner run --cohort $(COHORT) --notebook
 
@@ -43,7 +46,7 @@ RUN := $(PY) -m helpers.runner run --cohort $(COHORT) --notebook
 NOTEBOOKS := $(sort $(notdir $(basename $(wildcard notebooks/[0-9][0-9]_*.ipynb))))
 TARGETS := $(addprefix $(OUT)/,$(addsuffix .ipynb,$(NOTEBOOKS)))
 
-.PHONY: all setup test test-unit lab clean validate list bench
+.PHONY: all setup test test-unit lab clean validate list bench snapshot
 # the longest notebooks first, so that parallel make starts them as soon as their inputs exist
 FIRST := $(filter $(OUT)/09_power.ipynb $(OUT)/07_classifier.ipynb,$(TARGETS))
 all: $(FIRST) $(TARGETS)
@@ -62,6 +65,10 @@ $(STAMP): requirements.lock pyproject.toml
 
 validate: $(STAMP)
 	$(PY) -m helpers.runner validate --cohort $(COHORT)
+
+# after make all: commit what was measured (scorecard, QC/annotation goals, planted shares, realism) to validation/
+snapshot: $(STAMP)
+	$(PY) -m helpers.validation --cohort $(COHORT)
 
 list:
 	@printf '%s\n' $(NOTEBOOKS)
