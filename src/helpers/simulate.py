@@ -450,7 +450,8 @@ def claim_tested_genes(claim: Any) -> list[str]:
         return list(gene_set(claim.feature))
     if claim.kind == "progeny":
         net = progeny_weights()
-        return sorted(net.loc[net["source"] == claim.feature, "target"])
+        excluded = set(gene_set(claim.exclude_set)) if claim.exclude_set else set()
+        return sorted(set(net.loc[net["source"] == claim.feature, "target"]) - excluded)
     return [claim.feature]
 
 
