@@ -5,7 +5,7 @@ batch effects, gene modules, nuisance programmes, composition, planted effects w
 patient's pseudobulk per cell type is drawn directly instead of cell by cell: the sum of n cells' negative-binomial
 counts with a common mean profile (continua and ambient soup averaged in, :func:`expected_cell_profiles`) is negative
 binomial with n times the mean and n times the shape. That skips QC and annotation (measured separately:
-validation/annotation_default.json) and per-cell stress and damage, so the power here is that of the statistics
+validation/<cohort>/qc_annotation.json) and per-cell stress and damage, so the power here is that of the statistics
 given correct cell calls, which makes thousands of cohorts affordable on two cores; the calibration run
 (``make calibrate``) measures how far the whole chain falls short of it.
 """
