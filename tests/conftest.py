@@ -60,7 +60,8 @@ def scratch_root(tmp_path: Path) -> Path:
     """A minimal project root (data/cohorts/ + genesets + simulation inputs) for cohort-validation tests."""
     (tmp_path / "data" / "cohorts").mkdir(parents=True)
     (tmp_path / "pyproject.toml").write_text("")
-    shutil.copytree(ROOT / "data" / "cohorts" / "tiny", tmp_path / "data" / "cohorts" / "tiny")
+    for name in ("tiny", "ifm2017_sim"):  # tiny inherits its simulation knobs from ifm2017_sim (simulation.base)
+        shutil.copytree(ROOT / "data" / "cohorts" / name, tmp_path / "data" / "cohorts" / name)
     return tmp_path
 
 

@@ -91,3 +91,13 @@ def test_paediatric_ages_and_missing_age_pass(scratch_root):
     with pytest.warns(UserWarning, match="without age"):
         c = load_cohort("tiny", root=scratch_root)
     assert c.samples["age"].min() == 3 and c.samples["age"].isna().sum() == 1
+
+
+def test_simulation_base_is_inherited_and_a_missing_base_is_named(scratch_root):
+    from helpers.cohort import load_cohort
+    tiny = load_cohort("tiny", root=scratch_root)
+    assert tiny.simulation["ambient"]["fraction"] == 0.05 and tiny.simulation["n_genes"] == 5000  # base + override
+    cfg = scratch_root / "data" / "cohorts" / "tiny" / "cohort.yaml"
+    cfg.write_text(cfg.read_text().replace("base: ifm2017_sim", "base: no_such_cohort"))
+    with pytest.raises(CohortError, match="simulation.base names base cohort 'no_such_cohort'"):
+        load_cohort("tiny", root=scratch_root)
