@@ -606,8 +606,9 @@ def calibration_markdown(table: pd.DataFrame, checks: list[dict[str, Any]], meta
 # -- the whole calibration ----------------------------------------------------------------------------------------
 
 def planned_cohorts(k: int, base_seed: int) -> list[tuple[str, str, int]]:
-    """(name, kind, seed) of every calibration cohort, null first then planted, by index."""
-    return [(cohort_name(kind, i), kind, cohort_seed(base_seed, kind, i)) for kind in KINDS for i in range(k)]
+    """(name, kind, seed) of every calibration cohort, null and planted interleaved by index, so that a run stopped
+    early (it resumes) leaves as many finished cohorts of each kind."""
+    return [(cohort_name(kind, i), kind, cohort_seed(base_seed, kind, i)) for i in range(k) for kind in KINDS]
 
 
 def source_configs(checkout: Path) -> dict[str, dict[str, Any]]:
