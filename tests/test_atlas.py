@@ -11,7 +11,7 @@ import pytest
 
 from helpers import atlas
 from helpers.cohort import load_cohort
-from helpers.simulate import load_planted, make_design, simulate_cohort
+from helpers.simulate import make_design, simulate_cohort
 
 
 def test_count_subclones_separates_clear_structure():
@@ -78,7 +78,7 @@ def _atlas_run(null: bool, n: int, seed: int, positive_control: bool):
     a.obs["cell_type"], a.obs["compartment"] = a.obs["truth_cell_type"].astype(str), a.obs["truth_compartment"].astype(str)
     spec = copy.deepcopy(atlas.load_atlas())
     if positive_control:  # the planted tumour NF-kB genes as an inline gene set, an extra 'mechanism'
-        spec["mechanisms"]["positive_control"] = {"sets": [{"PLANTED_NFKB": load_planted()["tumour_nfkb"]["genes"]}]}
+        spec["mechanisms"]["positive_control"] = {"sets": [{"PLANTED_NFKB": truth["effects"]["tumour_nfkb"]["genes"]}]}
     V, M = atlas.tumour_expression_features(a, spec, min_cells=10)
     W, M2 = atlas.microenvironment_features(a, spec, min_cells=10)
     C = atlas.cnv_features(a, spec, seed=seed)
