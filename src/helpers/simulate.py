@@ -763,9 +763,11 @@ def simulate_sample(model: "CohortModel", row: pd.Series, patient: dict[str, Any
     nb, pos = _continuum(states, st, knob(sim, "programmes.continuum"), rng)
 
     qc = knob(sim, "quality")
-    dbl_rate = float(qc["doublet_rate"]) * np.exp(rng.normal(0, 0.3))
-    prone = rng.random(n) < float(qc["damage_prone_rate"]) * np.exp(rng.normal(0, 0.3))
-    loss = float(qc["damage_max_loss"]) * np.where(prone, rng.random(n), rng.beta(1.0, 30.0, n))
+    dbl_rate = float(qc["doublet_rate"]) * np.exp(rng.normal(0, float(qc["sample_rate_sd"])))
+    prone = rng.random(n) < float(qc["damage_prone_rate"]) * np.exp(rng.normal(0, float(qc["sample_rate_sd"])))
+    position = rng.random(n)  # on the damage continuum (damage-prone cells)
+    mild = rng.beta(1.0, float(qc["mild_damage_beta_b"]), n)
+    loss = float(qc["damage_max_loss"]) * np.where(prone, position, mild)
     doublet = rng.random(n) < dbl_rate
     partner = np.where(doublet, rng.choice(len(states), size=n, p=p), -1)  # any cell: homotypic doublets too
     quality = np.where(doublet, "doublet", np.where(loss >= float(qc["damaged_if_loss_at_least"]), "low_quality", "good"))
