@@ -13,9 +13,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+import yaml
 
 from conftest import linked_project
 from helpers.claims import CLAIMS, NotTestable, resolve_claim_cells
+from helpers.cohort import load_cohort
 from helpers.findings import (attempt, claim, correlation, describe, is_not_testable, load_annotated, measure_claim,
                               measure_gene, measure_scores, not_testable, not_testable_records,
                               protein_column, protein_per_patient)
@@ -205,8 +207,8 @@ def test_degraded_cohort_notebooks_complete(tiny_sim, tmp_path, monkeypatch, cap
     root = linked_project(tmp_path / "project", committed_cohorts=False)
     cdir = root / "data" / "cohorts" / "zz_degraded"
     cdir.mkdir(parents=True)
-    cfg = (ROOT / "data" / "cohorts" / "tiny" / "cohort.yaml").read_text().replace("name: tiny", "name: zz_degraded")
-    (cdir / "cohort.yaml").write_text(cfg)  # declares PB as validation tissue; the sheet has no PB sample
+    cfg = dict(load_cohort("tiny", root=ROOT).config, name="zz_degraded")  # simulation knobs resolved (base merged)
+    (cdir / "cohort.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))  # declares PB; the sheet has no PB sample
     s = pd.read_csv(ROOT / "data" / "cohorts" / "tiny" / "samples.csv")
     s[s["tissue"] == "BM"].to_csv(cdir / "samples.csv", index=False)
     dropped = load_panel()["gene"].tolist()[::3][:12]
