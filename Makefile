@@ -7,7 +7,7 @@
 #   make snapshot            after make all: validation/<COHORT>/ (scorecard, QC/annotation goals, realism) to commit
 #   make bench [SIZES="50000 100000"]  benchmarks/results.md: notebook timings, core pipeline and memory against cells
 #   make calibrate [CAL_K=20]  validation/calibration.*: verdict rates of K null + K planted small cohorts run
-#                            through the chain, against predicted power (not part of all; resumable; ~2 h)
+#                            through the chain, against predicted power (not part of all; resumable; long)
 SHELL := /bin/bash
 .DEFAULT_GOAL := all
 .DELETE_ON_ERROR:

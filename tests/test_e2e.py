@@ -45,7 +45,7 @@ def test_notebook_runs_on_tiny(tiny_run, nb):
     assert all((f.with_suffix(".pdf")).exists() for f in figs)
 
 
-# QC and annotation goals against the planted truth (the same goals the README states for the default cohort)
+# QC and annotation goals against the planted truth (helpers.validation.GOALS, which the README states)
 GOALS = {**HARD_GOALS, **SOFT_GOALS}
 
 

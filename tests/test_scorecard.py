@@ -76,8 +76,10 @@ def test_auc_verdict_uses_permutation_p_and_direction(tmp_path):
 def test_study_value_in_ci_power_and_null_twin(findings, tmp_path):
     """study_value_in_ci: an AUC inside our CI; a direction when our whole CI is on the study's side. Power at the
     design comes from 09.json (NA with a note when 09 does not simulate the test); the null twin's verdict from
-    results/ifm2017_null/scorecard.csv unless this cohort is the null twin."""
-    from helpers.scorecard import NULL_TWIN, null_twin_verdicts, study_value_in_ci
+    results/<twin>/scorecard.csv of the twin the cohort names (none: no verdicts)."""
+    from helpers.scorecard import null_twin_verdicts, study_value_in_ci
+
+    NULL_TWIN = "ifm2017_null"
 
     assert study_value_in_ci(0.96, 0.85, 1.0) is True and study_value_in_ci(0.96, 0.5, 0.9) is False
     assert study_value_in_ci("up", 0.1, 0.9) is True and study_value_in_ci("up", -0.1, 0.9) is False
@@ -90,8 +92,8 @@ def test_study_value_in_ci_power_and_null_twin(findings, tmp_path):
     (results / NULL_TWIN).mkdir(parents=True)
     twin_card = build_scorecard(findings).assign(verdict="not reproduced")
     twin_card.to_csv(results / NULL_TWIN / "scorecard.csv", index=False)
-    twin = null_twin_verdicts("ifm2017_sim", results)
-    assert null_twin_verdicts(NULL_TWIN, results) == {} and null_twin_verdicts("x", tmp_path / "none") == {}
+    twin = null_twin_verdicts(NULL_TWIN, results)
+    assert null_twin_verdicts(None, results) == {} and null_twin_verdicts("x", tmp_path / "none") == {}
     card = build_scorecard(findings, null_twin=twin).set_index("claim")
     infl, auc = "inflammatory BME (cytokine signalling up in NR)", "AUC 34 NF-kB genes, marrow"
     assert card.loc[infl, "study_value_in_ci"] is True  # CI 0.2-0.9, up

@@ -59,7 +59,7 @@ POWER_GENES = 4000  # notebook 09 simulates at most this many genes
 SUMMARY_COLUMNS = ["claim", "cohort_kind", "n_runs", "n_reproduced", "rate", "ci_low", "ci_high", "predicted_power",
                    "n_not_testable", "n_not_applicable", "note"]
 RUN_COLUMNS = ["cohort", "kind", "seed", "claim", "verdict", "p"]
-# what a scratch project root links from the checkout (the same list as tests/conftest.py's linked_project)
+# what a scratch project root links from the checkout (calibration runs and the hermetic tests)
 PROJECT_LINKS = ["Makefile", "pyproject.toml", "requirements.lock", "notebooks", "src", ".venv", ".cache",
                  "data/genesets", "data/markers.yaml", "data/reference", "data/resistance_atlas.yaml",
                  "data/simulation"]
@@ -149,7 +149,8 @@ def calibration_config(source_config: dict[str, Any], name: str, kind: str, seed
     cfg.update(name=name, seed=int(seed), samples="samples.csv",
                description=f"calibration cohort ({kind}, from {source_config['name']}): {design.text()}",
                simulation=simulation_settings(source_config["simulation"], design),
-               analysis={**source_config.get("analysis", {}), **design.analysis})
+               analysis={**{k: v for k, v in source_config.get("analysis", {}).items() if k != "null_twin"},
+                         **design.analysis})  # a calibration cohort has no null twin of its own
     if not has_blood:
         cfg["tissues"] = [t for t in cfg["tissues"] if t != "PB"]
         cfg.pop("validation_tissue", None)
@@ -172,12 +173,11 @@ def committed_cohorts(checkout: Path) -> list[str]:
                   if (d / "cohort.yaml").exists() and not d.name.startswith(("zz_", "bench_", "cal_")))
 
 
-def link_project(scratch: Path, checkout: Path) -> Path:
-    """A project root at ``scratch`` whose code, notebooks, environment, shared data and committed cohort definitions
-    are links to ``checkout`` (the library version of tests/conftest.py's linked_project); runs there write only
-    under ``scratch``."""
+def link_project(scratch: Path, checkout: Path, cohorts: bool = True) -> Path:
+    """A project root at ``scratch`` whose code, notebooks, environment, shared data and (unless ``cohorts`` is
+    False) committed cohort definitions are links to ``checkout``; runs there write only under ``scratch``."""
     scratch.mkdir(parents=True, exist_ok=True)
-    for rel in PROJECT_LINKS + committed_cohorts(checkout):
+    for rel in PROJECT_LINKS + (committed_cohorts(checkout) if cohorts else []):
         target, link = checkout / rel, scratch / rel
         if not target.exists() or link.is_symlink():
             continue

@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable
 import anndata as ad
 import pandas as pd
 
-from .genesets import gene_set
+from .genesets import gene_set, progeny_weights
 from .pseudobulk import log_cpm, progeny_activity, pseudobulk_by_patient, set_score
 
 IMMUNE_COMPARTMENTS = ["myeloid", "T", "NK", "B"]
@@ -83,6 +83,18 @@ CLAIMS = {c.name: c for c in [
     Claim("tumour_nfkb_progeny", "tumour plasma cells of NR show NF-kB activation",
           ("malignant_PC",), "progeny", "NFkB", "up", "tumour_nfkb", "06"),
 ]}
+
+
+def claim_genes(claim: Claim) -> list[str]:
+    """The genes a claim's readout reads: its gene set, its PROGENy pathway's targets (less ``exclude_set``), or
+    its gene."""
+    if claim.kind == "set":
+        return list(gene_set(claim.feature))
+    if claim.kind == "progeny":
+        net = progeny_weights()
+        excluded = set(gene_set(claim.exclude_set)) if claim.exclude_set else set()
+        return sorted(set(net.loc[net["source"] == claim.feature, "target"]) - excluded)
+    return [claim.feature]
 
 
 def _cells_text(cell_types: list[str] | None) -> str:

@@ -22,7 +22,7 @@ from scipy import stats as sstats
 
 from .claims import CLAIMS, IMMUNE_COMPARTMENTS, claim_value_from_pseudobulk
 from .simulate import (_stable_int, cohort_model, draw_patients, expected_cell_profiles, knob, load_programs, make_design,
-                       sample_profiles)
+                       sample_library_median, sample_profiles)
 from .stats import compare_two_groups, hanley_mcneil_ci
 
 ALL_CELLS = "__all__"
@@ -61,8 +61,7 @@ def simulate_pseudobulks(samples: pd.DataFrame, sim: dict[str, Any], seed: int, 
         p = np.array([state_props[s] for s in states])
         counts = dict(zip(states, rng.multinomial(n, p / p.sum())))
         libsd = knob(sim, "library_sd")
-        bfac = np.exp(np.random.default_rng([seed, _stable_int("batchlib", row["batch"])]).normal(0, libsd["batch"]))
-        lib_median = float(knob(sim, "library_median")) * bfac * np.exp(rng.normal(0, libsd["sample"]))
+        lib_median = sample_library_median(sim, row, seed, rng)
         for g, cts in groups.items():
             mu = np.zeros(len(gm.genes))
             k_total = 0

@@ -23,8 +23,9 @@ Further columns, for the reader:
   effects (``findings/09.json`` ``default_design.power``); NA when notebook 09 has not run or does not simulate
   the row (the bulk prognosis, the top-k marrow and blood AUCs: its simulation runs the all-gene marrow model
   only; the note says so).
-- ``null_twin_verdict``: the verdict of the same row on the null twin (:data:`NULL_TWIN`, same design, no planted
-  effect), when its scorecard exists and this cohort is not the null twin; else NA.
+- ``null_twin_verdict``: the verdict of the same row on the cohort's null twin (same design, no planted effect),
+  which the cohort names in cohort.yaml (``analysis: {null_twin: <cohort>}``; the default names ``ifm2017_null``),
+  when the twin's scorecard exists; else NA.
 """
 
 from __future__ import annotations
@@ -69,7 +70,6 @@ COLUMNS = ["claim", "study_value", "reproduced", "ci_low", "ci_high", "p", "perm
            "study_value_in_ci", "power_at_design", "null_twin_verdict", "note", "rule"]
 VERDICTS = ["reproduced", "not reproduced", "not applicable", NOT_TESTABLE]
 NOT_TESTABLE_FILE = "not_testable.txt"  # results/<cohort>/not_testable.txt, printed by the runner after notebook 10
-NULL_TWIN = "ifm2017_null"  # the default cohort's design without planted effects (results/<NULL_TWIN>/scorecard.csv)
 ALPHA = 0.05
 AUC_RULE = {
     "auc_bm_34": "cross-validation re-run on permuted labels",
@@ -130,11 +130,11 @@ def power_at_design(power_findings: dict | None, path: tuple[str, ...]) -> float
     return None if rec is None else rec.get("power")
 
 
-def null_twin_verdicts(cohort: str, results_root: str | Path) -> dict[str, str]:
-    """Claim -> verdict on the null twin (``results/<NULL_TWIN>/scorecard.csv``); empty when the file does not
-    exist or ``cohort`` is the null twin itself."""
-    f = Path(results_root) / NULL_TWIN / "scorecard.csv"
-    if cohort == NULL_TWIN or not f.exists():
+def null_twin_verdicts(twin: str | None, results_root: str | Path) -> dict[str, str]:
+    """Claim -> verdict on the null twin ``twin`` (``results/<twin>/scorecard.csv``); empty when the cohort names
+    no twin (``twin`` None) or the twin's scorecard does not exist."""
+    f = Path(results_root) / str(twin) / "scorecard.csv"
+    if not twin or not f.exists():
         return {}
     card = pd.read_csv(f)
     return dict(zip(card["claim"], card["verdict"]))

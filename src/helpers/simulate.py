@@ -442,28 +442,15 @@ def draw_effect_weights(gm: GeneModel, seed: int, planting: dict[str, Any]) -> d
     return out
 
 
-def claim_tested_genes(claim: Any) -> list[str]:
-    """The genes a claim's readout reads (its gene set, its PROGENy pathway's targets, or its gene)."""
-    from .genesets import gene_set, progeny_weights
-
-    if claim.kind == "set":
-        return list(gene_set(claim.feature))
-    if claim.kind == "progeny":
-        net = progeny_weights()
-        excluded = set(gene_set(claim.exclude_set)) if claim.exclude_set else set()
-        return sorted(set(net.loc[net["source"] == claim.feature, "target"]) - excluded)
-    return [claim.feature]
-
-
 def tested_set_fractions(weights: dict[str, dict[str, float]], genes: pd.Index) -> dict[str, dict[str, Any]]:
     """Per claim, how much of its tested set the claim's planted effect touches: the fraction of the set's genes
     (those in the simulated universe) that are planted, and the share of the planted genes inside the set."""
-    from .claims import CLAIMS
+    from .claims import CLAIMS, claim_genes
 
     out = {}
     universe = set(genes)
     for name, claim in CLAIMS.items():
-        tested = [g for g in claim_tested_genes(claim) if g in universe]
+        tested = [g for g in claim_genes(claim) if g in universe]
         planted = set(weights.get(claim.planted, {}))
         hit = planted & set(tested)
         out[name] = {"planted_effect": claim.planted, "tested_set": claim.feature, "n_tested": len(tested),
@@ -692,16 +679,37 @@ def _barcodes(rng: np.random.Generator, n: int) -> list[str]:
     return out
 
 
+def state_types(states: np.ndarray) -> np.ndarray:
+    """The cell type of each state name (``malignant_PC|1`` -> ``malignant_PC``)."""
+    return np.array([s.split("|")[0] for s in states])
+
+
+def neighbour_states(type_of: np.ndarray) -> list[np.ndarray]:
+    """Per state, the indices of the sample's states it has a continuum with (cell_programs.yaml ``continua``)."""
+    neighbours = continuum_neighbours()
+    return [np.where(np.isin(type_of, neighbours.get(t, [])))[0] for t in type_of]
+
+
+def ambient_profile(P: np.ndarray, props: np.ndarray, lib_type: np.ndarray) -> np.ndarray:
+    """The sample's ambient RNA: its droplets' average expression, weighted by each state's share of the UMIs."""
+    return _norm(((props * lib_type)[:, None] * P).sum(0))
+
+
+def sample_library_median(sim: dict[str, Any], row: pd.Series, seed: int, rng: np.random.Generator) -> float:
+    """Median UMIs per cell of relative library size 1 in this sample: the cohort's median, the batch's factor and
+    the sample's own (one draw from ``rng``)."""
+    libsd = knob(sim, "library_sd")
+    bfac = np.exp(np.random.default_rng([seed, _stable_int("batchlib", row["batch"])]).normal(0, libsd["batch"]))
+    return float(knob(sim, "library_median")) * bfac * np.exp(rng.normal(0, libsd["sample"]))
+
+
 def _continuum(states: np.ndarray, st: np.ndarray, cfg: dict[str, Any], rng: np.random.Generator
                ) -> tuple[np.ndarray, np.ndarray]:
     """Per cell, the neighbour state it leans toward (its own state when its type has no neighbour in the sample)
     and its position t toward it (0.5 x Beta(1, b) with the default knobs)."""
-    type_of = np.array([s.split("|")[0] for s in states])
-    neighbours = continuum_neighbours()
     nb, t = st.copy(), np.zeros(len(st))
-    for s in range(len(states)):
+    for s, cand in enumerate(neighbour_states(state_types(states))):
         cells = np.where(st == s)[0]
-        cand = np.where(np.isin(type_of, neighbours.get(type_of[s], [])))[0]
         if not len(cells) or not len(cand):
             continue
         nb[cells] = cand[rng.integers(0, len(cand), len(cells))]
@@ -720,21 +728,19 @@ def expected_cell_profiles(prof: pd.DataFrame, state_props: dict[str, float], si
     states = np.array(list(state_props))
     p = np.array(list(state_props.values()))
     p = p / p.sum()
-    type_of = np.array([s.split("|")[0] for s in states])
+    type_of = state_types(states)
     lib_type = np.array([load_programs()["types"][t]["lib"] for t in type_of])
     P = prof.loc[states].to_numpy()
     logP = np.log(P)
     cont = knob(sim, "programmes.continuum")
     q = (np.arange(n_quantiles) + 0.5) / n_quantiles
     ts = float(cont["max_position"]) * sstats.beta.ppf(q, 1.0, float(cont["beta_b"]))
-    neighbours = continuum_neighbours()
     out = P.copy()
-    for i in range(len(states)):
-        cand = np.where(np.isin(type_of, neighbours.get(type_of[i], [])))[0]
+    for i, cand in enumerate(neighbour_states(type_of)):
         if len(cand):
             mixes = [np.exp((1 - t) * logP[i] + t * logP[j]) for j in cand for t in ts]
             out[i] = np.mean([m / m.sum() for m in mixes], axis=0)
-    soup = _norm(((p * lib_type)[:, None] * P).sum(0))
+    soup = ambient_profile(P, p, lib_type)
     a = float(knob(sim, "ambient.fraction"))
     return pd.DataFrame((1 - a) * out + a * soup[None, :], index=states, columns=prof.columns)
 
@@ -758,7 +764,7 @@ def simulate_sample(model: "CohortModel", row: pd.Series, patient: dict[str, Any
     p = np.array(list(state_props.values()))
     p = p / p.sum()
     st = rng.choice(len(states), size=n, p=p)
-    type_of = np.array([s.split("|")[0] for s in states])
+    type_of = state_types(states)
     types = load_programs()["types"]
     nb, pos = _continuum(states, st, knob(sim, "programmes.continuum"), rng)
 
@@ -773,8 +779,7 @@ def simulate_sample(model: "CohortModel", row: pd.Series, patient: dict[str, Any
     quality = np.where(doublet, "doublet", np.where(loss >= float(qc["damaged_if_loss_at_least"]), "low_quality", "good"))
 
     libsd = knob(sim, "library_sd")
-    bfac = np.exp(np.random.default_rng([seed, _stable_int("batchlib", row["batch"])]).normal(0, libsd["batch"]))
-    lib_median = float(knob(sim, "library_median")) * bfac * np.exp(rng.normal(0, libsd["sample"]))
+    lib_median = sample_library_median(sim, row, seed, rng)
     lib_type = np.array([types[t]["lib"] for t in type_of])
     lib = lib_median * lib_type[st] * np.exp(rng.normal(0, libsd["cell"], n))
     lib2 = lib_median * lib_type[np.maximum(partner, 0)] * np.exp(rng.normal(0, libsd["cell"], n))
@@ -783,7 +788,7 @@ def simulate_sample(model: "CohortModel", row: pd.Series, patient: dict[str, Any
     m = min(float(amb["fraction"]) * np.exp(rng.normal(0, amb["sample_sd"])), 0.5)
     ambient = rng.beta(amb["concentration"] * m, amb["concentration"] * (1 - m), n)
     P = prof.to_numpy()
-    soup = _norm(((p * lib_type)[:, None] * P).sum(0))  # the sample's average expression, by UMIs
+    soup = ambient_profile(P, p, lib_type)
 
     stress_idx, stress_w = nuisance_genes(gm, "dissociation_stress", seed)
     cell_stress = rng.normal(0, float(knob(sim, "nuisance.stress_sd.cell")), n)
