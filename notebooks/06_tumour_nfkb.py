@@ -1,0 +1,148 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 06 · NF-kB activation in tumour plasma cells, inflammation and prognosis
+#
+# **Study claim:** tumour cells of NR show enhanced NF-kB activation, correlated with increased inflammatory
+# gene expression and with poor prognosis.
+#
+# NF-kB activity of malignant plasma cells per patient (pseudobulk): PROGENy NFkB activity (decoupler ULM on the
+# committed PROGENy weights) and a TRRUST NF-kB target-set score; NR vs CR with Hodges-Lehmann shift (95% CI) and
+# Mann-Whitney p. Across patients, Spearman correlation (95% CI) of tumour NF-kB with the immune
+# microenvironment's Hallmark inflammatory score. Prognosis in the bulk cohort (`bulk.h5ad`: expression plus progression-free
+# survival): PROGENy NFkB activity, pre-declared median split, Kaplan-Meier, log-rank test and Cox hazard ratio
+# per SD (lifelines). Controls: PROGENy pathways not expected to differ (Estrogen, Androgen) in the same cells.
+# A cohort without malignant plasma cells (e.g. blood only), or with fewer than two patients per group with
+# `min_cells` of them, records the tumour readouts and the correlation as not testable; one without a bulk cohort
+# records the prognosis as not testable.
+#
+# Outputs: `results/<cohort>/findings/06.json`, tables `06_*.csv`, figures `06_tumour_nfkb`, `06_correlation`,
+# `06_survival`.
+
+# %% tags=["parameters"]
+cohort = "ifm2017_sim"
+seed = 2017031
+root = "."
+processed_dir = "data/processed/ifm2017_sim"
+results_dir = "results/ifm2017_sim"
+figures_dir = "figures/ifm2017_sim"
+notebook = "06_tumour_nfkb"
+min_cells = 10
+
+# %%
+from pathlib import Path
+
+import anndata as ad
+import pandas as pd
+
+from helpers import plots
+from helpers.cohort import load_cohort
+from helpers.claims import (CLAIMS, claim_value_from_pseudobulk, resolve_claim_cells, testable_progeny,
+                            testable_set_score)
+from helpers.findings import (correlation, describe, is_not_testable, load_annotated, measure_scores, measure_set_score,
+                              not_testable)
+from helpers.genesets import gene_set
+from helpers.io import save_figure, write_json, write_table
+from helpers.pseudobulk import log_cpm, progeny_activity
+from helpers.survival import km_curves, survival_by_score
+
+C = load_cohort(cohort, root=root)
+min_cells = C.analysis("min_cells", min_cells)
+adata = load_annotated(Path(processed_dir) / "annotated.h5ad")  # without 'unassigned' cells
+bm = adata[adata.obs["tissue"] == C.discovery_tissue]
+
+# %% [markdown]
+# ## NF-kB activity of malignant plasma cells, NR vs CR
+
+# %%
+m = "per patient in malignant plasma cells (pseudobulk), Hodges-Lehmann, Mann-Whitney"
+TRRUST = "TRRUST_NFKB_family_targets_union"
+scores, records = measure_scores(bm, ["malignant_PC"], C, {
+    "tumour_nfkb_progeny": ("PROGENy NFkB activity (decoupler ULM) " + m,  # the shared claim definition (helpers.claims)
+                            lambda pb: claim_value_from_pseudobulk(pb, "tumour_nfkb_progeny")),
+    "tumour_nfkb_targets": ("TRRUST NF-kB target score " + m, lambda pb: testable_set_score(log_cpm(pb), gene_set(TRRUST), TRRUST)),
+    "tumour_progeny_estrogen": ("PROGENy Estrogen (control) " + m, lambda pb: testable_progeny(log_cpm(pb), "Estrogen")),
+    "tumour_progeny_androgen": ("PROGENy Androgen (control) " + m, lambda pb: testable_progeny(log_cpm(pb), "Androgen")),
+}, min_cells)
+claims = {k: records[k] for k in ("tumour_nfkb_progeny", "tumour_nfkb_targets")}
+controls = {k: records[k] for k in ("tumour_progeny_estrogen", "tumour_progeny_androgen")}
+write_table(scores.reset_index(names="patient_id"), Path(results_dir) / "tables" / "06_tumour_scores.csv")
+panels = {k: (scores[k], None) for k in ("tumour_nfkb_progeny", "tumour_nfkb_targets", "tumour_progeny_estrogen")
+          if k in scores}
+if panels:
+    save_figure(plots.patient_points(panels, scores["response"], C.groups, records, ylabel="activity / score"),
+                figures_dir, "06_tumour_nfkb")
+pd.DataFrame(records).T
+
+# %% [markdown]
+# ## Tumour NF-kB against the microenvironment's inflammatory genes (across patients)
+
+# %%
+immune, _ = resolve_claim_cells(bm, CLAIMS["inflammatory_bme"])
+infl, infl_rec = measure_set_score(bm, immune, CLAIMS["inflammatory_bme"].feature, C, "immune inflammatory score",
+                                   min_cells)
+missing = [r["reason"] for r in (claims["tumour_nfkb_progeny"], infl_rec) if is_not_testable(r)]
+corr = (not_testable("; ".join(missing)) if missing else
+        correlation(scores["tumour_nfkb_progeny"], infl, "a tumour NF-kB activity and an immune inflammatory score"))
+if not is_not_testable(corr):
+    both = pd.concat({"tumour_nfkb": scores["tumour_nfkb_progeny"], "bme_inflammation": infl}, axis=1).dropna()
+    save_figure(plots.scatter_by_group(both["tumour_nfkb"], both["bme_inflammation"], scores["response"], C.groups,
+                                       "tumour PROGENy NFkB activity", "immune Hallmark inflammatory score (z)", corr),
+                figures_dir, "06_correlation")
+corr
+
+# %% [markdown]
+# ## Prognosis in the bulk cohort
+
+# %%
+bulk_path = Path(processed_dir) / "bulk.h5ad"
+surv = None
+if bulk_path.exists():
+    bulk = ad.read_h5ad(bulk_path)
+    bulk_logcpm = log_cpm(bulk)
+    nfkb_bulk = progeny_activity(bulk_logcpm, "NFkB")
+    surv = survival_by_score(nfkb_bulk, bulk.obs["pfs_months"], bulk.obs["pfs_event"])
+    ctrl = survival_by_score(progeny_activity(bulk_logcpm, "Estrogen"), bulk.obs["pfs_months"], bulk.obs["pfs_event"])
+    curves = km_curves(nfkb_bulk, bulk.obs["pfs_months"], bulk.obs["pfs_event"])
+    save_figure(plots.km_figure(curves, surv, "tumour NF-kB (PROGENy) in the bulk cohort"), figures_dir, "06_survival")
+    display(pd.Series(surv))
+
+# %%
+findings = {"claims": claims, "controls": controls, "tumour_nfkb_vs_bme_inflammation": corr}
+if surv is not None:
+    findings["prognosis"] = {**surv, "score": "PROGENy NFkB activity of bulk tumour expression"}
+    findings["controls"]["prognosis_progeny_estrogen"] = ctrl
+else:
+    findings["prognosis"] = not_testable("no bulk cohort with survival (bulk.h5ad) for this cohort")
+write_json(findings, Path(results_dir) / "findings" / "06.json")
+
+# %% [markdown]
+# ## Conclusion
+
+# %%
+from IPython.display import Markdown
+
+text = (f"Tumour PROGENy NFkB activity, {C.test_group} vs {C.reference_group}: {describe(claims['tumour_nfkb_progeny'])}. "
+        "Correlation with the immune Hallmark inflammatory score: " +
+        (describe(corr) if is_not_testable(corr) else f"Spearman {corr['rho']:.2f} (95% CI {corr['ci_low']:.2f} to "
+         f"{corr['ci_high']:.2f}), p = {corr['p']:.2g}, {corr['n']} patients") + ".")
+if surv is not None:
+    text += (f" Bulk cohort ({surv['n']} patients, {surv['n_events']} events): HR per SD of NF-kB activity "
+             f"{surv['hazard_ratio_per_sd']:.2f} (95% CI {surv['hr_ci_low']:.2f} to {surv['hr_ci_high']:.2f}), Cox p = "
+             f"{surv['cox_p']:.2g}; median split log-rank p = {surv['logrank_p']:.2g}.")
+else:
+    text += f" Prognosis {describe(findings['prognosis'])}."
+Markdown(text)

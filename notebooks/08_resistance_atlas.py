@@ -1,0 +1,179 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 08 · Resistance-mechanism atlas: efflux, epigenetics, DNA repair, therapy targets, microenvironment, clonal heterogeneity
+#
+# **Question:** beyond the study's findings, which of the mechanisms behind myeloma treatment resistance
+# (genetic heterogeneity, protective microenvironment signals, drug-efflux pumps, epigenetic change, therapy
+# targets; `../shared/seeds/resistance_overview.txt`) differ between non-responders and complete responders?
+#
+# Each mechanism is measured per patient, as declared in `data/resistance_atlas.yaml` (edit it to add genes):
+# genes (log2 CPM) and gene sets (mean z-scored log2 CPM) in the pseudobulk of malignant plasma cells;
+# liana ligand-receptor `lr_means` per sample from stromal and myeloid senders to tumour cells; infercnvpy
+# copy-number burden and number of CNV subclones. NR vs CR: Hodges-Lehmann shift (95% CI) and Mann-Whitney p
+# per feature, **one Benjamini-Hochberg FDR over the whole atlas**; where ages vary, Spearman with age (own FDR).
+# On a simulated cohort the features that carry no planted effect must come out non-significant.
+# Every mechanism is measured in tumour cells or towards them: a cohort without malignant plasma cells (or with
+# fewer than two patients per group with `min_cells` of them) records the atlas as not testable; too few tumour
+# cells for infercnvpy (`genetic_heterogeneity.min_cells`) records the CNV features as not testable.
+#
+# Outputs: `results/<cohort>/findings/08.json`, table `08_atlas.csv` (every feature, effect, CI, p, q),
+# `08_atlas_values.csv` (patients x features), figure `08_atlas`.
+
+# %% tags=["parameters"]
+cohort = "ifm2017_sim"
+seed = 2017031
+root = "."
+processed_dir = "data/processed/ifm2017_sim"
+results_dir = "results/ifm2017_sim"
+figures_dir = "figures/ifm2017_sim"
+notebook = "08_resistance_atlas"
+min_cells = 10
+atlas_file = ""  # path to another atlas YAML, empty for data/resistance_atlas.yaml
+
+# %%
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from helpers import atlas, plots
+from helpers.claims import testable_pseudobulk
+from helpers.cohort import load_cohort
+from helpers.findings import attempt, describe, load_annotated, not_testable, patient_responses
+from helpers.io import save_figure, write_json, write_table
+
+C = load_cohort(cohort, root=root)
+min_cells = C.analysis("min_cells", min_cells)
+spec = atlas.load_atlas(C.resolve(atlas_file) if atlas_file else None)
+adata = load_annotated(Path(processed_dir) / "annotated.h5ad")  # without 'unassigned' cells
+bm = adata[(adata.obs["tissue"] == C.discovery_tissue).to_numpy()].copy()
+del adata
+resp = patient_responses(bm.obs)
+ages = bm.obs.drop_duplicates("patient_id").set_index("patient_id")["age"]
+n_tumour = int((bm.obs["cell_type"] == atlas.TUMOUR).sum())
+# every mechanism is measured in tumour cells or towards them: without enough of them the atlas is not testable
+_, untestable = attempt(testable_pseudobulk, bm, [atlas.TUMOUR], C.groups, min_cells)
+print(f"{bm.n_obs:,} {C.discovery_tissue} cells, {len(resp)} patients; {n_tumour:,} malignant plasma cells"
+      + (f"; atlas {describe(untestable)}" if untestable else ""))
+
+# %% [markdown]
+# ## Tumour-intrinsic mechanisms (malignant plasma-cell pseudobulk)
+
+# %%
+if untestable is None:
+    expr, expr_meta = atlas.tumour_expression_features(bm, spec, min_cells=min_cells)
+    display(expr_meta[~expr_meta["measured"]][["feature", "mechanism", "note"]])
+
+# %% [markdown]
+# ## Protective microenvironment: liana, stromal and myeloid senders to tumour cells
+
+# %%
+if untestable is None:
+    me, me_meta = atlas.microenvironment_features(bm, spec, min_cells=min_cells)
+    print(f"{me.shape[1]} interactions expressed in at least half of the patients")
+    display(me_meta[me_meta["note"] != ""][["feature", "measured", "note"]])
+
+# %% [markdown]
+# ## Genetic heterogeneity: copy-number burden and CNV subclones (infercnvpy)
+
+# %%
+cnv_min = int(spec.get("genetic_heterogeneity", {}).get("min_cells", 30))  # infercnvpy's minimum of tumour cells
+cnv = pd.DataFrame(columns=["cnv_burden", "cnv_subclones"], dtype=float)
+cnv_untestable = untestable or (not_testable(f"only {n_tumour} malignant plasma cells (infercnvpy needs {cnv_min})")
+                                if n_tumour < cnv_min else None)
+if cnv_untestable is None:
+    cnv = atlas.cnv_features(bm, spec, seed=seed)
+    display(cnv.describe().round(3))
+cnv_meta = pd.DataFrame({"feature": ["cnv_burden", "cnv_subclones"], "mechanism": "genetic_heterogeneity",
+                         "kind": "cnv", "genes": [[], []], "measured": cnv_untestable is None,
+                         "note": "" if cnv_untestable is None else cnv_untestable["reason"]})
+
+# %% [markdown]
+# ## One FDR over the atlas
+
+# %%
+if untestable is None:
+    cnv_values = [cnv[["cnv_burden", "cnv_subclones"]].astype(float)] if cnv_untestable is None else []
+    values = pd.concat([expr, me, *cnv_values], axis=1)
+    meta = pd.concat([expr_meta, me_meta, cnv_meta], ignore_index=True)
+    table = atlas.atlas_table(values, meta, resp, C.reference_group, C.test_group,
+                              ages=ages if ages.nunique() > 2 else None)
+    write_table(table.sort_values("p"), Path(results_dir) / "tables" / "08_atlas.csv")
+    write_table(values.rename_axis("patient_id").reset_index(), Path(results_dir) / "tables" / "08_atlas_values.csv")
+    write_table(meta.drop(columns=["genes"]), Path(results_dir) / "tables" / "08_atlas_features.csv")
+    save_figure(plots.atlas_heatmap(values, table, resp, C.groups), figures_dir, "08_atlas")
+    by_mech = table.groupby("mechanism").agg(n_features=("feature", "size"), min_q=("q", "min"),
+                                             n_q_below_005=("q", lambda q: int((q < 0.05).sum())))
+    display(by_mech)
+
+# %%
+n_patients = {g: int((resp == g).sum()) for g in C.groups}
+if untestable is not None:
+    findings = {"atlas": untestable, "n_features": 0, "n_patients": n_patients, "n_significant_q005": 0}
+else:
+    findings = {
+        "n_features": int(len(table)),
+        "n_patients": n_patients,
+        "n_significant_q005": int((table["q"] < 0.05).sum()),
+        "mechanisms": {m: {"n_features": int(r.n_features), "min_q": float(r.min_q), "n_q_below_0.05": int(r.n_q_below_005)}
+                       for m, r in by_mech.iterrows()},
+        "top": table.nsmallest(10, "p")[["feature", "mechanism", "effect", "ci_low", "ci_high", "p", "q"]].to_dict("records"),
+        "not_measured": meta.loc[~meta["measured"], ["feature", "note"]].to_dict("records"),
+        "age": ({"n_age_q_below_0.05": int((table["age_q"] < 0.05).sum())} if "age_q" in table else None),
+    }
+    if cnv_untestable is not None:
+        findings["cnv"] = cnv_untestable
+
+# %% [markdown]
+# ## Measured against the simulated truth (simulated cohorts only)
+# A feature is "planted" when one of its genes carries a planted effect in the cells it is measured in
+# (e.g. tumour NF-kB genes, or a cytokine ligand planted in the myeloid sender). Unplanted features should not
+# reach q < 0.05; CNV subclone counts are compared with the planted clones.
+
+# %%
+truth_path = Path(processed_dir) / "truth.json"
+if truth_path.exists() and untestable is None:
+    truth = json.loads(truth_path.read_text())
+    table["planted"], findings["truth"] = atlas.atlas_against_truth(table, meta, cnv, truth)
+    write_table(table.sort_values("p"), Path(results_dir) / "tables" / "08_atlas.csv")
+    display(pd.Series(findings["truth"]))
+write_json(findings, Path(results_dir) / "findings" / "08.json")
+
+# %% [markdown]
+# ## Conclusion
+
+# %%
+from IPython.display import Markdown
+
+if untestable is not None:
+    text = f"Resistance atlas {describe(untestable)}: every mechanism is measured in malignant plasma cells or towards them."
+else:
+    top = table.nsmallest(3, "p")
+    text = (f"Across {findings['n_features']} atlas features in {len(resp)} patients, {findings['n_significant_q005']} differ "
+            f"between {C.test_group} and {C.reference_group} at q < 0.05 (one FDR over the atlas). Smallest p: " +
+            "; ".join(f"{r.feature} ({r.mechanism}) shift {r.effect:+.2f} [{r.ci_low:+.2f}, {r.ci_high:+.2f}], p = {r.p:.2g}, "
+                      f"q = {r.q:.2g}" for r in top.itertuples()) + ". ")
+    if cnv_untestable is not None:
+        text += f"CNV burden and subclones {describe(cnv_untestable)}. "
+if "truth" in findings:
+    t = findings["truth"]
+    text += (f"Against the simulated truth: {t['n_unplanted_significant']} of {findings['n_features'] - t['n_planted_features']} "
+             f"unplanted features reach q < 0.05, {t['n_planted_significant']} of {t['n_planted_features']} planted ones do"
+             + (f"; CNV subclone counts match the planted clones (those of at least 10% of tumour cells) in "
+                f"{t['subclones_exact_agreement']:.0%} of {t['subclones_n_patients']} patients."
+                if t["subclones_exact_agreement"] is not None else "."))
+Markdown(text)

@@ -1,0 +1,194 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 09 · Power for small cohorts (the paediatric setting)
+#
+# **Question:** myeloma in children is rare (under 1% of paediatric haematological malignancies), so any
+# paediatric cohort is small. How many patients per group does each of the study's tests need, and how well can
+# the NF-kB classifier be estimated?
+#
+# Cohorts of n = 4 to 32 patients per group are drawn from this cohort's simulator (same gene model, cell
+# types, patient, batch and composition variation) with the planted effects at 0.5x, 1x and 1.5x their
+# configured strength. Each patient's pseudobulk per cell type is drawn directly (the sum of n cells'
+# negative-binomial counts), so QC and annotation are skipped: this is the power of the patient-level
+# statistics given correct cell calls (annotation accuracy is measured in notebook 02). Each test is the one
+# the notebooks run (`helpers.claims`: Hodges-Lehmann / Mann-Whitney, p < 0.05 in the study's direction);
+# the classifier is the 34-gene random forest with 5-fold CV (one repeat), simulated at every effect scale; its
+# CI is the Hanley-McNeil 95% CI notebook 07 reports (the raw table's `auc_oof_bootstrap_*` columns are a bootstrap
+# of out-of-fold predictions without refitting, kept for reference, not a CI of the AUC; the spread of the AUC over
+# simulated cohorts, refitted in each, is `auc_q025`-`auc_q975`).
+# The default design (its own group sizes, 1x) is included: the power of this cohort's own tests. For the
+# classifier that power follows the scorecard's rule (label-permutation p < 0.05 and AUC > 0.5): each simulated
+# cohort's AUC is compared with the permutation null of one more simulated cohort of the design (`n_null_perm`
+# label permutations of the same cross-validation). Approximations, stated: one null for all cohorts of the design,
+# and one CV repeat where notebook 07 averages five (its p is then conservative). Only the all-gene marrow model is
+# simulated, so the scorecard's top-8 and blood AUC rows have no power here.
+#
+# **What effect makes the study's AUC expected?** The mean cross-validated AUC at this cohort's design is
+# interpolated over the simulated effect scales to the scale at which it reaches the study's 0.96 (notebook 07
+# gives the binormal separation d for the same question).
+#
+# Repetitions: `n_reps` per design (10 inside `make all`; power CIs are exact binomial CIs, so they show how
+# coarse that is). For a full run set `analysis: {power_reps: 200}` in the cohort's `cohort.yaml` (about 20x the
+# run time), or change `n_reps` in JupyterLab.
+#
+# Outputs: `results/<cohort>/findings/09.json`, tables `09_power.csv` (summary) and `09_power_raw.csv`
+# (every simulated cohort), figure `09_power`.
+
+# %% tags=["parameters"]
+cohort = "ifm2017_sim"
+seed = 2017031
+root = "."
+processed_dir = "data/processed/ifm2017_sim"
+results_dir = "results/ifm2017_sim"
+figures_dir = "figures/ifm2017_sim"
+notebook = "09_power"
+n_reps = 10
+group_sizes = [4, 6, 8, 12, 16, 24, 32]
+effect_scales = [0.5, 1.0, 1.5]
+n_genes = 4000
+n_jobs = 2
+n_null_perm = 200
+min_cells = 10
+
+# %%
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from helpers import plots, power
+from helpers.classifier import (STUDY_AUC, auc_reproduced, cv_auc_null, load_panel, make_model, permutation_p,
+                                scale_reaching_auc, standardise)
+from helpers.pseudobulk import log_cpm
+from helpers.simulate import make_design
+from helpers.cohort import load_cohort
+from helpers.io import save_figure, write_json, write_table
+
+C = load_cohort(cohort, root=root)
+n_reps = int(C.analysis("power_reps", n_reps))
+min_cells = C.analysis("min_cells", min_cells)
+# a real cohort has no simulator of its own: its design is powered under the default cohort's simulator
+sim_source = C if C.simulation else load_cohort("ifm2017_sim", root=root)
+sim = dict(sim_source.simulation, n_genes=min(int(sim_source.simulation.get("n_genes", 16000)), n_genes))
+print(f"simulator: {sim_source.name}")
+panel = load_panel()["gene"].tolist()
+design = C.samples[C.samples["tissue"] == C.discovery_tissue]["response"].value_counts()
+default = (int(design.get(C.reference_group, 0)), int(design.get(C.test_group, 0)))
+designs = [(n, n) for n in group_sizes] + ([default] if default[0] != default[1] or default[0] not in group_sizes else [])
+print(f"{len(designs)} designs x {len(effect_scales)} effect scales x {n_reps} repetitions; default design {default}")
+
+# %%
+t0 = time.time()
+raw = power.power_grid(sim, seed, designs, effect_scales, n_reps, panel=panel, classifier_scales=effect_scales,
+                       n_jobs=n_jobs, min_cells=min_cells)
+seconds = time.time() - t0
+summary = power.summarise_power(raw)
+# one_cohort's classifier CI is a bootstrap of out-of-fold predictions without refitting: labelled as such
+raw = raw.rename(columns={"ci_low": "auc_oof_bootstrap_low", "ci_high": "auc_oof_bootstrap_high"})
+write_table(raw, Path(results_dir) / "tables" / "09_power_raw.csv")
+write_table(summary, Path(results_dir) / "tables" / "09_power.csv")
+print(f"{raw[['n_cr', 'n_nr', 'effect_scale', 'rep']].drop_duplicates().shape[0]} simulated cohorts in {seconds:.0f} s")
+summary[summary["effect_scale"] == 1.0].pivot(index="test", columns="n_per_group", values="power").round(2)
+
+# %%
+save_figure(plots.power_figure(summary), figures_dir, "09_power")
+
+# %% [markdown]
+# ## Classifier at this cohort's design: power by the permutation rule, and the effect scale behind the study's AUC
+
+# %%
+# the permutation null of the all-gene CV AUC on one more simulated cohort of this design (planted effects at 1x)
+null_cohort = make_design(*default, seed=seed + 1)
+null_pb = power.simulate_pseudobulks(null_cohort, sim, seed + 1, {"all": power.claim_cell_groups()[power.ALL_CELLS]},
+                                     min_cells=min_cells)["all"]
+y_null = (null_pb.obs["response"] == "NR").astype(int).to_numpy()  # the simulator's groups
+null_auc = cv_auc_null(make_model(seed), standardise(log_cpm(null_pb)[panel])[0], y_null, seed, n_null_perm,
+                       n_jobs=n_jobs, progress=True)
+at_design = raw[(raw["test"] == "classifier_auc") & (raw["n_cr"] == default[0]) & (raw["n_nr"] == default[1])]
+aucs = at_design.loc[at_design["effect_scale"] == 1.0, "effect"].astype(float)
+hits = [auc_reproduced(a, permutation_p(a, null_auc)) for a in aucs]
+auc_power = None
+if hits:
+    lo, hi = power.clopper_pearson(sum(hits), len(hits))
+    auc_power = {"power": sum(hits) / len(hits), "ci_low": lo, "ci_high": hi}
+mean_auc_by_scale = at_design.groupby("effect_scale")["effect"].mean()
+study_auc = STUDY_AUC["auc_bm_34"]
+calibration = {
+    "design": {"n_cr": default[0], "n_nr": default[1]}, "study_auc": study_auc,
+    "mean_cv_auc_by_effect_scale": {str(k): float(v) for k, v in mean_auc_by_scale.items()},
+    "effect_scale_for_study_auc": scale_reaching_auc(list(mean_auc_by_scale.index), list(mean_auc_by_scale), study_auc),
+    "method": "mean cross-validated AUC (34 genes, one 5-fold repeat) of the simulated cohorts of this design per "
+              "effect scale, linearly interpolated to the study's AUC; None when no simulated scale reaches it",
+}
+if auc_power:
+    print(f"classifier power at {default[0]} vs {default[1]}: {auc_power['power']:.2f} [{auc_power['ci_low']:.2f}, "
+          f"{auc_power['ci_high']:.2f}] ({len(hits)} cohorts; null 95th percentile {np.quantile(null_auc, 0.95):.3f})")
+calibration
+
+# %%
+dflt = summary[(summary["n_per_group"] == (default[0] if default[0] == default[1] else f"{default[0]}/{default[1]}"))
+               & (summary["effect_scale"] == 1.0)].set_index("test")
+clf = summary[(summary["test"] == "classifier_auc") & (summary["effect_scale"] == 1.0)].set_index("n_per_group")
+findings = {
+    "simulator": sim_source.name, "n_reps": n_reps, "group_sizes": group_sizes, "effect_scales": effect_scales, "n_genes_simulated": sim["n_genes"],
+    "default_design": {"n_cr": default[0], "n_nr": default[1],
+                       "power": {t: {"power": float(r.power), "ci_low": float(r.power_ci_low), "ci_high": float(r.power_ci_high)}
+                                 for t, r in dflt.iterrows() if t != "classifier_auc"},
+                       "classifier_mean_auc": float(dflt.loc["classifier_auc", "mean_auc"]) if "classifier_auc" in dflt.index else None,
+                       "auc_power_method": (f"share of simulated cohorts whose CV AUC has permutation p < 0.05 and "
+                                            f"AUC > 0.5 against a {n_null_perm}-permutation null of one simulated "
+                                            "cohort of the design")},
+    "smallest_n_for_80pct_power": power.smallest_n_for_power(summary, 0.8, 1.0),
+    "classifier": {str(n): {"mean_auc": float(r.mean_auc), "auc_q025": float(r.auc_q025), "auc_q975": float(r.auc_q975),
+                            "mean_hanley_mcneil_ci_width": float(r.mean_ci_width)} for n, r in clf.iterrows()},
+    "study_auc_calibration": calibration,
+}
+if auc_power:
+    findings["default_design"]["power"]["auc_bm_34"] = auc_power
+write_json(findings, Path(results_dir) / "findings" / "09.json")
+write_json({"power_seconds": round(seconds, 1)}, Path(results_dir) / "timings" / "09_power.json")  # not a result
+pd.DataFrame(findings["default_design"]["power"]).T
+
+# %% [markdown]
+# ## Conclusion
+
+# %%
+from IPython.display import Markdown
+
+need = findings["smallest_n_for_80pct_power"]
+pw = findings["default_design"]["power"]
+small = {k: v for k, v in findings["classifier"].items() if k in ("4", "8", "32")}
+cal = findings["study_auc_calibration"]
+scale = cal["effect_scale_for_study_auc"]
+by_scale = ", ".join(f"{float(k):g}x: {v:.2f}" for k, v in cal["mean_cv_auc_by_effect_scale"].items())
+Markdown(
+    f"With the configured effects, 80% power needs " +
+    ", ".join(f"{k.replace('_', ' ')}: {v if v is not None else '> ' + str(max(group_sizes))}" for k, v in need.items()
+              if k != "classifier_auc") +
+    f" patients per group. At this cohort's own design ({default[0]} vs {default[1]}) the power is " +
+    ", ".join(f"{k.replace('_', ' ')} {v['power']:.0%}" for k, v in pw.items()) +
+    f" ({n_reps} simulated cohorts each, exact CIs in the table; the AUC's power by the permutation rule). The "
+    f"classifier's expected cross-validated AUC is " +
+    ", ".join(f"{v['mean_auc']:.2f} (over cohorts {v['auc_q025']:.2f}-{v['auc_q975']:.2f}; mean Hanley-McNeil CI width "
+              f"{v['mean_hanley_mcneil_ci_width']:.2f}) at {k} per group" for k, v in small.items()) +
+    f". At {default[0]} vs {default[1]} its mean AUC by effect scale is {by_scale}: the study's "
+    f"{cal['study_auc']:.2f} is " +
+    (f"expected at {scale:.2f}x the planted effects" if scale is not None
+     else f"not reached at any simulated scale (up to {max(effect_scales):g}x)") +
+    f". {len(raw[['n_cr', 'n_nr', 'effect_scale', 'rep']].drop_duplicates())} cohorts took {seconds:.0f} s."
+)
