@@ -68,7 +68,7 @@ validate: $(STAMP)
 
 # after make all: commit what was measured (scorecard, QC/annotation goals, planted shares, realism) to validation/
 snapshot: $(STAMP)
-	$(PY) -m helpers.validation --cohort $(COHORT)
+	$(PY) -m helpers.validation.snapshot --cohort $(COHORT)
 
 list:
 	@printf '%s\n' $(NOTEBOOKS)
@@ -101,10 +101,10 @@ lab: $(STAMP)
 clean:
 	rm -rf results/$(COHORT) figures/$(COHORT) data/processed/$(COHORT)
 
-# Calibration (issue 15; helpers.calibration): CAL_K null and CAL_K planted cohorts of a small design (CAL_BM and
+# Calibration (issue 15; helpers.validation.calibration): CAL_K null and CAL_K planted cohorts of a small design (CAL_BM and
 # CAL_PB = CR NR patients in marrow and blood, cells per sample) through notebooks 00-10 but 09, CAL_JOBS cohorts at a
 # time with CAL_THREADS threads each, in a scratch project root (.cache/calibration/<design>/); a rerun skips finished
-# cohorts. CAL_ARGS passes more options (python -m helpers.calibration --help), e.g. CAL_ARGS="--analysis '{min_cells: 5}'".
+# cohorts. CAL_ARGS passes more options (python -m helpers.validation.calibration --help), e.g. CAL_ARGS="--analysis '{min_cells: 5}'".
 # The recipe line starts with + so that --output-sync does not hold back the progress bar; under make -n it only prints.
 CAL_K ?= 20
 CAL_BM ?= 6 6
@@ -116,7 +116,7 @@ CAL_JOBS ?= 2
 CAL_THREADS ?= 1
 CAL_POWER_REPS ?= 500
 CAL_ARGS ?=
-CALIBRATE = $(PY) -m helpers.calibration --k $(CAL_K) --bm $(CAL_BM) --pb $(CAL_PB) --bm-cells $(CAL_BM_CELLS) \
+CALIBRATE = $(PY) -m helpers.validation.calibration --k $(CAL_K) --bm $(CAL_BM) --pb $(CAL_PB) --bm-cells $(CAL_BM_CELLS) \
   --pb-cells $(CAL_PB_CELLS) --seed $(CAL_SEED) --jobs $(CAL_JOBS) --threads $(CAL_THREADS) \
   --power-reps $(CAL_POWER_REPS) $(CAL_ARGS)
 .PHONY: calibrate

@@ -1,8 +1,8 @@
 """Peak memory against cells of notebook 01's per-sample steps, with and without the per-sample (Dask) path.
 
 For each size a scaled copy of the default design is built by notebook 00 (as in benchmarks/run.py), then the
-same steps run twice in fresh processes: ``memory`` (the cohort in one AnnData: helpers.qc.qc_filter,
-normalisation, HVGs, PCA) and ``dask`` (helpers.per_sample.preprocess_by_sample on a LocalCluster of two
+same steps run twice in fresh processes: ``memory`` (the cohort in one AnnData: helpers.preprocessing.qc.qc_filter,
+normalisation, HVGs, PCA) and ``dask`` (helpers.preprocessing.per_sample.preprocess_by_sample on a LocalCluster of two
 single-threaded workers). The process tree's summed RSS is sampled every 0.2 s. Writes benchmarks/memory.tsv
 and rewrites benchmarks/results.md.
 
@@ -32,9 +32,11 @@ from pathlib import Path
 
 def main(engine, cohort, out):
     import anndata as ad
-    from helpers import integrate, per_sample
-    from helpers.cohort import load_cohort
-    from helpers.qc import qc_filter
+    from helpers.preprocessing import integrate
+    from helpers.preprocessing.normalise import normalize_log
+    from helpers.preprocessing import per_sample
+    from helpers.data.cohort import load_cohort
+    from helpers.preprocessing.qc import qc_filter
 
     C = load_cohort(cohort)
     t = time.time()
@@ -42,7 +44,7 @@ def main(engine, cohort, out):
         adata = ad.read_h5ad(C.processed_dir / "cells.h5ad")
         kept, table, thr = qc_filter(adata, seed=1)
         del adata
-        integrate.normalize_log(kept)
+        normalize_log(kept)
         integrate.select_hvg(kept, n_top=2000, batch_key="sample_id")
         integrate.run_pca(kept, n_comps=50, seed=1)
         n_kept = kept.n_obs

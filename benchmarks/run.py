@@ -50,7 +50,7 @@ def scaled_cohort(n_cells: int, per_sample: int | None = None) -> str:
     src = ROOT / "data" / "cohorts" / "ifm2017_sim"
     cfg = yaml.safe_load((src / "cohort.yaml").read_text())
     if per_sample:
-        from helpers.simulate import make_design
+        from helpers.data.simulate import make_design
 
         n_s = max(4, int(round(n_cells / per_sample)))
         samples = make_design(n_s // 2, n_s - n_s // 2, seed=cfg["seed"], n_batches=4)
@@ -168,7 +168,7 @@ def write_report() -> Path:
                   markdown_table(mem), "",
                   "The steps notebook 01 can run either way: read counts, QC metrics and thresholds, Scrublet and "
                   "co-expression doublets, normalisation, HVGs, PCA. `memory`: one process holds the cohort "
-                  "(helpers.qc.qc_filter, helpers.integrate). `dask`: helpers.per_sample.preprocess_by_sample on a "
+                  "(helpers.preprocessing.qc.qc_filter, helpers.preprocessing.integrate). `dask`: helpers.preprocessing.per_sample.preprocess_by_sample on a "
                   "LocalCluster of 2 single-threaded workers, one sample per task, shards written to disk. "
                   "`peak_total_gib`: largest sum of RSS over the process tree (driver + workers), sampled every "
                   "0.2 s; `peak_driver_gib`: the driver alone; `peak_worker_gib`: the largest child process (a "

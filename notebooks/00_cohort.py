@@ -34,7 +34,7 @@ results_dir = "results/ifm2017_sim"
 figures_dir = "figures/ifm2017_sim"
 notebook = "00_cohort"
 n_jobs = 2
-engine = "memory"  # or "dask": a real cohort is ingested sample by sample (helpers.per_sample)
+engine = "memory"  # or "dask": a real cohort is ingested sample by sample (helpers.preprocessing.per_sample)
 dask_scheduler = ""  # a Dask scheduler address, or empty for a LocalCluster here
 
 # %%
@@ -42,15 +42,19 @@ import time
 from pathlib import Path
 
 import anndata as ad
-import matplotlib.pyplot as plt
 import numpy as np
-import pandas as pd
 
-from helpers import per_sample, plots
-from helpers.cohort import load_cohort
-from helpers.describe import batch_response_association, design_table, patients_per_group, per_sample_summary
-from helpers.ingest import prepare_cohort
+from helpers.data.cohort import load_cohort
+from helpers.data.describe import (
+    batch_response_association,
+    design_table,
+    patients_per_group,
+    per_sample_summary,
+)
+from helpers.data.ingest import prepare_cohort
 from helpers.io import read_json, save_figure, write_json, write_table
+from helpers.preprocessing import per_sample
+from helpers.report import plots
 
 C = load_cohort(cohort, root=root)
 C.make_dirs()

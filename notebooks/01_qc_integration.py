@@ -39,7 +39,7 @@ qc_nmads = 3.0
 n_hvg = 2000
 n_pcs = 50
 leiden_resolution = 1.0
-engine = "memory"  # or "dask" to run the per-sample steps sample by sample (helpers.per_sample)
+engine = "memory"  # or "dask" to run the per-sample steps sample by sample (helpers.preprocessing.per_sample)
 dask_scheduler = ""  # a Dask scheduler address, or empty for a LocalCluster here
 
 # %%
@@ -49,11 +49,13 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from helpers import integrate, per_sample, plots
-from helpers.cohort import load_cohort
-from helpers.evaluation import has_truth, qc_against_truth
+from helpers.data.cohort import load_cohort
 from helpers.io import save_figure, write_h5ad, write_json, write_table
-from helpers.qc import qc_filter
+from helpers.preprocessing import integrate, per_sample
+from helpers.preprocessing.normalise import normalize_log
+from helpers.preprocessing.qc import qc_filter
+from helpers.report import plots
+from helpers.validation.truth import has_truth, qc_against_truth
 
 C = load_cohort(cohort, root=root)
 engine = C.analysis("engine", engine)
@@ -93,7 +95,7 @@ removed
 
 # %%
 if engine != "dask":  # (the per-sample path has done these steps already)
-    integrate.normalize_log(kept)
+    normalize_log(kept)
     hvg = integrate.select_hvg(kept, n_top=n_hvg, batch_key="sample_id")
     integrate.run_pca(kept, n_comps=n_pcs, seed=seed)
 integrate.harmony(kept, key="sample_id", seed=seed)

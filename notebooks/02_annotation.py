@@ -47,26 +47,27 @@ min_light_chain_restriction = 0.75
 from pathlib import Path
 
 import anndata as ad
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import scanpy as sc
 
-from helpers import annotate, composition, plots
-from helpers.cohort import load_cohort
-from helpers.evaluation import annotation_against_truth, has_truth
+from helpers.analysis import composition
+from helpers.annotation import cell_types, malignant
+from helpers.data.cohort import load_cohort
 from helpers.io import save_figure, write_h5ad, write_json, write_table
+from helpers.report import plots
+from helpers.validation.truth import annotation_against_truth, has_truth
 
 C = load_cohort(cohort, root=root)
 adata = ad.read_h5ad(Path(processed_dir) / "integrated.h5ad")
-markers = annotate.load_markers()
+markers = cell_types.load_markers()
 graph = adata.obsp["connectivities"]
 
 # %% [markdown]
 # ## Compartments and subsets
 
 # %%
-calls = annotate.annotate_cells(adata, graph, markers=markers, seed=seed)
+calls = cell_types.annotate_cells(adata, graph, markers=markers, seed=seed)
 compartment, cell_type = calls["compartment"], calls["cell_type"].copy()
 nk_cd54_split = calls.attrs["nk_cd54_split"]
 adata.obs["compartment"] = compartment.astype("category")
@@ -83,10 +84,10 @@ is_plasma = (compartment == "plasma").to_numpy()
 is_ref = compartment.isin(["T", "NK", "myeloid"]).to_numpy()
 calls = None
 if is_plasma.sum() >= 10:
-    cnv_adata = annotate.infer_cnv(adata, is_plasma, is_ref, seed=seed)
-    cnv_corr = annotate.cnv_profile_correlation(cnv_adata)
-    chains = annotate.light_chain_calls(adata[is_plasma], markers)
-    calls = annotate.call_malignant(adata.obs[is_plasma], chains, cnv_corr,
+    cnv_adata = malignant.infer_cnv(adata, is_plasma, is_ref, seed=seed)
+    cnv_corr = malignant.cnv_profile_correlation(cnv_adata)
+    chains = malignant.light_chain_calls(adata[is_plasma], markers)
+    calls = malignant.call_malignant(adata.obs[is_plasma], chains, cnv_corr,
                                     min_restriction=min_light_chain_restriction,
                                     kappa_share=markers["polyclonal_kappa_share"])
     cell_type[is_plasma] = np.where(calls["malignant"], "malignant_PC", "normal_PC")

@@ -44,15 +44,23 @@ from pathlib import Path
 
 import pandas as pd
 
-from helpers import plots
-from helpers.cohort import load_cohort
+from helpers.analysis.communication import interaction_matrix, liana_by_sample
+from helpers.analysis.findings import (
+    describe,
+    is_not_testable,
+    load_annotated,
+    measure_claim,
+    measure_set_score,
+    not_testable,
+    patient_responses,
+    score_grid,
+)
+from helpers.analysis.stats import compare_groups
 from helpers.claims import CLAIMS, IMMUNE_COMPARTMENTS, resolve_claim_cells
-from helpers.communication import interaction_matrix, liana_by_sample
-from helpers.findings import (describe, is_not_testable, load_annotated, measure_claim, measure_set_score,
-                              not_testable, patient_responses, score_grid)
-from helpers.genesets import gene_set
+from helpers.data.cohort import load_cohort
+from helpers.data.genesets import gene_set
 from helpers.io import save_figure, write_json, write_table
-from helpers.stats import compare_groups
+from helpers.report import plots
 
 C = load_cohort(cohort, root=root)
 min_cells = C.analysis("min_cells", min_cells)

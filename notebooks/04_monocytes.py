@@ -45,14 +45,21 @@ from pathlib import Path
 
 import pandas as pd
 
-from helpers import plots
-from helpers.cohort import load_cohort
+from helpers.analysis.de import deseq2, enrichment_ulm
+from helpers.analysis.findings import (
+    attempt,
+    describe,
+    is_not_testable,
+    load_annotated,
+    measure_claim,
+    measure_set_score,
+    patient_responses,
+)
 from helpers.claims import CLAIMS, NFKB_SET, PHAGOCYTOSIS_SET, testable_pseudobulk
-from helpers.de import deseq2, enrichment_ulm
-from helpers.findings import (attempt, describe, is_not_testable, load_annotated, measure_claim, measure_set_score,
-                              patient_responses)
-from helpers.genesets import gene_set
+from helpers.data.cohort import load_cohort
+from helpers.data.genesets import gene_set
 from helpers.io import save_figure, write_json, write_table
+from helpers.report import plots
 
 C = load_cohort(cohort, root=root)
 min_cells = C.analysis("min_cells", min_cells)
@@ -132,6 +139,7 @@ pd.DataFrame({**claims, **controls}).T
 
 # %%
 from IPython.display import Markdown
+
 
 def line(k, label):
     r = {**claims, **controls}[k]

@@ -47,12 +47,23 @@ from pathlib import Path
 
 import pandas as pd
 
-from helpers import plots
-from helpers.cohort import load_cohort
+from helpers.analysis.findings import (
+    claim,
+    correlation,
+    describe,
+    is_not_testable,
+    load_annotated,
+    measure_claim,
+    measure_gene,
+    not_testable,
+    patient_responses,
+    protein_column,
+    protein_per_patient,
+)
 from helpers.claims import CLAIMS, resolve_claim_cells
-from helpers.findings import (claim, correlation, describe, is_not_testable, load_annotated, measure_claim,
-                              measure_gene, not_testable, patient_responses, protein_column, protein_per_patient)
+from helpers.data.cohort import load_cohort
 from helpers.io import save_figure, write_json, write_table
+from helpers.report import plots
 
 C = load_cohort(cohort, root=root)
 min_cells = C.analysis("min_cells", min_cells)

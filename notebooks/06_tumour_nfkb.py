@@ -48,16 +48,28 @@ from pathlib import Path
 import anndata as ad
 import pandas as pd
 
-from helpers import plots
-from helpers.cohort import load_cohort
-from helpers.claims import (CLAIMS, claim_value_from_pseudobulk, resolve_claim_cells, testable_progeny,
-                            testable_set_score)
-from helpers.findings import (correlation, describe, is_not_testable, load_annotated, measure_scores, measure_set_score,
-                              not_testable)
-from helpers.genesets import gene_set
+from helpers.analysis.findings import (
+    correlation,
+    describe,
+    is_not_testable,
+    load_annotated,
+    measure_scores,
+    measure_set_score,
+    not_testable,
+)
+from helpers.analysis.pseudobulk import log_cpm, progeny_activity
+from helpers.analysis.survival import km_curves, survival_by_score
+from helpers.claims import (
+    CLAIMS,
+    claim_value_from_pseudobulk,
+    resolve_claim_cells,
+    testable_progeny,
+    testable_set_score,
+)
+from helpers.data.cohort import load_cohort
+from helpers.data.genesets import gene_set
 from helpers.io import save_figure, write_json, write_table
-from helpers.pseudobulk import log_cpm, progeny_activity
-from helpers.survival import km_curves, survival_by_score
+from helpers.report import plots
 
 C = load_cohort(cohort, root=root)
 min_cells = C.analysis("min_cells", min_cells)

@@ -54,7 +54,7 @@
 # The effect scale of the simulator that makes 0.96 expected at this design is in notebook 09.
 #
 # **Cohorts without some panel genes** (e.g. a 10x library that does not capture them): the rule, fixed in advance
-# (`helpers.classifier.panel_in_data`), is to run on the panel genes present when at least 2 x top-k and at
+# (`helpers.analysis.classifier.panel_in_data`), is to run on the panel genes present when at least 2 x top-k and at
 # least half of the panel remain (17 of 34 with top 8); the findings name the missing genes
 # (`panel_missing_genes`, `n_panel_genes_used`) and the scorecard marks the AUCs "reduced panel". With fewer genes,
 # fewer than 3 marrow patients per group, or (blood) no blood samples or fewer than 2 blood patients per group,
@@ -85,11 +85,11 @@ from pathlib import Path
 import joblib
 import pandas as pd
 
-from helpers import classifier as clf
-from helpers import plots
-from helpers.cohort import CohortError, load_cohort
-from helpers.findings import attempt, describe, load_annotated, not_testable
+from helpers.analysis import classifier as clf
+from helpers.analysis.findings import attempt, describe, load_annotated, not_testable
+from helpers.data.cohort import CohortError, load_cohort
 from helpers.io import atomic_path, save_figure, write_json, write_table
+from helpers.report import plots
 
 C = load_cohort(cohort, root=root)
 n_perm = int(C.analysis("n_perm", n_perm))

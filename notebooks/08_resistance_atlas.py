@@ -50,11 +50,18 @@ from pathlib import Path
 
 import pandas as pd
 
-from helpers import atlas, plots
+from helpers.analysis import atlas
+from helpers.analysis.findings import (
+    attempt,
+    describe,
+    load_annotated,
+    not_testable,
+    patient_responses,
+)
 from helpers.claims import testable_pseudobulk
-from helpers.cohort import load_cohort
-from helpers.findings import attempt, describe, load_annotated, not_testable, patient_responses
+from helpers.data.cohort import load_cohort
 from helpers.io import save_figure, write_json, write_table
+from helpers.report import plots
 
 C = load_cohort(cohort, root=root)
 min_cells = C.analysis("min_cells", min_cells)

@@ -71,13 +71,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from helpers import plots, power
-from helpers.classifier import (STUDY_AUC, auc_reproduced, cv_auc_null, load_panel, make_model, permutation_p,
-                                scale_reaching_auc, standardise)
-from helpers.pseudobulk import log_cpm
-from helpers.simulate import make_design
-from helpers.cohort import load_cohort
+from helpers.analysis import power
+from helpers.analysis.classifier import (
+    STUDY_AUC,
+    auc_reproduced,
+    cv_auc_null,
+    load_panel,
+    make_model,
+    permutation_p,
+    scale_reaching_auc,
+    standardise,
+)
+from helpers.analysis.pseudobulk import log_cpm
+from helpers.data.cohort import load_cohort
+from helpers.data.simulate import make_design
 from helpers.io import save_figure, write_json, write_table
+from helpers.report import plots
 
 C = load_cohort(cohort, root=root)
 n_reps = int(C.analysis("power_reps", n_reps))

@@ -32,7 +32,7 @@
 # the model refitted on marrow and scored on blood), and the AUC above 0.5. The AUC's CI is the Hanley-McNeil
 # (1982) analytic 95% CI; no CI enters an AUC verdict.
 #
-# **Columns for the reader** (`helpers.scorecard` documents them):
+# **Columns for the reader** (`helpers.report.scorecard` documents them):
 # - `study_value_in_ci`: the study's AUC inside our CI; for a directional claim (the study gives a side, not a
 #   number) True when our whole CI is on the study's side (excludes 0, or 1 for the hazard ratio); NA without a CI.
 # - `power_at_design`: notebook 09's simulated power of the row's test at this cohort's design (NA, with a note,
@@ -55,11 +55,18 @@ notebook = "10_scorecard"
 # %%
 from pathlib import Path
 
-from helpers import plots
-from helpers.cohort import load_cohort
+from helpers.data.cohort import load_cohort
 from helpers.io import atomic_path, read_json, save_figure, write_json, write_table
-from helpers.scorecard import (NOT_TESTABLE_FILE, build_scorecard, not_testable_rows, not_testable_summary,
-                               null_twin_verdicts, render_report, verdict_counts)
+from helpers.report import plots
+from helpers.report.scorecard import (
+    NOT_TESTABLE_FILE,
+    build_scorecard,
+    not_testable_rows,
+    not_testable_summary,
+    null_twin_verdicts,
+    render_report,
+    verdict_counts,
+)
 
 C = load_cohort(cohort, root=root)
 truth_path = Path(processed_dir) / "truth.json"

@@ -19,7 +19,7 @@ os.environ.setdefault("DR_ROOT", str(ROOT))
 os.environ.setdefault("NUMBA_CACHE_DIR", str(ROOT / ".cache" / "numba"))
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-from helpers.validation import GOALS  # noqa: E402  (after the environment above)
+from helpers.validation.snapshot import GOALS  # noqa: E402  (after the environment above
 
 
 @pytest.fixture(scope="session")
@@ -29,7 +29,7 @@ def root() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_cohort():
-    from helpers.cohort import load_cohort
+    from helpers.data.cohort import load_cohort
 
     return load_cohort("tiny", root=ROOT)
 
@@ -37,7 +37,7 @@ def tiny_cohort():
 @pytest.fixture(scope="session")
 def tiny_sim(tiny_cohort):
     """(adata, truth) of the tiny cohort, simulated in memory."""
-    from helpers.simulate import simulate_cohort
+    from helpers.data.simulate import simulate_cohort
 
     return simulate_cohort(tiny_cohort.samples, copy.deepcopy(tiny_cohort.simulation), tiny_cohort.seed,
                            progress=False)
@@ -52,7 +52,7 @@ def null_config(sim: dict) -> dict:
 
 @pytest.fixture(scope="session")
 def tiny_null_sim(tiny_cohort):
-    from helpers.simulate import simulate_cohort
+    from helpers.data.simulate import simulate_cohort
 
     return simulate_cohort(tiny_cohort.samples, null_config(tiny_cohort.simulation), tiny_cohort.seed, progress=False)
 
@@ -74,7 +74,7 @@ def scratch_root(tmp_path: Path) -> Path:
 # ambiguous by construction, so subset labels near a boundary disagree with the truth. Goals are not loosened.
 GOAL_GAP = ("the realistic simulator's homotypic doublets, damage continuum and continua between neighbouring states "
             "(issue 14); QC and annotation were not tuned to it, goals not loosened")
-# the goals (helpers.validation.GOALS, one home); compartment accuracy must hold: it does not depend on continua
+# the goals (helpers.validation.snapshot.GOALS, one home); compartment accuracy must hold: it does not depend on continua
 HARD_GOALS = {k: v for k, v in GOALS.items() if k == "compartment_accuracy"}
 SOFT_GOALS = {k: v for k, v in GOALS.items() if k not in HARD_GOALS}
 
@@ -85,9 +85,9 @@ def missed_goals(found: dict) -> dict[str, float]:
 
 
 def linked_project(root: Path, committed_cohorts: bool = True) -> Path:
-    """A project root under ``root`` linked to this checkout (:func:`helpers.calibration.link_project`): a run there
+    """A project root under ``root`` linked to this checkout (:func:`helpers.validation.calibration.link_project`): a run there
     writes nothing into the checkout; committed cohort definitions are linked unless ``committed_cohorts`` is False."""
-    from helpers.calibration import link_project
+    from helpers.validation.calibration import link_project
 
     return link_project(root, ROOT, cohorts=committed_cohorts)
 

@@ -8,13 +8,15 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from helpers import annotate, composition, stats
+from helpers.analysis import composition, stats
+from helpers.annotation import cell_types, malignant
+from helpers.preprocessing import doublets
 
 
 def _cells(types: dict[str, int], seed=0):
     """Cells expressing their compartment's markers (Poisson, 20 counts each) over 100 background genes;
     other markers at 0.005 (lineage-restricted genes are nearly silent outside their lineage)."""
-    m = annotate.load_markers()
+    m = cell_types.load_markers()
     genes = sorted({g for c in m["compartments"].values() for g in c["markers"]} |
                    {g for comp in m["subsets"].values() for s in comp.values() for g in s["markers"]} |
                    {"ICAM1", "IGKC", "IGLC2", "IGLC3"} | {f"BG{i}" for i in range(100)})
@@ -40,9 +42,9 @@ def _cells(types: dict[str, int], seed=0):
 def test_compartments_and_subsets_from_markers():
     a = _cells({("T", "CD8_effector"): 60, ("myeloid", "mono_classical"): 60, ("B", "B"): 40,
                 ("erythroid", "erythroid"): 30, ("NK", "NK_CD56bright"): 30})
-    comp, _ = annotate.annotate_compartments(a)
+    comp, _ = cell_types.annotate_compartments(a)
     assert (comp.to_numpy() == a.obs["comp"].to_numpy()).mean() > 0.97
-    sub = annotate.annotate_subsets(a, comp)
+    sub = cell_types.annotate_subsets(a, comp)
     assert (sub[a.obs["sub"] == "mono_classical"] == "mono_classical").mean() > 0.9
     assert (sub[a.obs["sub"] == "NK_CD56bright"] == "NK_CD56bright").mean() > 0.9
 
@@ -58,7 +60,7 @@ def _nk_counts(rates: list[float], n: int = 300, seed: int = 0, dispersion: floa
 
 def test_nk_two_states_found_when_present():
     k, size, rate = _nk_counts([0.1, 4.0])
-    fit = annotate.nb_two_state_test(k, size)
+    fit = cell_types.nb_two_state_test(k, size)
     assert fit["delta_bic"] > 10 and fit["fold"] > 4
     called = fit["posterior_high"] > 0.5
     assert (called == (rate == 4.0)).mean() > 0.9
@@ -68,7 +70,7 @@ def test_nk_one_state_is_not_split():
     """One population, even overdispersed with many zeros (as ICAM1 is in real NK cells), is not split."""
     for seed in range(3):
         k, size, _ = _nk_counts([0.5], seed=seed, dispersion=1.5)
-        assert annotate.nb_two_state_test(k, size)["delta_bic"] < 10
+        assert cell_types.nb_two_state_test(k, size)["delta_bic"] < 10
 
 
 def test_split_nk_cd54_labels_and_not_separable():
@@ -78,14 +80,14 @@ def test_split_nk_cd54_labels_and_not_separable():
     i = list(a.var_names).index("ICAM1")
     X[:, i] = k
     a.layers["counts"] = sp.csr_matrix(X)
-    spec = annotate.load_markers()["nk_cd54"]
-    bright, info = annotate.split_nk_cd54(a, np.ones(a.n_obs, bool), spec)
+    spec = cell_types.load_markers()["nk_cd54"]
+    bright, info = cell_types.split_nk_cd54(a, np.ones(a.n_obs, bool), spec)
     assert info["separable"] and (bright == (rate == 6.0)).mean() > 0.9
     X[:, i] = _nk_counts([0.5], n=200, seed=2, dispersion=1.5)[0]
     a.layers["counts"] = sp.csr_matrix(X)
-    bright, info = annotate.split_nk_cd54(a, np.ones(a.n_obs, bool), spec)
+    bright, info = cell_types.split_nk_cd54(a, np.ones(a.n_obs, bool), spec)
     assert bright is None and not info["separable"] and "one ICAM1 state" in info["reason"]
-    bright, info = annotate.split_nk_cd54(a, np.zeros(a.n_obs, bool), spec)
+    bright, info = cell_types.split_nk_cd54(a, np.zeros(a.n_obs, bool), spec)
     assert bright is None and "CD56dim NK cells" in info["reason"]
 
 
@@ -95,10 +97,10 @@ def test_majority_vote_rescues_shallow_cells_and_leaves_noise_unassigned():
     noise = pd.DataFrame({"T": rng.normal(0, 1, 40), "B": rng.normal(0, 1, 40)})  # no programme at all
     scores = pd.concat([weak_t, noise], ignore_index=True)
     clusters = np.array(["a"] * 40 + ["b"] * 40)
-    out = annotate.majority_vote(scores, clusters, min_score=2.0)
+    out = cell_types.majority_vote(scores, clusters, min_score=2.0)
     assert (out[:40] == "T").all()
     assert (out[40:] == "unassigned").mean() > 0.9
-    assert (annotate.majority_vote(scores, None, min_score=2.0)[:40] == "unassigned").mean() > 0.9
+    assert (cell_types.majority_vote(scores, None, min_score=2.0)[:40] == "unassigned").mean() > 0.9
 
 
 def test_plasma_needs_plasma_genes_and_immunoglobulin_load():
@@ -109,10 +111,10 @@ def test_plasma_needs_plasma_genes_and_immunoglobulin_load():
                   [1, 0, 0, 0, 0, 0, 50, 10, 939]])    # surrogate light chain is not immunoglobulin load
     a = ad.AnnData(sp.csr_matrix(X.astype(np.float32)), var=pd.DataFrame(index=genes))
     a.layers["counts"] = a.X.copy()
-    ev = annotate.plasma_evidence(a, annotate.load_markers()["plasma_evidence"])
+    ev = cell_types.plasma_evidence(a, cell_types.load_markers()["plasma_evidence"])
     assert ev["plasma_evidence"].tolist() == [True, False, False, False]
     assert ev["ig_fraction"].iloc[0] == pytest.approx(0.6) and ev["ig_measured"].all()
-    assert "IGLL1" not in annotate.immunoglobulin_genes(a.var_names)
+    assert "IGLL1" not in cell_types.immunoglobulin_genes(a.var_names)
 
 
 def test_coexpression_doublets_flag_mixed_cells():
@@ -121,7 +123,7 @@ def test_coexpression_doublets_flag_mixed_cells():
     mixed = (X[:10] + X[100:110])
     b = ad.AnnData(sp.csr_matrix(np.vstack([X, mixed])), var=a.var.copy())
     b.layers["counts"] = b.X.copy()
-    d = annotate.coexpression_doublets(b)
+    d = doublets.coexpression_doublets(b)
     assert d.iloc[-10:].all() and d.iloc[:200].mean() < 0.02
 
 
@@ -131,13 +133,13 @@ def test_call_malignant_needs_a_clone():
     # restricted (28 kappa of 30) with a CNV clone: malignant = CNV-positive cells not of the other chain
     chains = pd.DataFrame({"light_chain": ["kappa"] * 28 + ["lambda", "kappa"]}, index=idx)
     cc = pd.DataFrame({"cnv_corr": [0.6] * 29 + [0.0], "cut": 0.2}, index=idx)
-    res = annotate.call_malignant(obs, chains, cc)
+    res = malignant.call_malignant(obs, chains, cc)
     assert res["malignant"].tolist() == [True] * 28 + [False, False]
     assert res["restricted"].all() and res["cnv_clone"].all() and res["dominant_chain"].iloc[0] == "kappa"
     # polyclonal (18 kappa / 12 lambda) and CNV-positive at the chance rate: no clone, nothing malignant
     chains = pd.DataFrame({"light_chain": ["kappa"] * 18 + ["lambda"] * 12}, index=idx)
     cc = pd.DataFrame({"cnv_corr": [0.6] + [0.0] * 29, "cut": 0.2}, index=idx)
-    res = annotate.call_malignant(obs, chains, cc)
+    res = malignant.call_malignant(obs, chains, cc)
     assert not res["malignant"].any() and not res["restricted"].any() and not res["cnv_clone"].any()
 
 
@@ -146,9 +148,9 @@ def test_marker_table_overlap_with_the_simulator_is_reported():
     (genes of both, as real biology shares them) is reported, and the simulator never reads the marker table."""
     import inspect
 
-    from helpers import simulate
+    from helpers.data import simulate
 
-    m = annotate.load_markers()
+    m = cell_types.load_markers()
     markers = {g for c in m["compartments"].values() for g in c["markers"]} | \
         {g for comp in m["subsets"].values() for s in comp.values() for g in s["markers"]}
     programmes = {g for t in simulate.load_programs()["types"].values() for g in t["markers"]}

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import annotate
+from helpers.annotation import cell_types
 
 # bulk label -> (expected compartment, acceptable subsets or None)
 EXPECTED = {
@@ -47,7 +47,7 @@ def pbmc68k():
 
     a = sc.datasets.pbmc68k_reduced()
     cells = a.raw.to_adata()  # log1p(CP10k) of 765 genes
-    calls = annotate.annotate_cells(cells, graph=a.obsp["connectivities"], layer=None, seed=0)
+    calls = cell_types.annotate_cells(cells, graph=a.obsp["connectivities"], layer=None, seed=0)
     return a.obs["bulk_labels"].astype(str), calls
 
 

@@ -1,4 +1,4 @@
-"""Resistance-mechanism atlas (helpers.atlas): units on small inputs, then truth and calibration on simulated
+"""Resistance-mechanism atlas (helpers.analysis.atlas): units on small inputs, then truth and calibration on simulated
 cohorts with true cell labels: unplanted mechanisms stay non-significant (one FDR over the atlas), a planted
 positive control is found, and a null cohort yields nothing."""
 from __future__ import annotations
@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import atlas
-from helpers.cohort import load_cohort
-from helpers.simulate import make_design, simulate_cohort
+from helpers.analysis import atlas
+from helpers.data.cohort import load_cohort
+from helpers.data.simulate import make_design, simulate_cohort
 
 
 def test_count_subclones_separates_clear_structure():

@@ -160,8 +160,8 @@ def test_bad_input_exit_2_named_error_outputs_intact(good_run, case):
 
 
 def test_no_cell_left_after_qc_is_an_input_error():
-    from helpers.cohort import InputError
-    from helpers.qc import qc_filter
+    from helpers.data.cohort import InputError
+    from helpers.preprocessing.qc import qc_filter
 
     a = ad.read_h5ad(KANG)[:200].copy()
     a.X = sp.csr_matrix(a.X)
@@ -176,8 +176,8 @@ def test_no_cell_left_after_qc_is_an_input_error():
 
 
 def test_missing_panel_genes_named():
-    from helpers.classifier import panel_features
-    from helpers.cohort import InputError
+    from helpers.analysis.classifier import panel_features
+    from helpers.data.cohort import InputError
 
     a = ad.read_h5ad(KANG)[:50].copy()
     a.obs["patient_id"], a.obs["tissue"], a.obs["response"] = "p1", "BM", "CR"

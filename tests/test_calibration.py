@@ -15,10 +15,10 @@ import copy
 import numpy as np
 import pytest
 
+from helpers.analysis.stats import compare_two_groups
 from helpers.claims import CLAIMS, claim_values
-from helpers.cohort import load_cohort
-from helpers.simulate import make_design, simulate_cohort
-from helpers.stats import compare_two_groups
+from helpers.data.cohort import load_cohort
+from helpers.data.simulate import make_design, simulate_cohort
 
 N_NULL_SEEDS = 20
 

@@ -1,4 +1,4 @@
-"""Calibration of the whole chain (helpers.calibration, `make calibrate`).
+"""Calibration of the whole chain (helpers.validation.calibration, `make calibrate`).
 
 Fast: the summarising functions (exact binomial CI, verdict counts with not-testable rows apart, the pooled null
 row, predicted rates among testable cohorts, the reading checks), seeds and the cohort definitions it writes.
@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import calibration as cal
-from helpers.cohort import load_cohort
+from helpers.data.cohort import load_cohort
+from helpers.validation.snapshot import calibration as cal
 
 CHECKOUT_OUTPUTS = ("data/cohorts", "results", "figures", "data/processed")
 

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from sklearn.base import clone
 
-from helpers import classifier as clf
+from helpers.analysis import classifier as clf
 
 
 def _data(n=24, p=34, signal=0.0, seed=0):
@@ -130,7 +130,7 @@ def test_hanley_mcneil_against_published_example_and_simulation():
     Under the binormal model the SE matches the simulated spread of the rank AUC."""
     from scipy.stats import norm
 
-    from helpers.stats import auc_by_ranks, hanley_mcneil_ci, hanley_mcneil_se
+    from helpers.analysis.stats import auc_by_ranks, hanley_mcneil_ci, hanley_mcneil_se
 
     y = np.r_[np.zeros(58), np.ones(51)]
     ratings = np.r_[np.repeat(np.arange(1, 6), [33, 6, 6, 11, 2]), np.repeat(np.arange(1, 6), [3, 2, 2, 11, 33])]
@@ -190,7 +190,7 @@ def test_rank_auc_and_vectorised_bootstrap_equal_sklearn():
     resampling and scoring each bootstrap draw with scikit-learn one at a time."""
     from sklearn.metrics import roc_auc_score
 
-    from helpers.stats import auc_by_ranks
+    from helpers.analysis.stats import auc_by_ranks
 
     rng = np.random.default_rng(4)
     y = np.array([0] * 9 + [1] * 8)

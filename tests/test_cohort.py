@@ -4,7 +4,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from helpers.cohort import CohortError, load_cohort, notebook_parameters
+from helpers.data.cohort import CohortError, load_cohort, notebook_parameters
 from helpers.runner import main as runner_main
 
 
@@ -94,7 +94,7 @@ def test_paediatric_ages_and_missing_age_pass(scratch_root):
 
 
 def test_simulation_base_is_inherited_and_a_missing_base_is_named(scratch_root):
-    from helpers.cohort import load_cohort
+    from helpers.data.cohort import load_cohort
     tiny = load_cohort("tiny", root=scratch_root)
     assert tiny.simulation["ambient"]["fraction"] == 0.05 and tiny.simulation["n_genes"] == 5000  # base + override
     cfg = scratch_root / "data" / "cohorts" / "tiny" / "cohort.yaml"

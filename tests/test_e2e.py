@@ -8,7 +8,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import GOAL_GAP, HARD_GOALS, SOFT_GOALS, missed_goals
 
 from helpers.runner import main as runner_main
@@ -45,7 +44,7 @@ def test_notebook_runs_on_tiny(tiny_run, nb):
     assert all((f.with_suffix(".pdf")).exists() for f in figs)
 
 
-# QC and annotation goals against the planted truth (helpers.validation.GOALS, which the README states)
+# QC and annotation goals against the planted truth (helpers.validation.snapshot.GOALS, which the README states)
 GOALS = {**HARD_GOALS, **SOFT_GOALS}
 
 

@@ -10,7 +10,7 @@ from sklearn.base import clone
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.feature_selection import SelectFromModel
 
-from helpers.forest import FAST_AVAILABLE, PatientForest
+from helpers.analysis.forest import FAST_AVAILABLE, PatientForest
 
 
 def _table(n, p, seed, signal=1.0, labels=(0, 1)):

@@ -16,9 +16,9 @@ import pytest
 import scipy.io
 import scipy.sparse as sp
 
-from helpers.cohort import load_cohort
-from helpers.ingest import IngestError, ingest_samples, prepare_cohort, read_counts
-from helpers.symbols import update_symbols
+from helpers.data.cohort import load_cohort
+from helpers.data.ingest import IngestError, ingest_samples, prepare_cohort, read_counts
+from helpers.data.symbols import update_symbols
 
 KANG = Path(__file__).parent / "data" / "kang2018_pbmc_ctrl_stim_600cells.h5ad"
 
@@ -203,8 +203,8 @@ def test_empty_sample_refused(kang, tmp_path):
 def test_ingest_by_sample_equals_in_memory_ingest(kang, tmp_path):
     """The per-sample (Dask-ready) ingest of the mixed-format cohort writes the same cells.h5ad content, assembled
     on disk, and the same per-sample summary; a corrupt sample is named through it too."""
-    from helpers import per_sample
-    from helpers.describe import per_sample_summary
+    from helpers.data.describe import per_sample_summary
+    from helpers.preprocessing import per_sample
 
     root, cdir = _cohort_dir(tmp_path, kang)
     c = load_cohort("mine", root=root)
@@ -277,7 +277,7 @@ def test_features_and_old_symbols_same_through_both_ingest_paths(kang, tmp_path)
     """Samples differing in antibodies (S1: CD16/CD38/CD54, S2: CD16, S3 and S4 none) and in reference (S1 uses
     the hg19 name EBI2 for GPR183): one GPR183 column, antibodies NaN where a sample lacks them, the renames in
     uns, absent marker genes named, the same from the in-memory and the per-sample (Dask) ingest."""
-    from helpers import per_sample
+    from helpers.preprocessing import per_sample
 
     antibodies = {0: ["CD16", "CD38", "CD54"], 1: ["CD16"]}
 

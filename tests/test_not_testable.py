@@ -14,13 +14,25 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 import yaml
-
 from conftest import linked_project
+
+from helpers.analysis.findings import (
+    attempt,
+    claim,
+    correlation,
+    describe,
+    is_not_testable,
+    load_annotated,
+    measure_claim,
+    measure_gene,
+    measure_scores,
+    not_testable,
+    not_testable_records,
+    protein_column,
+    protein_per_patient,
+)
 from helpers.claims import CLAIMS, NotTestable, resolve_claim_cells
-from helpers.cohort import load_cohort
-from helpers.findings import (attempt, claim, correlation, describe, is_not_testable, load_annotated, measure_claim,
-                              measure_gene, measure_scores, not_testable, not_testable_records,
-                              protein_column, protein_per_patient)
+from helpers.data.cohort import load_cohort
 
 ROOT = Path(__file__).resolve().parents[1]
 GENES = ["FCGR3A", "ICAM1", "NKG7", "CD14", "LYZ"] + [f"G{i}" for i in range(195)]
@@ -200,9 +212,9 @@ def test_degraded_cohort_notebooks_complete(tiny_sim, tmp_path, monkeypatch, cap
     """Notebooks 03-08 and 10 complete on a marrow-only cohort without tumour cells, nonclassical and IFN monocytes,
     CD54 split, blood samples, flow or bulk tables and 12 of the 34 classifier genes; what cannot be measured is
     recorded as not testable (findings, scorecard, not_testable.txt), the rest is measured."""
-    from helpers.classifier import load_panel
+    from helpers.analysis.classifier import load_panel
+    from helpers.report.scorecard import NOT_TESTABLE_FILE
     from helpers.runner import main as runner_main
-    from helpers.scorecard import NOT_TESTABLE_FILE
 
     root = linked_project(tmp_path / "project", committed_cohorts=False)
     cdir = root / "data" / "cohorts" / "zz_degraded"

@@ -32,7 +32,7 @@ def test_stripped_and_parameterised(path):
     assert len(tagged) == 1, f"{path.name}: needs exactly one cell tagged 'parameters'"
     src = "".join(tagged[0]["source"])
     names = {t.id for node in ast.parse(src).body if isinstance(node, ast.Assign) for t in node.targets}
-    from helpers.cohort import load_cohort, notebook_parameters
+    from helpers.data.cohort import load_cohort, notebook_parameters
     expected = set(notebook_parameters(load_cohort("tiny", root=ROOT), path.stem))
     assert expected <= names, f"{path.name}: parameters cell lacks {expected - names}"
     # the first markdown cell says what the notebook reproduces

@@ -5,16 +5,16 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
-
-from conftest import GOAL_GAP, missed_goals
 import scipy.sparse as sp
+from conftest import GOAL_GAP, missed_goals
 
-from helpers import integrate
-from helpers import per_sample as ps
-from helpers.cohort import InputError
-from helpers.ingest import IngestError
-from helpers.pseudobulk import pseudobulk_by_patient
-from helpers.qc import qc_filter
+from helpers.analysis.pseudobulk import pseudobulk_by_patient
+from helpers.data.cohort import InputError
+from helpers.data.ingest import IngestError
+from helpers.preprocessing import integrate
+from helpers.preprocessing import per_sample as ps
+from helpers.preprocessing.normalise import normalize_log
+from helpers.preprocessing.qc import qc_filter
 
 
 def _counts(n_cells=300, n_genes=400, n_batches=3, seed=0):
@@ -42,7 +42,7 @@ def test_combine_hvg_is_scanpys_batch_rule():
 
 def test_pca_from_summed_moments_is_exact():
     a = _counts(n_cells=600, seed=1)
-    integrate.normalize_log(a)
+    normalize_log(a)
     a.var["highly_variable"] = True
     integrate.run_pca(a, n_comps=10, seed=0)
     X = a.X.astype(np.float64)
@@ -98,7 +98,7 @@ def test_per_sample_hvg_pca_pseudobulk_equal_in_memory_on_the_same_cells(tiny_ce
     adata, _ = tiny_cells
     qc, hv, scores, fit, pb = dask_run
     kept = adata[qc.table.loc[adata.obs_names, "keep"].to_numpy()].copy()
-    integrate.normalize_log(kept)
+    normalize_log(kept)
     ref_hvg = integrate.select_hvg(kept, n_top=300, batch_key="sample_id")
     assert set(hv.index[hv["highly_variable"]]) == set(ref_hvg)
     integrate.run_pca(kept, n_comps=20, seed=0)

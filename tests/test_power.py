@@ -1,4 +1,4 @@
-"""Small-cohort power (helpers.power): the pseudobulk-level simulator agrees with the cell-level one, power is
+"""Small-cohort power (helpers.analysis.power): the pseudobulk-level simulator agrees with the cell-level one, power is
 near the test size under the null and high for large planted effects, and results do not depend on n_jobs."""
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import copy
 import numpy as np
 import pytest
 
-from helpers import power
+from helpers.analysis import power
+from helpers.analysis.pseudobulk import log_cpm, pseudobulk_by_patient
 from helpers.claims import CLAIMS
-from helpers.cohort import load_cohort
-from helpers.pseudobulk import log_cpm, pseudobulk_by_patient
-from helpers.simulate import cohort_model, make_design, simulate_cohort
+from helpers.data.cohort import load_cohort
+from helpers.data.simulate import cohort_model, make_design, simulate_cohort
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def test_classifier_summary_reports_hanley_mcneil_width():
     cohort's AUC and group sizes), not the no-refit bootstrap interval one_cohort also returns."""
     import pandas as pd
 
-    from helpers.stats import hanley_mcneil_ci
+    from helpers.analysis.stats import hanley_mcneil_ci
 
     raw = pd.DataFrame({"n_per_group": [8, 8], "n_cr": [8, 8], "n_nr": [8, 8], "effect_scale": [1.0, 1.0],
                         "rep": [0, 1], "test": "classifier_auc", "effect": [0.8, 0.9], "p": None, "significant": None,

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from helpers import classifier as clf
-from helpers.predict import main as predict_main
+from helpers.analysis import classifier as clf
+from helpers.analysis.predict import main as predict_main
 
 
 @pytest.fixture(scope="module")

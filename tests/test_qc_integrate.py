@@ -7,9 +7,10 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from helpers import integrate
-from helpers.evaluation import qc_against_truth
-from helpers.qc import apply_thresholds, mad_thresholds, qc_metrics
+from helpers.preprocessing import integrate
+from helpers.preprocessing.normalise import normalize_log
+from helpers.preprocessing.qc import apply_thresholds, mad_thresholds, qc_metrics
+from helpers.validation.truth import qc_against_truth
 
 
 def _toy(n=200, seed=0):
@@ -63,7 +64,7 @@ def test_qc_against_truth_counts():
 
 def test_normalize_keeps_counts():
     a = _toy()
-    integrate.normalize_log(a)
+    normalize_log(a)
     X = a.layers["counts"].toarray()
     expect = np.log1p(X / X.sum(1, keepdims=True) * 1e4)
     assert np.allclose(a.X.toarray(), expect, atol=1e-5)
@@ -89,7 +90,7 @@ def test_harmony_shape_mixing_and_no_response():
 
 
 def test_scrublet_same_result_any_n_jobs(tiny_sim):
-    from helpers.qc import call_doublets
+    from helpers.preprocessing.doublets import call_doublets
 
     a = tiny_sim[0]
     a = a[a.obs["sample_id"].isin(["P01_BM", "P02_BM"])].copy()

@@ -15,11 +15,11 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 import yaml
-
-from helpers.cohort import load_cohort
-from helpers.ingest import ingest_samples
 from conftest import linked_project
 from realcohort import ANTIBODIES, PLANTED_FILE, build_real_cohort
+
+from helpers.data.cohort import load_cohort
+from helpers.data.ingest import ingest_samples
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME = "zz_real_cells"

@@ -1,8 +1,6 @@
 """The papermill runner: atomic outputs, a failing notebook names its cell and keeps previous good outputs."""
 from __future__ import annotations
 
-import json
-
 import nbformat
 import pytest
 
@@ -48,8 +46,8 @@ def test_not_testable_summary_printed_when_written_by_this_run(tmp_path, capsys)
     import os
     import time
 
+    from helpers.report.scorecard import NOT_TESTABLE_FILE
     from helpers.runner import print_not_testable
-    from helpers.scorecard import NOT_TESTABLE_FILE
 
     t0 = time.time()
     print_not_testable(tmp_path, since=t0)  # no summary: nothing printed

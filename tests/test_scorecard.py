@@ -8,7 +8,7 @@ import subprocess
 import pandas as pd
 import pytest
 
-from helpers.scorecard import build_scorecard, primary_claim, render_report
+from helpers.report.scorecard import build_scorecard, primary_claim, render_report
 
 INFLAMMATION = primary_claim("inflammation")  # the claim key the inflammation row reads (helpers.claims)
 
@@ -56,7 +56,7 @@ def _auc_findings(d, **aucs):
 def test_auc_verdict_uses_permutation_p_and_direction(tmp_path):
     """Every AUC row, blood included, is judged by its permutation p (< 0.05) and the AUC above 0.5; the CI does
     not enter the verdict (a CI above 0.5 with p = 0.3 is not reproduced, one covering 0.5 with p = 0.01 is)."""
-    from helpers.scorecard import COLUMNS, verdict_auc
+    from helpers.report.scorecard import COLUMNS, verdict_auc
 
     _auc_findings(tmp_path, auc_bm_34=(0.7, 0.55, 0.85, 0.3), auc_bm_top8=(0.62, 0.45, 0.8, 0.01),
                   auc_pb_top8=(0.2, 0.05, 0.35, 0.001))
@@ -77,7 +77,7 @@ def test_study_value_in_ci_power_and_null_twin(findings, tmp_path):
     """study_value_in_ci: an AUC inside our CI; a direction when our whole CI is on the study's side. Power at the
     design comes from 09.json (NA with a note when 09 does not simulate the test); the null twin's verdict from
     results/<twin>/scorecard.csv of the twin the cohort names (none: no verdicts)."""
-    from helpers.scorecard import null_twin_verdicts, study_value_in_ci
+    from helpers.report.scorecard import null_twin_verdicts, study_value_in_ci
 
     NULL_TWIN = "ifm2017_null"
 
@@ -130,8 +130,12 @@ def test_report_renders(findings, tmp_path):
 def test_not_testable_rows_counted_and_listed(tmp_path):
     """Not-testable records become 'not testable: <reason>' verdicts, are counted apart and listed with the other
     not-testable readouts of the findings; a reduced classifier panel is noted on the AUC rows."""
-    from helpers.findings import not_testable
-    from helpers.scorecard import not_testable_rows, not_testable_summary, verdict_counts
+    from helpers.analysis.findings import not_testable
+    from helpers.report.scorecard import (
+        not_testable_rows,
+        not_testable_summary,
+        verdict_counts,
+    )
 
     d = tmp_path / "findings"
     d.mkdir()
@@ -173,7 +177,7 @@ def test_not_testable_rows_counted_and_listed(tmp_path):
 
 def test_confounded_design_flags_rows_of_that_tissue(tmp_path):
     """A batch confounded with the response in blood (notebook 00's association) is noted on the blood AUC row."""
-    from helpers.scorecard import build_scorecard, confounded_design_note
+    from helpers.report.scorecard import build_scorecard, confounded_design_note
     d = tmp_path / "findings"
     d.mkdir()
     assoc = [{"tissue": "PB", "confounded": True, "cramers_v": 0.8, "p": 0.01},

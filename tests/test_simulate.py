@@ -9,11 +9,18 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from conftest import null_config, pseudobulk_effect
 from scipy import stats
 
-from conftest import null_config, pseudobulk_effect
-from helpers.simulate import (build_gene_model, required_genes, make_design, matrix_hash, reference_path, simulate_bulk,
-                              simulate_cohort)
+from helpers.data.simulate import (
+    build_gene_model,
+    make_design,
+    matrix_hash,
+    reference_path,
+    required_genes,
+    simulate_bulk,
+    simulate_cohort,
+)
 
 
 def test_same_seed_same_matrix_any_n_jobs(tiny_cohort, tiny_sim):
@@ -45,7 +52,7 @@ def test_output_layout(tiny_sim):
 def test_default_universe_real_symbols():
     gm = build_gene_model(16000, 2017031)
     assert len(gm.genes) >= 15000 and gm.genes.is_unique
-    from helpers.genesets import gene_positions
+    from helpers.data.genesets import gene_positions
     ref = ad.read_h5ad(reference_path(), backed="r")
     known = set(gene_positions().index) | set(ref.var_names) | set(required_genes())
     assert set(gm.genes) <= known, sorted(set(gm.genes) - known)[:10]
@@ -179,7 +186,7 @@ def test_tumour_clonal_light_chain_and_cnv(tiny_sim):
         lam = np.asarray(X[m][:, a.var_names.get_indexer(["IGLC2", "IGLC3"])].sum())
         assert (k > 5 * lam) if pt["light_chain"] == "kappa" else (lam > 5 * k), pid
     # a trunk loss lowers expression of the segment's genes in the tumour relative to normal plasma cells
-    from helpers.genesets import gene_positions
+    from helpers.data.genesets import gene_positions
     pos = gene_positions().reindex(a.var_names)
     seen = 0
     for pid, pt in truth["patients"].items():
@@ -208,7 +215,7 @@ def test_blood_has_no_marrow_resident_types(tiny_sim):
 
 
 def test_bulk_hazard_rises_with_nfkb(tiny_cohort):
-    from helpers.simulate import cohort_model
+    from helpers.data.simulate import cohort_model
     sim = dict(copy.deepcopy(tiny_cohort.simulation), n_genes=3000)
     model = cohort_model(sim, 3)
     bulk_cfg = dict(tiny_cohort.simulation["bulk"], n_patients=400, hazard_ratio=2.0)
@@ -222,7 +229,7 @@ def test_bulk_hazard_rises_with_nfkb(tiny_cohort):
 
 def test_batches_are_stratified_by_response():
     """No batch stands in for the response: every batch holds both groups, in numbers at most one apart."""
-    from helpers.describe import batch_response_association
+    from helpers.data.describe import batch_response_association
 
     for seed in range(20):
         d = make_design(11, 10, seed=seed, n_batches=4)
@@ -250,7 +257,7 @@ def test_damage_doublet_and_continuum_truth(tiny_sim):
 def test_effects_cover_part_of_their_pathway_and_genes_outside(tiny_cohort, tiny_sim):
     """Each pathway effect touches 30-60% of its pathway plus genes outside every tested set; the IFN-monocyte
     NF-kB plant is disjoint from the inflammation plant; truth.json records the planted share of each tested set."""
-    from helpers.simulate import tested_genes
+    from helpers.data.simulate import tested_genes
     _, truth = tiny_sim
     lo, hi = tiny_cohort.simulation["planting"]["pathway_fraction"]
     for name, e in truth["effects"].items():
@@ -268,7 +275,7 @@ def test_effects_cover_part_of_their_pathway_and_genes_outside(tiny_cohort, tiny
 
 def test_flow_partially_linked_to_rna(tiny_cohort):
     """Flow cytometry follows the CD16 RNA effect only partly (own patient variation and assay noise)."""
-    from helpers.simulate import draw_patients, simulate_flow
+    from helpers.data.simulate import draw_patients, simulate_flow
     sim = copy.deepcopy(tiny_cohort.simulation)
     design = make_design(100, 100, seed=5)
     patients = draw_patients(design, sim, 5)
@@ -279,7 +286,7 @@ def test_flow_partially_linked_to_rna(tiny_cohort):
 
 
 def test_every_knob_comes_from_the_cohort(tiny_cohort):
-    from helpers.simulate import knob
+    from helpers.data.simulate import knob
     sim = copy.deepcopy(tiny_cohort.simulation)
     assert knob(sim, "ambient.fraction") == 0.05  # inherited from ifm2017_sim through 'base'
     del sim["ambient"]
@@ -290,7 +297,7 @@ def test_every_knob_comes_from_the_cohort(tiny_cohort):
 @pytest.fixture(scope="module")
 def default_blood():
     """The default cohort's blood samples (20 patients, ~23,000 cells), simulated in memory."""
-    from helpers.cohort import load_cohort
+    from helpers.data.cohort import load_cohort
     c = load_cohort("ifm2017_sim")
     a, _ = simulate_cohort(c.samples[c.samples.tissue == "PB"], copy.deepcopy(c.simulation), c.seed, n_jobs=2,
                            progress=False)
@@ -298,9 +305,9 @@ def default_blood():
 
 
 def test_simulated_blood_no_more_separable_than_real_pbmc(default_blood):
-    """The realism recipe (helpers.realism): silhouette of the true coarse types in simulated blood is no more than
+    """The realism recipe (helpers.validation.realism): silhouette of the true coarse types in simulated blood is no more than
     0.05 above real PBMC's (pbmc68k_reduced), same genes, types and numbers; zero fractions within 0.1."""
-    from helpers.realism import silhouette_against_reference
+    from helpers.validation.realism import silhouette_against_reference
     r = silhouette_against_reference(default_blood)
     assert r["silhouette_simulated"] <= r["silhouette_reference"] + 0.05, r
     assert abs(r["zero_fraction_simulated"] - r["zero_fraction_reference"]) < 0.1, r
@@ -310,10 +317,10 @@ def test_simulated_blood_no_more_separable_than_real_pbmc(default_blood):
 def test_nfkb_control_separates_nfkb_from_inflammation(tiny_cohort, planted, significant):
     """IFN monocytes share inflammatory genes with PROGENy NFkB: with only inflammation planted, the control readout
     (NF-kB activity on targets outside the Hallmark inflammatory set) stays null; with only NF-kB planted it is found.
-    12 vs 12 patients, pseudobulks drawn from the simulator (helpers.power), one fixed seed."""
+    12 vs 12 patients, pseudobulks drawn from the simulator (helpers.analysis.power), one fixed seed."""
+    from helpers.analysis.power import claim_cell_groups, simulate_pseudobulks
+    from helpers.analysis.stats import compare_two_groups
     from helpers.claims import claim_value_from_pseudobulk
-    from helpers.power import claim_cell_groups, simulate_pseudobulks
-    from helpers.stats import compare_two_groups
     sim = dict(copy.deepcopy(tiny_cohort.simulation), n_genes=4000)
     for name, e in sim["effects"].items():
         e["strength"] = 1.5 if name == planted else 0.0

@@ -8,8 +8,14 @@ import pytest
 import scipy.sparse as sp
 from scipy import stats as ss
 
-from helpers import stats
-from helpers.pseudobulk import gene_per_patient, log_cpm, progeny_activity, pseudobulk_by_patient, set_score
+from helpers.analysis import stats
+from helpers.analysis.pseudobulk import (
+    gene_per_patient,
+    log_cpm,
+    progeny_activity,
+    pseudobulk_by_patient,
+    set_score,
+)
 
 
 def test_mann_whitney_cdf_matches_scipy_exact():
@@ -79,7 +85,7 @@ def test_pseudobulk_sums_by_hand():
 def test_deseq2_matches_hand_computed_fold_change():
     """With identical other genes the median-of-ratios size factors are 1 and the NB GLM MLE of the
     log2 fold change is exactly log2(mean NR / mean CR) of the target gene."""
-    from helpers.de import deseq2
+    from helpers.analysis.de import deseq2
 
     rng = np.random.default_rng(0)
     n = 8
@@ -105,7 +111,7 @@ def test_set_score_and_progeny_direction():
     assert s.iloc[5:].min() > s.iloc[:5].max()
     with pytest.raises(ValueError, match="expressed"):
         set_score(L, ["nope1", "nope2"])
-    from helpers.genesets import progeny_weights
+    from helpers.data.genesets import progeny_weights
     net = progeny_weights()
     nf = net[(net.source == "NFkB") & (net.weight > 0)].target.tolist()
     cols = list(dict.fromkeys(genes + net.target.tolist()))
@@ -116,7 +122,7 @@ def test_set_score_and_progeny_direction():
 
 
 def test_survival_recovers_hazard_ratio():
-    from helpers.survival import survival_by_score
+    from helpers.analysis.survival import survival_by_score
 
     rng = np.random.default_rng(3)
     z = rng.normal(size=800)

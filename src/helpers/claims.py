@@ -4,7 +4,7 @@ calibration tests and the scorecard (so what is tested is exactly what the noteb
 A claim is testable in a cohort when at least ``MIN_PATIENTS_PER_GROUP`` patients of each response group have
 at least ``min_cells`` cells of the claim's cell types (the pseudobulk rule) and the claim's feature (gene,
 gene set with enough expressed genes) is in the data; otherwise :class:`NotTestable` is raised with the reason,
-and the notebooks record ``{"status": "not testable", "reason": ...}`` (:mod:`helpers.findings`)."""
+and the notebooks record ``{"status": "not testable", "reason": ...}`` (:mod:`helpers.analysis.findings`)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,13 @@ from typing import Any, Callable, Iterable
 import anndata as ad
 import pandas as pd
 
-from .genesets import gene_set, progeny_weights
-from .pseudobulk import log_cpm, progeny_activity, pseudobulk_by_patient, set_score
+from helpers.analysis.pseudobulk import (
+    log_cpm,
+    progeny_activity,
+    pseudobulk_by_patient,
+    set_score,
+)
+from helpers.data.genesets import gene_set, progeny_weights
 
 IMMUNE_COMPARTMENTS = ["myeloid", "T", "NK", "B"]
 UNASSIGNED = "unassigned"  # annotation's label for cells it could not place: never a cell type of a claim
@@ -188,12 +193,12 @@ def _not_testable_if_unmeasurable(score: Callable[..., pd.Series], logcpm: pd.Da
 
 
 def testable_set_score(logcpm: pd.DataFrame, genes: list[str], name: str = "the set") -> pd.Series:
-    """:func:`helpers.pseudobulk.set_score`; too few expressed genes of the set make it :class:`NotTestable`."""
+    """:func:`helpers.analysis.pseudobulk.set_score`; too few expressed genes of the set make it :class:`NotTestable`."""
     return _not_testable_if_unmeasurable(set_score, logcpm, genes, name)
 
 
 def testable_progeny(logcpm: pd.DataFrame, pathway: str, exclude: Iterable[str] = ()) -> pd.Series:
-    """:func:`helpers.pseudobulk.progeny_activity` (targets in ``exclude`` left out); too few expressed targets or
+    """:func:`helpers.analysis.pseudobulk.progeny_activity` (targets in ``exclude`` left out); too few expressed targets or
     samples make it :class:`NotTestable`."""
     return _not_testable_if_unmeasurable(lambda L, pw: progeny_activity(L, pw, exclude=exclude), logcpm, pathway,
                                          f"PROGENy {pathway}")

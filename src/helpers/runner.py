@@ -8,7 +8,7 @@ results/<cohort>/params/<notebook>.yaml, executes the notebook into a temporary 
 cell succeeded moves it to results/<cohort>/notebooks/ and exports HTML to results/<cohort>/html/.
 A failing notebook leaves the previous good outputs in place, keeps the failed copy as
 ``<name>.failed.ipynb`` and exits 1 naming the notebook and the cell; when the cell raised an input error
-(``helpers.cohort.InputError``: unusable counts, missing panel genes, no cell left after QC, ...) it exits 2
+(``helpers.data.cohort.InputError``: unusable counts, missing panel genes, no cell left after QC, ...) it exits 2
 with that error's message instead. A claim the cohort cannot measure is not an error: the notebooks record it
 as not testable, and when a run writes results/<cohort>/not_testable.txt (notebook 10) the runner prints it.
 """
@@ -23,9 +23,9 @@ from pathlib import Path
 
 import yaml
 
-from .cohort import CohortError, load_cohort, notebook_parameters
-from .describe import batch_response_association
-from .io import atomic_path
+from helpers.data.cohort import CohortError, load_cohort, notebook_parameters
+from helpers.data.describe import batch_response_association
+from helpers.io import atomic_path
 
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 
@@ -104,7 +104,7 @@ def run_notebook(cohort_name: str, notebook: str | Path, kernel: str = "python3"
 def print_not_testable(results_dir: Path, since: float) -> None:
     """Print the cohort's summary of what could not be tested (written by the scorecard notebook) when this run
     wrote it, so ``make all`` ends with it."""
-    from .scorecard import NOT_TESTABLE_FILE
+    from helpers.report.scorecard import NOT_TESTABLE_FILE
 
     summary = results_dir / NOT_TESTABLE_FILE
     if summary.exists() and summary.stat().st_mtime >= since:
@@ -135,7 +135,7 @@ class NotebookInputError(RuntimeError):
     pass
 
 
-# exceptions raised inside a notebook that mean "the input is wrong" (helpers.cohort.InputError and subclasses)
+# exceptions raised inside a notebook that mean "the input is wrong" (helpers.data.cohort.InputError and subclasses)
 INPUT_ERRORS = {"InputError", "CohortError", "IngestError"}
 
 

@@ -16,6 +16,8 @@ import scanpy as sc
 import scipy.sparse as sp
 from sklearn.metrics import silhouette_score
 
+from helpers.preprocessing.normalise import lognorm_matrix
+
 # pbmc68k_reduced's bulk_labels -> coarse type (CD34+ progenitors are left out: blood cohorts hold none)
 REFERENCE_COARSE = {
     "CD14+ Monocyte": "monocyte", "Dendritic": "DC", "CD19+ B": "B",
@@ -72,8 +74,7 @@ def matched_simulated_cells(sim: ad.AnnData, reference: ad.AnnData, seed: int = 
     idx = np.concatenate(picks)
     sub = ad.AnnData(X=sp.csr_matrix(sim.X[idx], dtype=np.float32), obs=pd.DataFrame(
         {"coarse": coarse.to_numpy()[idx]}, index=sim.obs_names[idx]), var=pd.DataFrame(index=sim.var_names))
-    sc.pp.normalize_total(sub, target_sum=1e4)
-    sc.pp.log1p(sub)
+    sub.X = lognorm_matrix(sub)  # raw counts in X: the compendium's one normalisation
     shared = [g for g in reference.var_names if g in set(sub.var_names)]
     return sub[:, shared].copy()
 

@@ -7,7 +7,6 @@ Makefile's runner (:mod:`helpers.runner`) and the tests all go through :func:`lo
 from __future__ import annotations
 
 import copy
-
 import os
 import warnings
 from dataclasses import dataclass, field

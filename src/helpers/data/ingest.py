@@ -3,7 +3,7 @@
 
 Only 'Gene Expression' features are counts (X): 'Antibody Capture' counts go to ``obsm['protein_counts']``
 (cells x antibodies, NaN for cells of samples without that antibody), other feature types (CRISPR, Peaks,
-Custom) are dropped with a warning. Previous gene symbols are mapped to current ones (:mod:`helpers.symbols`),
+Custom) are dropped with a warning. Previous gene symbols are mapped to current ones (:mod:`helpers.data.symbols`),
 the decisions kept in ``uns['symbol_renames']``.
 """
 
@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .cohort import Cohort, InputError
-from .symbols import update_symbols, warn_missing_genes
+from helpers.data.cohort import Cohort, InputError
+from helpers.data.symbols import update_symbols, warn_missing_genes
 
 DESIGN_COLUMNS = ["sample_id", "patient_id", "tissue", "response", "age", "batch"]
 GENE_EXPRESSION = "Gene Expression"
@@ -259,8 +259,8 @@ def ingest_samples(samples: pd.DataFrame, cohort_dir: Path) -> ad.AnnData:
 
 def prepare_cohort(cohort: Cohort, n_jobs: int = 2, progress: bool = True) -> dict[str, Path]:
     """Build (simulated) or ingest (real) a cohort into data/processed/<cohort>/cells.h5ad."""
-    from .io import write_h5ad
-    from .simulate import build_simulated_cohort
+    from helpers.data.simulate import build_simulated_cohort
+    from helpers.io import write_h5ad
 
     if cohort.kind == "simulated":
         return build_simulated_cohort(cohort, n_jobs=n_jobs, progress=progress)

@@ -37,9 +37,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from .claims import CLAIMS
-from .classifier import STUDY_AUC, auc_reproduced
-from .findings import NOT_TESTABLE, is_not_testable, not_testable_records
+from helpers.analysis.classifier import STUDY_AUC, auc_reproduced
+from helpers.analysis.findings import (
+    NOT_TESTABLE,
+    is_not_testable,
+    not_testable_records,
+)
+from helpers.claims import CLAIMS
 
 
 def primary_claim(planted: str) -> str:
@@ -277,7 +281,7 @@ def _img(path: Path) -> str:
 
 def render_report(cohort: str, scorecard: pd.DataFrame, html_dir: Path, figures_dir: Path, out: Path) -> Path:
     """One offline page: the scorecard, links to every executed notebook's HTML, every figure embedded."""
-    from .io import atomic_path
+    from helpers.io import atomic_path
 
     links = "".join(f'<li><a href="html/{p.name}">{html.escape(p.stem)}</a></li>' for p in sorted(html_dir.glob("*.html")))
     figs = "".join(_img(p) for p in sorted(figures_dir.glob("*.png")))

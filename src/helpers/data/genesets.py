@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .cohort import project_root
+from helpers.data.cohort import project_root
 
 
 def genesets_dir() -> Path:

@@ -20,10 +20,19 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sstats
 
-from .claims import CLAIMS, IMMUNE_COMPARTMENTS, claim_value_from_pseudobulk
-from .simulate import (_stable_int, cohort_model, draw_patients, expected_cell_profiles, knob, load_programs, make_design,
-                       sample_library_median, sample_profiles)
-from .stats import compare_two_groups, hanley_mcneil_ci
+from helpers.analysis.stats import compare_two_groups, hanley_mcneil_ci
+from helpers.claims import CLAIMS, IMMUNE_COMPARTMENTS, claim_value_from_pseudobulk
+from helpers.data.simulate import (
+    _stable_int,
+    cohort_model,
+    draw_patients,
+    expected_cell_profiles,
+    knob,
+    load_programs,
+    make_design,
+    sample_library_median,
+    sample_profiles,
+)
 
 ALL_CELLS = "__all__"
 
@@ -100,7 +109,12 @@ def scaled_config(sim: dict[str, Any], scale: float) -> dict[str, Any]:
 def one_cohort(n_cr: int, n_nr: int, scale: float, rep: int, sim: dict[str, Any], seed: int, model,
                panel: list[str] | None = None, min_cells: int = 10) -> list[dict[str, Any]]:
     """Simulate one cohort of the design and return one record per claim test (and the classifier's AUC)."""
-    from .classifier import bootstrap_auc_ci, cross_validate, make_model, standardise
+    from helpers.analysis.classifier import (
+        bootstrap_auc_ci,
+        cross_validate,
+        make_model,
+        standardise,
+    )
 
     cseed = int(seed + 7919 * rep + 104729 * n_cr + 13 * n_nr + int(round(scale * 1000)))
     samples = make_design(n_cr, n_nr, seed=cseed, n_batches=max(2, min(4, (n_cr + n_nr) // 4)))
@@ -123,7 +137,7 @@ def one_cohort(n_cr: int, n_nr: int, scale: float, rep: int, sim: dict[str, Any]
         hit = rec["p"] is not None and rec["p"] < 0.05 and rec["direction"] == c.expected
         out.append({**base, "test": name, "effect": rec["effect"], "p": rec["p"], "significant": bool(hit)})
     if panel is not None and ALL_CELLS in pbs:
-        from .pseudobulk import log_cpm
+        from helpers.analysis.pseudobulk import log_cpm
 
         pb = pbs[ALL_CELLS]
         Z, _ = standardise(log_cpm(pb)[panel])

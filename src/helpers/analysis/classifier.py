@@ -21,11 +21,11 @@ from sklearn.model_selection import RepeatedStratifiedKFold
 from sklearn.pipeline import Pipeline
 from tqdm.auto import tqdm
 
-from .claims import NotTestable, testable_pseudobulk
-from .cohort import InputError, project_root
-from .forest import PatientForest
-from .pseudobulk import log_cpm
-from .stats import auc_by_ranks, hanley_mcneil_ci
+from helpers.analysis.forest import PatientForest
+from helpers.analysis.pseudobulk import log_cpm
+from helpers.analysis.stats import auc_by_ranks, hanley_mcneil_ci
+from helpers.claims import NotTestable, testable_pseudobulk
+from helpers.data.cohort import InputError, project_root
 
 MIN_PATIENTS_CV = 3  # per group, for cross-validated AUCs (stratified k-fold needs k >= 2 per group and a test fold)
 MIN_PATIENTS_EXTERNAL = 2  # per group, for the AUC of the fixed model on an independent set
@@ -93,7 +93,7 @@ def standardise(X: pd.DataFrame, stats: dict[str, pd.Series] | None = None) -> t
 def make_model(seed: int, top_k: int | None = None, n_estimators: int = 100) -> Pipeline:
     """Random forest, optionally preceded by in-fold selection of the ``top_k`` genes by RF importance.
 
-    The forests are :class:`helpers.forest.PatientForest`: identical trees and probabilities to scikit-learn's
+    The forests are :class:`helpers.analysis.forest.PatientForest`: identical trees and probabilities to scikit-learn's
     ``RandomForestClassifier(n_estimators, random_state=seed)``, ~25x faster on patient tables."""
     rf = PatientForest(n_estimators=n_estimators, random_state=seed)
     if top_k is None:
@@ -116,7 +116,7 @@ def cross_validate(model: Pipeline, X: pd.DataFrame, y: np.ndarray, seed: int, n
     selected = pd.Series(0, index=X.columns, dtype=int)
     Xv = X.to_numpy(dtype=float)
     # the inputs are checked once here; skipping scikit-learn's validation in the pipeline steps saves more
-    # per-fit overhead (the forests themselves validate once per fit, see helpers.forest)
+    # per-fit overhead (the forests themselves validate once per fit, see helpers.analysis.forest)
     if not np.isfinite(Xv).all():
         raise ValueError("features contain NaN or infinite values")
     with config_context(assume_finite=True, skip_parameter_validation=True):
@@ -149,7 +149,7 @@ def bootstrap_auc_ci(y: np.ndarray, p: np.ndarray, seed: int, n_boot: int = 2000
 
 def auc_ci(auc: float, y: np.ndarray, alpha: float = 0.05) -> tuple[float, float]:
     """The reported 95% CI of an AUC: Hanley-McNeil (1982), analytic, from the AUC and the group sizes of ``y``
-    (:func:`helpers.stats.hanley_mcneil_ci`)."""
+    (:func:`helpers.analysis.stats.hanley_mcneil_ci`)."""
     n_pos = int(np.sum(y == 1))
     return hanley_mcneil_ci(auc, n_pos, len(y) - n_pos, alpha)
 

@@ -17,10 +17,10 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from .cohort import project_root
-from .genesets import gene_set
-from .pseudobulk import log_cpm, pseudobulk_by_patient, set_score
-from .stats import bh_fdr, compare_two_groups, spearman_ci
+from helpers.analysis.pseudobulk import log_cpm, pseudobulk_by_patient, set_score
+from helpers.analysis.stats import bh_fdr, compare_two_groups, spearman_ci
+from helpers.data.cohort import project_root
+from helpers.data.genesets import gene_set
 
 TUMOUR = "malignant_PC"
 
@@ -73,7 +73,11 @@ def microenvironment_features(adata: ad.AnnData, spec: dict[str, Any], min_cells
                               label: str = "cell_type", compartment: str = "compartment") -> tuple[pd.DataFrame, pd.DataFrame]:
     """liana magnitudes per patient of every interaction from the sender compartments' cell types to tumour
     cells (kept when expressed in at least ``min_present`` of patients; the named pairs are always reported)."""
-    from .communication import interaction_key, interaction_matrix, liana_by_sample
+    from helpers.analysis.communication import (
+        interaction_key,
+        interaction_matrix,
+        liana_by_sample,
+    )
 
     me = spec.get("microenvironment", {})
     min_present = float(me.get("min_present", 0.5))
@@ -128,7 +132,7 @@ def cnv_features(adata: ad.AnnData, spec: dict[str, Any], seed: int = 0, label: 
     tumour cells get NaN."""
     import scipy.sparse as sp
 
-    from .annotate import infer_cnv
+    from helpers.annotation.malignant import infer_cnv
 
     gh = spec.get("genetic_heterogeneity", {})
     min_cells = int(gh.get("min_cells", 30))

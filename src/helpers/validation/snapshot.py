@@ -1,14 +1,14 @@
 """Committed evidence: a snapshot of what ``make all`` measured on a cohort, written under validation/<cohort>/ so
 that the README and the closing notes cite generated files, never pasted numbers.
 
-``python -m helpers.validation --cohort NAME`` (or ``make snapshot COHORT=NAME``) after ``make all COHORT=NAME``
+``python -m helpers.validation.snapshot --cohort NAME`` (or ``make snapshot COHORT=NAME``) after ``make all COHORT=NAME``
 writes:
 
 - ``scorecard.csv``: the cohort's scorecard (notebook 10);
 - ``qc_annotation.json``: QC and annotation against the planted truth (notebooks 01-02) with the goals and whether
   each is met (simulated cohorts; real cohorts have no truth and get the unassigned/plasma fractions only);
 - ``planted.json``: per claim, the share of its tested set the simulator planted (truth.json), simulated cohorts;
-- ``realism.json``: the realism recipe (:mod:`helpers.realism`) when the cohort has blood samples.
+- ``realism.json``: the realism recipe (:mod:`helpers.validation.realism`) when the cohort has blood samples.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from typing import Any
 
 import anndata as ad
 
-from .cohort import Cohort, load_cohort
-from .realism import silhouette_against_reference
+from helpers.data.cohort import Cohort, load_cohort
+from helpers.validation.realism import silhouette_against_reference
 
 # QC/annotation goals of the default cohort (issue 4, unchanged since): key in 01.json/02.json -> goal
 GOALS = {"junk_removed_fraction": 0.80, "good_kept_fraction": 0.95, "compartment_accuracy": 0.95,

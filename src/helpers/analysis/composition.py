@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .stats import compare_groups
+from helpers.analysis.stats import compare_groups
 
 
 def patient_fractions(obs: pd.DataFrame, label: str = "cell_type", patient: str = "patient_id",

@@ -37,8 +37,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .cohort import Cohort, InputError
-from .pseudobulk import sum_rows_by_key
+from helpers.analysis.pseudobulk import sum_rows_by_key
+from helpers.data.cohort import Cohort, InputError
 
 # --------------------------------------------------------------------------------------------- where it runs
 
@@ -121,7 +121,7 @@ def _read_obs(path: Path) -> pd.DataFrame:
 def read_source(src: dict) -> ad.AnnData:
     """A sample's raw counts (float32 CSR in X and layers['counts']) with its obs, from a :func:`sample_sources`
     record. Reads only that sample's rows."""
-    from .ingest import IngestError, read_sample
+    from helpers.data.ingest import IngestError, read_sample
 
     if "cells_h5ad" in src:
         import h5py
@@ -150,12 +150,12 @@ def read_source(src: dict) -> ad.AnnData:
 
 
 def ingest_one_sample(src: dict, out_dir: str) -> tuple[str, pd.DataFrame, dict]:
-    """Read and check one sample's counts (as :func:`helpers.ingest.ingest_samples` does), write them to
-    ``out_dir/<sample>.h5ad`` and return (path, the sample's row of :func:`helpers.describe.per_sample_summary`,
-    its antibody counts and symbol decisions from :func:`helpers.ingest.pop_extras`)."""
-    from .describe import per_sample_summary
-    from .ingest import pop_extras
-    from .io import write_h5ad
+    """Read and check one sample's counts (as :func:`helpers.data.ingest.ingest_samples` does), write them to
+    ``out_dir/<sample>.h5ad`` and return (path, the sample's row of :func:`helpers.data.describe.per_sample_summary`,
+    its antibody counts and symbol decisions from :func:`helpers.data.ingest.pop_extras`)."""
+    from helpers.data.describe import per_sample_summary
+    from helpers.data.ingest import pop_extras
+    from helpers.io import write_h5ad
 
     a = read_source(src)
     extras = pop_extras(a)
@@ -169,11 +169,15 @@ def ingest_by_sample(cohort: Cohort, client: Any = None) -> tuple[dict[str, Path
     disk (``concat_on_disk``), never holding the cohort in memory. Returns ({'cells': path}, per-sample summary)."""
     from anndata.experimental import concat_on_disk
 
-    from .ingest import check_unique_barcodes, cohort_extras, copy_side_tables
-    from .io import atomic_path
+    from helpers.data.ingest import (
+        check_unique_barcodes,
+        cohort_extras,
+        copy_side_tables,
+    )
+    from helpers.io import atomic_path
 
     if cohort.kind != "real":
-        raise ValueError("ingest_by_sample is for real cohorts; simulated cohorts are built by helpers.simulate")
+        raise ValueError("ingest_by_sample is for real cohorts; simulated cohorts are built by helpers.data.simulate")
     tmp_dir = cohort.processed_dir / "ingest_tmp"
     tmp_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -229,11 +233,11 @@ def seurat_v3_variances(adata: ad.AnnData, layer: str = "counts") -> pd.Series:
 
 def qc_one_sample(src: dict, shard_dir: str, seed: int = 0, nmads: float = 3.0,
                   doublet_rate: float = 0.06) -> SampleQC:
-    """Read one sample, run :func:`helpers.qc.qc_filter` on it (same thresholds, Scrublet with the same seed),
+    """Read one sample, run :func:`helpers.preprocessing.qc.qc_filter` on it (same thresholds, Scrublet with the same seed),
     normalise the kept cells, compute their Seurat-v3 variances and write them to ``shard_dir/<sample>.h5ad``."""
-    from .integrate import normalize_log
-    from .io import write_h5ad
-    from .qc import qc_filter
+    from helpers.io import write_h5ad
+    from helpers.preprocessing.normalise import normalize_log
+    from helpers.preprocessing.qc import qc_filter
 
     a = read_source(src)
     kept, table, thr = qc_filter(a, seed=seed, nmads=nmads, doublet_rate=doublet_rate, n_jobs=1)
@@ -372,7 +376,7 @@ def assemble_shards(shards: list[str], embedding: ad.AnnData, var: pd.DataFrame,
     import h5py
     from anndata.experimental import concat_on_disk
 
-    from .io import atomic_path
+    from helpers.io import atomic_path
 
     out = Path(out)
     with atomic_path(out) as tmp:
@@ -412,7 +416,7 @@ def pseudobulk_by_sample(shards: list[str], labels: pd.Series | None = None, cli
     """Summed raw counts per patient and label, one Dask task per shard; rows 'patient<TAB>label' with an
     ``n_cells`` column then one column per gene. ``labels`` (cell -> label, e.g. the annotation) limits the
     sums to the labelled cells; None sums all cells of each patient; ``tissue`` keeps that tissue's cells. Equal to
-    :func:`helpers.pseudobulk.pseudobulk_by_patient` on the same cells."""
+    :func:`helpers.analysis.pseudobulk.pseudobulk_by_patient` on the same cells."""
     parts = map_samples(_pseudobulk_shard, shards, client, desc="pseudobulk per sample", labels=labels,
                         label=label, patient=patient, tissue=tissue)
     out = pd.concat(parts)
@@ -447,6 +451,6 @@ def preprocess_by_sample(cohort: Cohort, shard_dir: str | Path, client: Any = No
     scores, fit = pca_by_sample(qc.shards, hvg, client, n_comps=n_pcs)
     emb = embedding_anndata(qc, scores)
     emb.uns["pca"] = {"variance": fit["variance"], "variance_ratio": fit["variance_ratio"],
-                      "params": {"method": "exact eigendecomposition of summed moments (helpers.per_sample)"}}
+                      "params": {"method": "exact eigendecomposition of summed moments (helpers.preprocessing.per_sample)"}}
     var = ad.read_h5ad(qc.shards[0], backed="r").var.join(hv)
     return Preprocessed(emb, table, qc.thresholds, var, hvg, qc.shards, qc.obs)

@@ -3,7 +3,7 @@ gene-set grid of NR-vs-CR shifts, the claim record written to findings JSON, and
 cannot be measured in a cohort.
 
 A record is either a comparison (``effect``, ``ci_low``, ``ci_high``, ``p``, ``direction``, ``n_cr``, ``n_nr``,
-``method``; from :func:`helpers.stats.compare_two_groups`) or ``{"status": "not testable", "reason": ...}``
+``method``; from :func:`helpers.analysis.stats.compare_two_groups`) or ``{"status": "not testable", "reason": ...}``
 (plus ``n_cr``/``n_nr`` when known): :func:`attempt` turns :class:`helpers.claims.NotTestable` (a cell type,
 tissue, side table or gene absent; fewer than two patients per group with enough cells) into the latter. Any
 other exception is a bug and propagates."""
@@ -18,12 +18,19 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from .claims import (MIN_PATIENTS_PER_GROUP, UNASSIGNED, NotTestable, claim_pseudobulk,
-                     claim_value_from_pseudobulk, testable_pseudobulk, testable_set_score)
-from .cohort import Cohort
-from .genesets import gene_set
-from .pseudobulk import gene_per_patient, log_cpm
-from .stats import bh_fdr, compare_two_groups, spearman_ci
+from helpers.analysis.pseudobulk import gene_per_patient, log_cpm
+from helpers.analysis.stats import bh_fdr, compare_two_groups, spearman_ci
+from helpers.claims import (
+    MIN_PATIENTS_PER_GROUP,
+    UNASSIGNED,
+    NotTestable,
+    claim_pseudobulk,
+    claim_value_from_pseudobulk,
+    testable_pseudobulk,
+    testable_set_score,
+)
+from helpers.data.cohort import Cohort
+from helpers.data.genesets import gene_set
 
 NOT_TESTABLE = "not testable"
 
@@ -143,7 +150,7 @@ def measure_scores(adata: ad.AnnData, cell_types: list[str], cohort: Cohort,
 
 def measure_gene(adata: ad.AnnData, cell_types: list[str], gene: str, cohort: Cohort, method: str,
                  min_cells: int = 10) -> tuple[pd.DataFrame | None, dict[str, dict]]:
-    """One gene per patient in ``cell_types`` (:func:`helpers.pseudobulk.gene_per_patient`: pseudobulk log2 CPM,
+    """One gene per patient in ``cell_types`` (:func:`helpers.analysis.pseudobulk.gene_per_patient`: pseudobulk log2 CPM,
     fraction of positive cells) and one record per measure (``log2cpm``, ``fraction_positive``) with
     ``measured_in``; ``(None, not-testable records)`` when the gene or the patients are missing."""
     def run():
@@ -160,7 +167,7 @@ def measure_gene(adata: ad.AnnData, cell_types: list[str], gene: str, cohort: Co
 
 
 def correlation(x: pd.Series, y: pd.Series, what: str, min_n: int = 2 * MIN_PATIENTS_PER_GROUP) -> dict:
-    """Spearman rho with its 95% CI (:func:`helpers.stats.spearman_ci`) over the patients that have both values,
+    """Spearman rho with its 95% CI (:func:`helpers.analysis.stats.spearman_ci`) over the patients that have both values,
     or the not-testable record when fewer than ``min_n`` have."""
     both = pd.concat([x.rename("x"), y.rename("y")], axis=1, join="inner").dropna()
     if len(both) < min_n:

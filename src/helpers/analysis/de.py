@@ -53,7 +53,7 @@ def enrichment_ulm(stat: pd.Series, sets: dict[str, list[str]], tmin: int = 5) -
     the slope of stat ~ membership, and its p-value (positive = set genes up in the test group)."""
     import decoupler as dc
 
-    from .genesets import as_network
+    from helpers.data.genesets import as_network
 
     s = stat.dropna()
     df = pd.DataFrame([s.to_numpy()], index=["stat"], columns=s.index)

@@ -83,7 +83,7 @@ def progeny_activity(logcpm: pd.DataFrame, pathway: str = "NFkB", top: int = 100
     (a specificity control: the activity without genes another programme shares)."""
     import decoupler as dc
 
-    from .genesets import progeny_weights
+    from helpers.data.genesets import progeny_weights
 
     if len(logcpm) < 3:
         raise ValueError(f"PROGENy {pathway} activity needs at least 3 samples (got {len(logcpm)}): genes are "

@@ -16,10 +16,10 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from scipy import stats
 import yaml
 
-from .cohort import project_root
+from helpers.data.cohort import project_root
+from helpers.preprocessing.normalise import lognorm, lognorm_matrix
 
 
 @lru_cache(maxsize=None)
@@ -32,36 +32,6 @@ def load_markers(path: str | Path | None = None) -> dict[str, Any]:
     if not path.exists():
         raise FileNotFoundError(f"marker table {path} does not exist")
     return _load_markers_cached(str(path))
-
-
-def lognorm(adata: ad.AnnData, genes: list[str], layer: str | None = "counts") -> pd.DataFrame:
-    """log1p(counts per 10k) of ``genes`` per cell, from raw counts in ``layer`` (or X when the layer is absent);
-    ``layer=None`` means X already holds log-normalised values (e.g. a published object), used as is.
-    Genes absent from the data are left out."""
-    genes = [g for g in dict.fromkeys(genes) if g in adata.var_names]
-    if layer is None:
-        X = adata[:, genes].X
-        X = X.toarray() if sp.issparse(X) else np.asarray(X)
-        return pd.DataFrame(X.astype(np.float64), index=adata.obs_names, columns=genes)
-    X = sp.csr_matrix(adata.layers[layer] if layer in adata.layers else adata.X)
-    total = np.asarray(X.sum(1)).ravel()
-    sub = X[:, adata.var_names.get_indexer(genes)].toarray().astype(np.float64)
-    return pd.DataFrame(np.log1p(sub / np.maximum(total, 1)[:, None] * 1e4), index=adata.obs_names, columns=genes)
-
-
-def lognorm_matrix(adata: ad.AnnData, genes: list[str] | None = None, layer: str | None = "counts") -> sp.csr_matrix:
-    """Sparse log1p(counts per 10k) of all genes (or ``genes``, in that order) from raw counts in ``layer``;
-    ``layer=None`` means X already holds log-normalised values, returned as they are."""
-    if layer is None:
-        X = sp.csr_matrix(adata.X, dtype=np.float32)
-        return X if genes is None else sp.csr_matrix(X[:, adata.var_names.get_indexer(genes)])
-    X = sp.csr_matrix(adata.layers[layer] if layer in adata.layers else adata.X, dtype=np.float32)
-    total = np.asarray(X.sum(1)).ravel()
-    X = sp.csr_matrix(sp.diags((1e4 / np.maximum(total, 1)).astype(np.float32)) @ X)
-    if genes is not None:
-        X = X[:, adata.var_names.get_indexer(genes)]
-    X.data = np.log1p(X.data)
-    return sp.csr_matrix(X)
 
 
 def marker_scores(adata: ad.AnnData, sets: dict[str, dict[str, Any]], layer: str | None = "counts") -> pd.DataFrame:
@@ -112,55 +82,6 @@ def otsu_threshold(x: np.ndarray) -> float:
 
     x = np.asarray(x, dtype=float)
     return float(threshold_otsu(x)) if np.ptp(x) > 0 else float(x.max())
-
-
-def above_ambient(X: sp.csr_matrix, genes_idx: np.ndarray, samples: np.ndarray, max_ambient: float,
-                  quantile: float = 0.999) -> np.ndarray:
-    """Per cell: do its counts of ``genes_idx`` exceed what ambient RNA alone could give?
-
-    The ambient profile of a sample is approximated by its pooled expression (as SoupX does without empty droplets);
-    a cell of library l could carry up to ``max_ambient`` x l x (the genes' pooled share) ambient counts of them, and
-    its count must exceed the Poisson ``quantile`` of that (a real programme, not soup)."""
-    lib = np.asarray(X.sum(1)).ravel()
-    k = np.asarray(X[:, genes_idx].sum(1)).ravel()
-    out = np.zeros(X.shape[0], dtype=bool)
-    for s in np.unique(samples):
-        m = samples == s
-        share = k[m].sum() / max(lib[m].sum(), 1.0)
-        out[m] = k[m] > stats.poisson.ppf(quantile, max_ambient * lib[m] * share)
-    return out
-
-
-def coexpression_doublets(adata: ad.AnnData, markers: dict[str, Any] | None = None, layer: str = "counts",
-                          on_fraction: float = 0.3, sample_key: str = "sample_id") -> pd.Series:
-    """Cells expressing the programmes of two lineage compartments at once (heterotypic doublets), judged on the
-    marker table's ``lineage_exclusive`` genes (genes shared between lineages would flag singlets).
-
-    Each compartment's typical 'on' level is the median score of the cells above its Otsu threshold (the
-    data-driven split of the bimodal on/off distribution); a compartment counts as expressed in a cell when the
-    score exceeds ``on_fraction`` of that level (a doublet carries each partner's programme diluted about
-    two-fold, and log-scale means shrink further with dropouts), at least two of its genes are detected, and its
-    counts exceed what the sample's ambient RNA could put there (:func:`above_ambient`, with the marker table's
-    ``rules.max_ambient_fraction``): in marrow, soup of abundant myeloid, erythroid and plasma-cell transcripts
-    reaches every droplet."""
-    markers = markers or load_markers()
-    lineages = markers["lineage_exclusive"]
-    max_ambient = float(markers.get("rules", {}).get("max_ambient_fraction", 0.2))
-    S = marker_scores(adata, lineages, layer)
-    X = sp.csr_matrix(adata.layers[layer] if layer in adata.layers else adata.X)
-    samples = (adata.obs[sample_key].astype(str).to_numpy() if sample_key in adata.obs
-               else np.zeros(adata.n_obs, dtype=str))
-    on = {}
-    for c in S:
-        idx = adata.var_names.get_indexer([g for g in lineages[c]["markers"] if g in adata.var_names])
-        n_detected = np.asarray((X[:, idx] > 0).sum(1)).ravel()
-        # two markers detected at least: one stray UMI of one marker never turns a programme on
-        on[c] = ((S[c] > on_fraction * on_level(S[c])).to_numpy() & (n_detected >= min(2, len(idx)))
-                 & above_ambient(X, idx, samples, max_ambient))
-    on = pd.DataFrame(on, index=S.index)
-    labels = pd.Series({c: v.get("label", c) for c, v in lineages.items()})
-    n_on = on.T.groupby(labels[on.columns].to_numpy()).any().T.sum(1)  # programmes of one compartment count once
-    return (n_on >= 2).rename("coexpression_doublet")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -431,116 +352,3 @@ def annotate_cells(adata: ad.AnnData, graph: sp.spmatrix | None = None, clusters
     return out
 
 
-# ----------------------------------------------------------------------------------------------------
-# malignant vs normal plasma cells
-# ----------------------------------------------------------------------------------------------------
-def light_chain_calls(adata: ad.AnnData, markers: dict[str, Any] | None = None, layer: str = "counts") -> pd.DataFrame:
-    """Per cell: kappa and lambda constant-region counts and the call (kappa / lambda / none)."""
-    markers = markers or load_markers()
-    X = sp.csr_matrix(adata.layers[layer] if layer in adata.layers else adata.X)
-    res = {}
-    for chain, genes in markers["light_chains"].items():
-        g = [x for x in genes if x in adata.var_names]
-        res[chain] = np.asarray(X[:, adata.var_names.get_indexer(g)].sum(1)).ravel() if g else np.zeros(adata.n_obs)
-    df = pd.DataFrame(res, index=adata.obs_names)
-    df["light_chain"] = np.where(df.sum(1) == 0, "none", np.where(df["kappa"] >= df["lambda"], "kappa", "lambda"))
-    return df
-
-
-def add_gene_positions(adata: ad.AnnData) -> None:
-    """Put GRCh38 chromosome/start/end (data/genesets/gene_positions_grch38.tsv) into adata.var for infercnvpy."""
-    from .genesets import gene_positions
-
-    pos = gene_positions().reindex(adata.var_names)
-    adata.var["chromosome"] = pos["chromosome"].to_numpy()
-    adata.var["start"] = pos["start"].to_numpy()
-    adata.var["end"] = pos["end"].to_numpy()
-
-
-def infer_cnv(adata: ad.AnnData, query: np.ndarray, reference: np.ndarray, seed: int = 0, n_ref_max: int = 3000,
-              window_size: int = 100) -> ad.AnnData:
-    """infercnvpy on the ``query`` cells (e.g. plasma cells) against ``reference`` cells (T/NK/myeloid, a
-    seeded subsample of at most ``n_ref_max``), genes placed by the committed GRCh38 table. Returns the
-    subset AnnData with ``obsm['X_cnv']`` and ``obs['cnv_group']`` (query / reference)."""
-    import infercnvpy as cnv
-
-    rng = np.random.default_rng(seed)
-    ref_idx = np.where(reference & ~query)[0]
-    if len(ref_idx) > n_ref_max:
-        ref_idx = np.sort(rng.choice(ref_idx, n_ref_max, replace=False))
-    q_idx = np.where(query)[0]
-    sub = adata[np.concatenate([q_idx, ref_idx])].copy()
-    sub.obs["cnv_group"] = ["query"] * len(q_idx) + ["reference"] * len(ref_idx)
-    add_gene_positions(sub)
-    sub = sub[:, sub.var["chromosome"].notna().to_numpy()].copy()
-    cnv.tl.infercnv(sub, reference_key="cnv_group", reference_cat=["reference"], window_size=window_size,
-                    n_jobs=1, calculate_gene_values=False)
-    return sub
-
-
-def cnv_profile_correlation(cnv_adata: ad.AnnData, patient_key: str = "patient_id") -> pd.DataFrame:
-    """Per cell, Pearson correlation of its CNV profile with its patient's consensus query profile (the mean
-    over the patient's query cells, dominated by the clone). Reference cells of the same patient give the
-    null: ``cut`` is their 95th percentile (or the pooled reference's when a patient has fewer than 20)."""
-    X = cnv_adata.obsm["X_cnv"]
-    X = X.toarray() if sp.issparse(X) else np.asarray(X)
-    obs = cnv_adata.obs
-    is_q = (obs["cnv_group"] == "query").to_numpy()
-    r = np.full(len(obs), np.nan)
-    for p in obs[patient_key].astype(str).unique():
-        m = (obs[patient_key].astype(str) == p).to_numpy()
-        if not (m & is_q).any():
-            continue
-        prof = X[m & is_q].mean(0)
-        prof = prof - prof.mean()
-        Xm = X[m] - X[m].mean(1, keepdims=True)
-        den = np.linalg.norm(Xm, axis=1) * np.linalg.norm(prof)
-        r[m] = np.where(den > 0, Xm @ prof / np.where(den > 0, den, 1), 0.0)
-    df = pd.DataFrame({"cnv_corr": r, "cnv_group": obs["cnv_group"].to_numpy(),
-                       patient_key: obs[patient_key].astype(str).to_numpy()}, index=obs.index)
-    ref = df[df.cnv_group == "reference"]
-    pooled = float(np.nanpercentile(ref["cnv_corr"], 95)) if len(ref) else 0.3
-    cuts = ref.groupby(patient_key)["cnv_corr"].agg(lambda x: np.nanpercentile(x, 95) if len(x) >= 20 else np.nan)
-    df["cut"] = df[patient_key].map(cuts).fillna(pooled)
-    return df
-
-
-def call_malignant(plasma_obs: pd.DataFrame, chains: pd.DataFrame, cnv_corr: pd.DataFrame,
-                   patient_key: str = "patient_id", min_restriction: float = 0.75, kappa_share: float = 0.6,
-                   alpha: float = 0.01, cnv_null_rate: float = 0.05) -> pd.DataFrame:
-    """Malignant vs normal plasma cells per patient, only where the patient's plasma cells show a clone.
-
-    Evidence of a clone, each by a one-sided binomial test at p < ``alpha``: light-chain restriction (the dominant
-    chain's share above its polyclonal share, kappa ``kappa_share``, and at least ``min_restriction``), or a CNV
-    clone (more plasma cells whose CNV profile correlates with the patient's consensus above the reference cells'
-    95th percentile than the ``cnv_null_rate`` expected by chance). Without either, no cell of the patient is
-    malignant. With both, malignant = CNV-positive and not of the other chain; with restriction only, the cells of
-    the dominant chain; with a CNV clone only, the CNV-positive cells."""
-    from scipy.stats import binomtest
-
-    out = []
-    for p, idx in plasma_obs.groupby(patient_key, observed=True).groups.items():
-        ch = chains.loc[idx, "light_chain"]
-        called = ch[ch != "none"]
-        dom = called.value_counts().idxmax() if len(called) else "none"
-        n_dom = int((called == dom).sum())
-        share = n_dom / len(called) if len(called) else 0.0
-        expected = kappa_share if dom == "kappa" else 1 - kappa_share
-        restricted = bool(len(called) and share >= min_restriction
-                          and binomtest(n_dom, len(called), expected, "greater").pvalue < alpha)
-        c = cnv_corr.reindex(idx)
-        cnv_pos = (c["cnv_corr"] > c["cut"]).to_numpy()
-        cnv_clone = bool(binomtest(int(cnv_pos.sum()), len(idx), cnv_null_rate, "greater").pvalue < alpha)
-        other = (ch == ("lambda" if dom == "kappa" else "kappa")).to_numpy()
-        if restricted and cnv_clone:
-            mal = cnv_pos & ~other
-        elif restricted:
-            mal = (ch == dom).to_numpy()
-        elif cnv_clone:
-            mal = cnv_pos
-        else:
-            mal = np.zeros(len(idx), bool)
-        out.append(pd.DataFrame({"light_chain": ch, "dominant_chain": dom, "restriction": share,
-                                 "restricted": restricted, "cnv_clone": cnv_clone, "cnv_corr": c["cnv_corr"],
-                                 "cnv_cut": c["cut"], "malignant": mal}, index=idx))
-    return pd.concat(out).loc[plasma_obs.index]

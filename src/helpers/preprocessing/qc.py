@@ -1,6 +1,6 @@
 """Quality control: per-sample, data-driven thresholds (median absolute deviations) and doublet calls.
 
-Nothing here reads truth columns; the evaluation against a simulated truth is in :mod:`helpers.evaluation`.
+Nothing here reads truth columns; the evaluation against a simulated truth is in :mod:`helpers.validation.truth`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .cohort import InputError
+from helpers.data.cohort import InputError
+from helpers.preprocessing.doublets import call_doublets, coexpression_doublets
 
 
 def qc_metrics(adata: ad.AnnData, layer: str = "counts") -> pd.DataFrame:
@@ -65,42 +66,10 @@ def apply_thresholds(metrics: pd.DataFrame, groups: pd.Series, thr: pd.DataFrame
     return pd.Series(ok, index=metrics.index, name="qc_pass")
 
 
-def _scrublet_one(X: sp.spmatrix, obs_names: pd.Index, var_names: pd.Index, seed: int,
-                  expected_rate: float) -> pd.DataFrame:
-    import scanpy as sc
-
-    a = ad.AnnData(X=sp.csr_matrix(X).astype(np.float32), obs=pd.DataFrame(index=obs_names),
-                   var=pd.DataFrame(index=var_names))
-    if a.n_obs < 30:
-        return pd.DataFrame({"doublet_score": 0.0, "predicted_doublet": False}, index=a.obs_names)
-    # exact kNN (sklearn): deterministic, and on a few thousand cells faster than compiling pynndescent's
-    # numba kernels again in every worker process (measured: ~45 s per worker)
-    sc.pp.scrublet(a, expected_doublet_rate=expected_rate, random_state=seed, verbose=False,
-                   n_prin_comps=min(30, a.n_obs - 1), use_approx_neighbors=False)
-    return a.obs[["doublet_score", "predicted_doublet"]].astype({"predicted_doublet": bool})
-
-
-def call_doublets(adata: ad.AnnData, batch_key: str = "sample_id", layer: str = "counts", seed: int = 0,
-                  expected_rate: float = 0.06, n_jobs: int = 2) -> pd.DataFrame:
-    """scanpy's Scrublet per sample on raw counts (samples in parallel; each with the same seed, so the
-    result does not depend on ``n_jobs``); returns doublet_score and predicted_doublet per cell."""
-    from joblib import Parallel, delayed
-    from tqdm.auto import tqdm
-
-    X = sp.csr_matrix(adata.layers[layer] if layer in adata.layers else adata.X)
-    keys = adata.obs[batch_key].astype(str).to_numpy()
-    samples = list(dict.fromkeys(keys))
-    jobs = (delayed(_scrublet_one)(X[keys == s], adata.obs_names[keys == s], adata.var_names, seed, expected_rate)
-            for s in tqdm(samples, desc="scrublet per sample"))
-    out = Parallel(n_jobs=n_jobs)(jobs)
-    return pd.concat(out).loc[adata.obs_names]
-
-
 def qc_filter(adata: ad.AnnData, seed: int = 0, nmads: float = 3.0, doublet_rate: float = 0.06,
               batch_key: str = "sample_id", n_jobs: int = 2) -> tuple[ad.AnnData, pd.DataFrame, pd.DataFrame]:
     """Run metrics, per-sample MAD thresholds, Scrublet and lineage co-expression doublet calls; return
     (kept cells, per-cell QC table, per-sample thresholds). Raises a clear error when a sample has no cell left."""
-    from .annotate import coexpression_doublets
 
     metrics = qc_metrics(adata)
     groups = adata.obs[batch_key].astype(str)

@@ -30,7 +30,7 @@ import pandas as pd
 import scipy.sparse as sp
 import yaml
 
-from .cohort import Cohort, project_root
+from helpers.data.cohort import Cohort, project_root
 
 # --------------------------------------------------------------------------------------------------
 # static inputs
@@ -76,7 +76,7 @@ def load_planted() -> dict[str, Any]:
 @lru_cache(maxsize=None)
 def load_nuisance() -> dict[str, Any]:
     """Nuisance programmes with their gene lists resolved (a named ``gene_set`` becomes its genes)."""
-    from .genesets import gene_set
+    from helpers.data.genesets import gene_set
 
     nuisance = yaml.safe_load((simulation_dir() / "nuisance_programs.yaml").read_text())
     for spec in nuisance.values():
@@ -152,7 +152,7 @@ def estimate_gene_parameters(counts: sp.spmatrix) -> tuple[np.ndarray, np.ndarra
 def required_genes() -> list[str]:
     """Genes the universe must hold: programme markers, immunoglobulins, translocation genes, planted genes and
     pathways, nuisance programmes, the analysis gene sets, PROGENy NFkB/TNFa/JAK-STAT targets and the resistance-atlas genes."""
-    from .genesets import gene_set, progeny_weights
+    from helpers.data.genesets import gene_set, progeny_weights
 
     progs = load_programs()
     required: list[str] = []
@@ -182,7 +182,7 @@ def build_gene_model(n_genes: int, seed: int, dispersion_scale: float = 1.0) -> 
     position table (below detection in the reference) until ``n_genes`` is reached; when ``n_genes`` is
     smaller than that, the least-expressed detected genes are dropped first (required genes always stay).
     """
-    from .genesets import gene_positions
+    from helpers.data.genesets import gene_positions
 
     ref = ad.read_h5ad(reference_path())
     ref.var_names_make_unique()
@@ -378,7 +378,7 @@ def _stable_int(*parts: Any) -> int:
 
 def pathway_genes(effect: dict[str, Any]) -> list[str]:
     """The genes of an effect's pathway: a named gene set, or ``progeny:<pathway>`` (targets with positive weight)."""
-    from .genesets import gene_set, progeny_weights
+    from helpers.data.genesets import gene_set, progeny_weights
 
     pathway = effect["pathway"]
     if pathway.startswith("progeny:"):
@@ -394,7 +394,12 @@ def tested_genes() -> frozenset[str]:
     TRRUST and curated lists, every PROGENy pathway, the classifier panel, the resistance-atlas genes and the
     simulator's named programme genes. Planted genes "outside every tested set" avoid these. (The annotation's marker
     table is never read here: the simulator does not know how cells will be annotated.)"""
-    from .genesets import _collection, curated_sets, genesets_dir, progeny_weights
+    from helpers.data.genesets import (
+        _collection,
+        curated_sets,
+        genesets_dir,
+        progeny_weights,
+    )
 
     genes: set[str] = set()
     for coll in ("hallmark", "canonical"):
@@ -445,7 +450,7 @@ def draw_effect_weights(gm: GeneModel, seed: int, planting: dict[str, Any]) -> d
 def tested_set_fractions(weights: dict[str, dict[str, float]], genes: pd.Index) -> dict[str, dict[str, Any]]:
     """Per claim, how much of its tested set the claim's planted effect touches: the fraction of the set's genes
     (those in the simulated universe) that are planted, and the share of the planted genes inside the set."""
-    from .claims import CLAIMS, claim_genes
+    from helpers.claims import CLAIMS, claim_genes
 
     out = {}
     universe = set(genes)
@@ -550,7 +555,7 @@ def _event_mask(genes: tuple[str, ...], ev: str) -> tuple[np.ndarray, float, flo
 
 @lru_cache(maxsize=4)
 def _positions(genes: tuple[str, ...]) -> pd.DataFrame:
-    from .genesets import gene_positions
+    from helpers.data.genesets import gene_positions
 
     return gene_positions().reindex(list(genes))
 
@@ -720,7 +725,7 @@ def _continuum(states: np.ndarray, st: np.ndarray, cfg: dict[str, Any], rng: np.
 def expected_cell_profiles(prof: pd.DataFrame, state_props: dict[str, float], sim: dict[str, Any],
                            n_quantiles: int = 16) -> pd.DataFrame:
     """States x genes: the mean expression profile of a state's droplets (continuum and ambient soup averaged out),
-    for the pseudobulk shortcut of :mod:`helpers.power`. The continuum position is integrated over ``n_quantiles``
+    for the pseudobulk shortcut of :mod:`helpers.analysis.power`. The continuum position is integrated over ``n_quantiles``
     quantiles of its distribution with the neighbours equally likely, as :func:`_continuum` draws them; the soup
     enters at its mean fraction (``ambient.fraction``)."""
     from scipy import stats as sstats
@@ -1002,7 +1007,7 @@ def matrix_hash(adata: ad.AnnData) -> str:
 def build_simulated_cohort(cohort: Cohort, n_jobs: int = 2, progress: bool = True) -> dict[str, Path]:
     """Simulate a cohort from its config and write data/processed/<cohort>/: cells.h5ad, truth.json,
     bulk.h5ad, flow_cytometry.csv. Returns the written paths."""
-    from .io import write_h5ad, write_json, write_table
+    from helpers.io import write_h5ad, write_json, write_table
 
     sim = cohort.simulation
     adata, truth = simulate_cohort(cohort.samples, sim, cohort.seed, n_jobs=n_jobs, progress=progress)

@@ -16,6 +16,8 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from helpers.preprocessing.normalise import lognorm_matrix
+
 
 def lr_resource(name: str = "consensus") -> pd.DataFrame:
     """liana's bundled ligand-receptor resource (ligand, receptor; complexes joined by '_')."""
@@ -35,7 +37,6 @@ def liana_by_sample(adata: ad.AnnData, groupby: str, sample_key: str = "sample_i
     Groups with fewer than ``min_cells`` cells in a sample are left out of that sample."""
     import liana as li
 
-    from .annotate import lognorm_matrix
 
     for col in (groupby, sample_key):
         if col not in adata.obs:

@@ -1,6 +1,6 @@
 """Predict non-response for new patients with a saved NF-kB model.
 
-    python -m helpers.predict --model results/<cohort>/nfkb_model.joblib --counts sample.h5ad --tissue PB
+    python -m helpers.analysis.predict --model results/<cohort>/nfkb_model.joblib --counts sample.h5ad --tissue PB
 
 Counts: an .h5ad (raw counts in X or layers['counts']), a 10x .h5 or a 10x matrix folder; one sample per file,
 or several with an obs column ``sample_id``. Prints, per sample, the probability of non-response and the genes
@@ -18,7 +18,7 @@ import joblib
 import numpy as np
 import pandas as pd
 
-from .ingest import IngestError, check_raw_counts, read_counts
+from helpers.data.ingest import IngestError, check_raw_counts, read_counts
 
 
 class PredictionError(ValueError):
@@ -75,7 +75,7 @@ def predict_samples(bundle: dict, adata: ad.AnnData, tissue: str, sample_key: st
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m helpers.predict", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m helpers.analysis.predict", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True)
     ap.add_argument("--counts", required=True)

@@ -6,19 +6,6 @@ from __future__ import annotations
 import anndata as ad
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
-
-
-def normalize_log(adata: ad.AnnData, target_sum: float = 1e4) -> ad.AnnData:
-    """Keep raw counts in ``layers['counts']``; X becomes log1p(counts per ``target_sum``)."""
-    import scanpy as sc
-
-    if "counts" not in adata.layers:
-        adata.layers["counts"] = adata.X.copy()
-    adata.X = sp.csr_matrix(adata.layers["counts"], dtype=np.float32)
-    sc.pp.normalize_total(adata, target_sum=target_sum)
-    sc.pp.log1p(adata)
-    return adata
 
 
 def select_hvg(adata: ad.AnnData, n_top: int = 2000, batch_key: str | None = "sample_id") -> pd.Index:

@@ -17,8 +17,8 @@ import anndata as ad
 import pandas as pd
 import yaml
 
-from .cohort import project_root
-from .genesets import genesets_dir
+from helpers.data.cohort import project_root
+from helpers.data.genesets import genesets_dir
 
 SYMBOL_TABLE = "symbol_previous_to_current_orghs_3.16.tsv.gz"
 RENAMED = "renamed"

@@ -1,0 +1,1 @@
+"""Analysis: pseudobulks, statistics, DE, composition, communication, survival, classifier, atlas, power."""

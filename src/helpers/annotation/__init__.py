@@ -1,0 +1,1 @@
+"""Annotation: cell types from the marker table, malignant vs normal plasma cells."""

@@ -1,0 +1,127 @@
+"""Malignant vs normal plasma cells: light-chain restriction and inferred copy number (infercnvpy)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from helpers.annotation.cell_types import load_markers
+
+
+# ----------------------------------------------------------------------------------------------------
+# malignant vs normal plasma cells
+# ----------------------------------------------------------------------------------------------------
+def light_chain_calls(adata: ad.AnnData, markers: dict[str, Any] | None = None, layer: str = "counts") -> pd.DataFrame:
+    """Per cell: kappa and lambda constant-region counts and the call (kappa / lambda / none)."""
+    markers = markers or load_markers()
+    X = sp.csr_matrix(adata.layers[layer] if layer in adata.layers else adata.X)
+    res = {}
+    for chain, genes in markers["light_chains"].items():
+        g = [x for x in genes if x in adata.var_names]
+        res[chain] = np.asarray(X[:, adata.var_names.get_indexer(g)].sum(1)).ravel() if g else np.zeros(adata.n_obs)
+    df = pd.DataFrame(res, index=adata.obs_names)
+    df["light_chain"] = np.where(df.sum(1) == 0, "none", np.where(df["kappa"] >= df["lambda"], "kappa", "lambda"))
+    return df
+
+
+def add_gene_positions(adata: ad.AnnData) -> None:
+    """Put GRCh38 chromosome/start/end (data/genesets/gene_positions_grch38.tsv) into adata.var for infercnvpy."""
+    from helpers.data.genesets import gene_positions
+
+    pos = gene_positions().reindex(adata.var_names)
+    adata.var["chromosome"] = pos["chromosome"].to_numpy()
+    adata.var["start"] = pos["start"].to_numpy()
+    adata.var["end"] = pos["end"].to_numpy()
+
+
+def infer_cnv(adata: ad.AnnData, query: np.ndarray, reference: np.ndarray, seed: int = 0, n_ref_max: int = 3000,
+              window_size: int = 100) -> ad.AnnData:
+    """infercnvpy on the ``query`` cells (e.g. plasma cells) against ``reference`` cells (T/NK/myeloid, a
+    seeded subsample of at most ``n_ref_max``), genes placed by the committed GRCh38 table. Returns the
+    subset AnnData with ``obsm['X_cnv']`` and ``obs['cnv_group']`` (query / reference)."""
+    import infercnvpy as cnv
+
+    rng = np.random.default_rng(seed)
+    ref_idx = np.where(reference & ~query)[0]
+    if len(ref_idx) > n_ref_max:
+        ref_idx = np.sort(rng.choice(ref_idx, n_ref_max, replace=False))
+    q_idx = np.where(query)[0]
+    sub = adata[np.concatenate([q_idx, ref_idx])].copy()
+    sub.obs["cnv_group"] = ["query"] * len(q_idx) + ["reference"] * len(ref_idx)
+    add_gene_positions(sub)
+    sub = sub[:, sub.var["chromosome"].notna().to_numpy()].copy()
+    cnv.tl.infercnv(sub, reference_key="cnv_group", reference_cat=["reference"], window_size=window_size,
+                    n_jobs=1, calculate_gene_values=False)
+    return sub
+
+
+def cnv_profile_correlation(cnv_adata: ad.AnnData, patient_key: str = "patient_id") -> pd.DataFrame:
+    """Per cell, Pearson correlation of its CNV profile with its patient's consensus query profile (the mean
+    over the patient's query cells, dominated by the clone). Reference cells of the same patient give the
+    null: ``cut`` is their 95th percentile (or the pooled reference's when a patient has fewer than 20)."""
+    X = cnv_adata.obsm["X_cnv"]
+    X = X.toarray() if sp.issparse(X) else np.asarray(X)
+    obs = cnv_adata.obs
+    is_q = (obs["cnv_group"] == "query").to_numpy()
+    r = np.full(len(obs), np.nan)
+    for p in obs[patient_key].astype(str).unique():
+        m = (obs[patient_key].astype(str) == p).to_numpy()
+        if not (m & is_q).any():
+            continue
+        prof = X[m & is_q].mean(0)
+        prof = prof - prof.mean()
+        Xm = X[m] - X[m].mean(1, keepdims=True)
+        den = np.linalg.norm(Xm, axis=1) * np.linalg.norm(prof)
+        r[m] = np.where(den > 0, Xm @ prof / np.where(den > 0, den, 1), 0.0)
+    df = pd.DataFrame({"cnv_corr": r, "cnv_group": obs["cnv_group"].to_numpy(),
+                       patient_key: obs[patient_key].astype(str).to_numpy()}, index=obs.index)
+    ref = df[df.cnv_group == "reference"]
+    pooled = float(np.nanpercentile(ref["cnv_corr"], 95)) if len(ref) else 0.3
+    cuts = ref.groupby(patient_key)["cnv_corr"].agg(lambda x: np.nanpercentile(x, 95) if len(x) >= 20 else np.nan)
+    df["cut"] = df[patient_key].map(cuts).fillna(pooled)
+    return df
+
+
+def call_malignant(plasma_obs: pd.DataFrame, chains: pd.DataFrame, cnv_corr: pd.DataFrame,
+                   patient_key: str = "patient_id", min_restriction: float = 0.75, kappa_share: float = 0.6,
+                   alpha: float = 0.01, cnv_null_rate: float = 0.05) -> pd.DataFrame:
+    """Malignant vs normal plasma cells per patient, only where the patient's plasma cells show a clone.
+
+    Evidence of a clone, each by a one-sided binomial test at p < ``alpha``: light-chain restriction (the dominant
+    chain's share above its polyclonal share, kappa ``kappa_share``, and at least ``min_restriction``), or a CNV
+    clone (more plasma cells whose CNV profile correlates with the patient's consensus above the reference cells'
+    95th percentile than the ``cnv_null_rate`` expected by chance). Without either, no cell of the patient is
+    malignant. With both, malignant = CNV-positive and not of the other chain; with restriction only, the cells of
+    the dominant chain; with a CNV clone only, the CNV-positive cells."""
+    from scipy.stats import binomtest
+
+    out = []
+    for p, idx in plasma_obs.groupby(patient_key, observed=True).groups.items():
+        ch = chains.loc[idx, "light_chain"]
+        called = ch[ch != "none"]
+        dom = called.value_counts().idxmax() if len(called) else "none"
+        n_dom = int((called == dom).sum())
+        share = n_dom / len(called) if len(called) else 0.0
+        expected = kappa_share if dom == "kappa" else 1 - kappa_share
+        restricted = bool(len(called) and share >= min_restriction
+                          and binomtest(n_dom, len(called), expected, "greater").pvalue < alpha)
+        c = cnv_corr.reindex(idx)
+        cnv_pos = (c["cnv_corr"] > c["cut"]).to_numpy()
+        cnv_clone = bool(binomtest(int(cnv_pos.sum()), len(idx), cnv_null_rate, "greater").pvalue < alpha)
+        other = (ch == ("lambda" if dom == "kappa" else "kappa")).to_numpy()
+        if restricted and cnv_clone:
+            mal = cnv_pos & ~other
+        elif restricted:
+            mal = (ch == dom).to_numpy()
+        elif cnv_clone:
+            mal = cnv_pos
+        else:
+            mal = np.zeros(len(idx), bool)
+        out.append(pd.DataFrame({"light_chain": ch, "dominant_chain": dom, "restriction": share,
+                                 "restricted": restricted, "cnv_clone": cnv_clone, "cnv_corr": c["cnv_corr"],
+                                 "cnv_cut": c["cut"], "malignant": mal}, index=idx))
+    return pd.concat(out).loc[plasma_obs.index]

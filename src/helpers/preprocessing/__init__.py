@@ -1,0 +1,1 @@
+"""Preprocessing: normalisation, QC and doublets, integration and the per-sample (Dask) path."""

@@ -1,0 +1,1 @@
+"""Report: the scorecard and the figures."""

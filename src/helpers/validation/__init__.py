@@ -1,0 +1,1 @@
+"""Validation against truth and real cells: QC/annotation goals, realism, snapshots, calibration."""
