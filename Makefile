@@ -34,7 +34,7 @@ export MPLBACKEND := Agg
 export PYTHONHASHSEED := 0
 export DR_ROOT := $(CURDIR)
 
-HELPERS := $(wildcard src/helpers/*.py)
+HELPERS := $(wildcard src/helpers/*.py src/helpers/*/*.py)
 SHARED_DATA := $(wildcard data/simulation/*) $(wildcard data/genesets/*) $(wildcard data/*.yaml)
 # a cohort whose simulation block says 'base: <cohort>' inherits that cohort's knobs: its cohort.yaml is an input too
 BASE_COHORT := $(shell sed -n 's/^ *base: *\([A-Za-z0-9_.-]*\).*/\1/p' data/cohorts/$(COHORT)/cohort.yaml 2>/dev/null)
@@ -95,8 +95,10 @@ test: $(STAMP)
 test-unit: $(STAMP)
 	$(PY) -m pytest -m "not slow"
 
+# JupyterLab in notebooks/ with the project's kernel (the .venv); --allow-root only when run as root (containers)
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks --MappingKernelManager.default_kernel_name=dr-compendium \
+	  $(if $(filter 0,$(shell id -u)),--allow-root)
 
 clean:
 	rm -rf results/$(COHORT) figures/$(COHORT) data/processed/$(COHORT)

@@ -26,13 +26,8 @@
 # simulated cohort), `results/<cohort>/findings/00.json`, `figures/<cohort>/00_design.{png,pdf}`.
 
 # %% tags=["parameters"]
-cohort = "ifm2017_sim"
-seed = 2017031
-root = "."
-processed_dir = "data/processed/ifm2017_sim"
-results_dir = "results/ifm2017_sim"
-figures_dir = "figures/ifm2017_sim"
-notebook = "00_cohort"
+cohort = "ifm2017_sim"  # a folder under data/cohorts/
+root = None  # the project root; None finds it from the working directory (or $DR_ROOT)
 n_jobs = 2
 engine = "memory"  # or "dask": a real cohort is ingested sample by sample (helpers.preprocessing.per_sample)
 dask_scheduler = ""  # a Dask scheduler address, or empty for a LocalCluster here
@@ -84,7 +79,7 @@ build_seconds = time.time() - t0
 print(f"built in {build_seconds:.0f} s:", adata)
 
 # %%
-write_table(summary, Path(results_dir) / "tables" / "00_per_sample.csv")
+write_table(summary, C.results_dir / "tables" / "00_per_sample.csv")
 summary
 
 # %% [markdown]
@@ -93,9 +88,9 @@ summary
 # per-patient activations (log2 fold change drawn for each patient; NR centred on the configured strength).
 
 # %%
-truth = read_json(Path(processed_dir) / "truth.json") if C.kind == "simulated" else None
+truth = read_json(C.processed_dir / "truth.json") if C.kind == "simulated" else None
 fig = plots.design_figure(summary, truth, groups=C.groups)
-save_figure(fig, figures_dir, "00_design")
+save_figure(fig, C.figures_dir, "00_design")
 
 # %%
 disc = summary[summary["tissue"] == C.discovery_tissue]
@@ -114,8 +109,8 @@ findings = {
 if truth is not None:
     findings["matrix_sha256"] = truth["matrix_sha256"]
     findings["planted_strength_log2"] = {k: v["strength_log2"] for k, v in truth["effects"].items()}
-write_json(findings, Path(results_dir) / "findings" / "00.json")
-write_json({"build_seconds": round(build_seconds, 1)}, Path(results_dir) / "timings" / "00_build.json")
+write_json(findings, C.results_dir / "findings" / "00.json")
+write_json({"build_seconds": round(build_seconds, 1)}, C.results_dir / "timings" / "00_build.json")
 findings
 
 # %% [markdown]

@@ -28,13 +28,9 @@
 # `figures/<cohort>/01_qc.*`, `figures/<cohort>/01_umap.*`.
 
 # %% tags=["parameters"]
-cohort = "ifm2017_sim"
-seed = 2017031
-root = "."
-processed_dir = "data/processed/ifm2017_sim"
-results_dir = "results/ifm2017_sim"
-figures_dir = "figures/ifm2017_sim"
-notebook = "01_qc_integration"
+cohort = "ifm2017_sim"  # a folder under data/cohorts/
+root = None  # the project root; None finds it from the working directory (or $DR_ROOT)
+seed = None  # None: the cohort's seed (cohort.yaml); a number reruns with another seed
 qc_nmads = 3.0
 n_hvg = 2000
 n_pcs = 50
@@ -58,6 +54,7 @@ from helpers.report import plots
 from helpers.validation.truth import has_truth, qc_against_truth
 
 C = load_cohort(cohort, root=root)
+seed = C.seed if seed is None else seed
 engine = C.analysis("engine", engine)
 nmads = C.analysis("qc_nmads", qc_nmads)
 print("engine:", engine)
@@ -68,17 +65,17 @@ print("engine:", engine)
 # %%
 if engine == "dask":  # QC, doublets, normalisation, HVG statistics and PCA as one Dask task per sample
     with per_sample.dask_client(C.analysis("dask_scheduler", dask_scheduler) or None) as client:
-        pre = per_sample.preprocess_by_sample(C, Path(processed_dir) / "shards", client, seed=seed, nmads=nmads,
+        pre = per_sample.preprocess_by_sample(C, C.processed_dir / "shards", client, seed=seed, nmads=nmads,
                                               n_hvg=n_hvg, n_pcs=n_pcs)
     kept, qc_table, thresholds, hvg, obs_in = pre.embedding, pre.table, pre.thresholds, pre.hvg, pre.obs_in
 else:  # the whole cohort in memory
-    adata = ad.read_h5ad(Path(processed_dir) / "cells.h5ad")
+    adata = ad.read_h5ad(C.processed_dir / "cells.h5ad")
     print(adata)
     kept, qc_table, thresholds = qc_filter(adata, seed=seed, nmads=nmads)
     obs_in = adata.obs
-write_table(thresholds.reset_index(), Path(results_dir) / "tables" / "01_qc_thresholds.csv")
+write_table(thresholds.reset_index(), C.results_dir / "tables" / "01_qc_thresholds.csv")
 fig = plots.qc_figure(qc_table, thresholds)
-save_figure(fig, figures_dir, "01_qc")
+save_figure(fig, C.figures_dir, "01_qc")
 thresholds.describe().round(1)
 
 # %%
@@ -129,13 +126,13 @@ keys = ["sample_id", "batch", "response", "leiden"]
 fig = plots.embedding_grid(
     [("before (PCA)", before.obsm["X_umap"], before.obs), ("after (Harmony)", kept.obsm["X_umap"][idx], kept.obs.iloc[idx])],
     keys, groups_palette=plots.palette(C.groups), s=1.5)
-save_figure(fig, figures_dir, "01_umap")
+save_figure(fig, C.figures_dir, "01_umap")
 
 # %%
 if engine == "dask":  # counts and log-normalised values from the shards, on disk; embedding and graph from here
-    per_sample.assemble_shards(pre.shards, kept, pre.var, Path(processed_dir) / "integrated.h5ad")
+    per_sample.assemble_shards(pre.shards, kept, pre.var, C.processed_dir / "integrated.h5ad")
 else:
-    write_h5ad(kept, Path(processed_dir) / "integrated.h5ad")
+    write_h5ad(kept, C.processed_dir / "integrated.h5ad")
 findings = {
     "engine": engine,
     "n_cells_in": int(len(obs_in)),
@@ -157,7 +154,7 @@ findings = {
 # %%
 if has_truth(obs_in):
     findings.update(qc_against_truth(obs_in["truth_quality"], qc_table["keep"]))
-write_json(findings, Path(results_dir) / "findings" / "01.json")
+write_json(findings, C.results_dir / "findings" / "01.json")
 findings
 
 # %% [markdown]

@@ -34,13 +34,9 @@
 # `results/<cohort>/tables/02_*.csv`, figures `02_celltypes`, `02_markers`, `02_composition`, `02_confusion`.
 
 # %% tags=["parameters"]
-cohort = "ifm2017_sim"
-seed = 2017031
-root = "."
-processed_dir = "data/processed/ifm2017_sim"
-results_dir = "results/ifm2017_sim"
-figures_dir = "figures/ifm2017_sim"
-notebook = "02_annotation"
+cohort = "ifm2017_sim"  # a folder under data/cohorts/
+root = None  # the project root; None finds it from the working directory (or $DR_ROOT)
+seed = None  # None: the cohort's seed (cohort.yaml); a number reruns with another seed
 min_light_chain_restriction = 0.75
 
 # %%
@@ -59,7 +55,8 @@ from helpers.report import plots
 from helpers.validation.truth import annotation_against_truth, has_truth
 
 C = load_cohort(cohort, root=root)
-adata = ad.read_h5ad(Path(processed_dir) / "integrated.h5ad")
+seed = C.seed if seed is None else seed
+adata = ad.read_h5ad(C.processed_dir / "integrated.h5ad")
 markers = cell_types.load_markers()
 graph = adata.obsp["connectivities"]
 
@@ -95,7 +92,7 @@ if is_plasma.sum() >= 10:
         dominant_chain=("dominant_chain", "first"), restriction=("restriction", "first"),
         restricted=("restricted", "first"), cnv_clone=("cnv_clone", "first"),
         n_plasma=("malignant", "size"), n_malignant=("malignant", "sum"))
-    write_table(per_patient.reset_index(), Path(results_dir) / "tables" / "02_plasma_per_patient.csv")
+    write_table(per_patient.reset_index(), C.results_dir / "tables" / "02_plasma_per_patient.csv")
     display(per_patient)
 else:
     print(f"{int(is_plasma.sum())} plasma cells: too few to look for a clone; none is called malignant")
@@ -107,7 +104,7 @@ adata.uns["nk_cd54_split"] = nk_cd54_split
 
 # %%
 fig = plots.embedding_grid([("UMAP", adata.obsm["X_umap"], adata.obs)], ["compartment", "cell_type"], s=1.0)
-save_figure(fig, figures_dir, "02_celltypes")
+save_figure(fig, C.figures_dir, "02_celltypes")
 
 # %%
 present = set(cell_type)
@@ -119,7 +116,7 @@ genes = list(dict.fromkeys(g for t in markers["subsets"].values() for s in t.val
 adata.obs["cell_type_ordered"] = pd.Categorical(adata.obs["cell_type"].astype(str), categories=order)
 dp = sc.pl.dotplot(adata, genes, groupby="cell_type_ordered", return_fig=True, standard_scale="var")
 dp.make_figure()
-save_figure(dp.fig, figures_dir, "02_markers")
+save_figure(dp.fig, C.figures_dir, "02_markers")
 del adata.obs["cell_type_ordered"]
 
 # %% [markdown]
@@ -134,14 +131,14 @@ fr["malignant_PC (of all cells)"] = composition.patient_fractions(disc)["maligna
     disc["cell_type"]) else 0.0
 resp = disc.drop_duplicates("patient_id").set_index("patient_id")["response"].astype(str)
 comp_stats = composition.composition_test(fr, resp, C.reference_group, C.test_group)
-write_table(fr.reset_index(), Path(results_dir) / "tables" / "02_fractions.csv")
-write_table(comp_stats, Path(results_dir) / "tables" / "02_composition_tests.csv")
+write_table(fr.reset_index(), C.results_dir / "tables" / "02_fractions.csv")
+write_table(comp_stats, C.results_dir / "tables" / "02_composition_tests.csv")
 fig = plots.composition_figure(fr, resp, comp_stats, C.groups)
-save_figure(fig, figures_dir, "02_composition")
+save_figure(fig, C.figures_dir, "02_composition")
 comp_stats.sort_values("p").head(10)
 
 # %%
-write_h5ad(adata, Path(processed_dir) / "annotated.h5ad")
+write_h5ad(adata, C.processed_dir / "annotated.h5ad")
 n_unassigned = int((adata.obs["cell_type"] == "unassigned").sum())
 findings = {
     "n_cells": int(adata.n_obs),
@@ -169,12 +166,12 @@ if has_truth(adata.obs):
     summary, per_type, conf = annotation_against_truth(o["truth_cell_type"], o["truth_compartment"],
                                                        o["cell_type"], o["compartment"])
     findings.update(summary)
-    write_table(per_type, Path(results_dir) / "tables" / "02_annotation_per_type.csv")
-    write_table(conf.reset_index(), Path(results_dir) / "tables" / "02_confusion.csv")
+    write_table(per_type, C.results_dir / "tables" / "02_annotation_per_type.csv")
+    write_table(conf.reset_index(), C.results_dir / "tables" / "02_confusion.csv")
     fig = plots.confusion_figure(conf, f"annotation vs truth (macro F1 {summary['subset_macro_f1']:.2f})")
-    save_figure(fig, figures_dir, "02_confusion")
+    save_figure(fig, C.figures_dir, "02_confusion")
     display(per_type.round(3))
-write_json(findings, Path(results_dir) / "findings" / "02.json")
+write_json(findings, C.results_dir / "findings" / "02.json")
 
 # %% [markdown]
 # ## Conclusion

@@ -30,13 +30,8 @@
 # `03_inflammation_heatmap`, `03_inflammation_patients`, `03_communication`.
 
 # %% tags=["parameters"]
-cohort = "ifm2017_sim"
-seed = 2017031
-root = "."
-processed_dir = "data/processed/ifm2017_sim"
-results_dir = "results/ifm2017_sim"
-figures_dir = "figures/ifm2017_sim"
-notebook = "03_inflammation"
+cohort = "ifm2017_sim"  # a folder under data/cohorts/
+root = None  # the project root; None finds it from the working directory (or $DR_ROOT)
 min_cells = 10
 
 # %%
@@ -64,7 +59,7 @@ from helpers.report import plots
 
 C = load_cohort(cohort, root=root)
 min_cells = C.analysis("min_cells", min_cells)
-adata = load_annotated(Path(processed_dir) / "annotated.h5ad")  # without 'unassigned' cells
+adata = load_annotated(C.processed_dir / "annotated.h5ad")  # without 'unassigned' cells
 bm = adata[adata.obs["tissue"] == C.discovery_tissue]
 IMMUNE = IMMUNE_COMPARTMENTS
 immune_types, _ = resolve_claim_cells(bm, CLAIMS["inflammatory_bme"])  # every immune cell type here
@@ -77,11 +72,11 @@ SETS = {s: gene_set(s) for s in ["HALLMARK_INFLAMMATORY_RESPONSE", "HALLMARK_TNF
 
 # %%
 grid = score_grid(bm, immune_types, SETS, C, min_cells=min_cells)  # cell types too rare to test are left out
-write_table(grid, Path(results_dir) / "tables" / "03_inflammation_by_celltype.csv")
+write_table(grid, C.results_dir / "tables" / "03_inflammation_by_celltype.csv")
 if len(grid):
     fig = plots.effect_heatmap(grid, row="cell_type", col="gene_set", title=f"{C.test_group} minus {C.reference_group}: "
                                "set score shift (z units); * q < 0.05")
-    save_figure(fig, figures_dir, "03_inflammation_heatmap")
+    save_figure(fig, C.figures_dir, "03_inflammation_heatmap")
 grid.sort_values("p").head(10)
 
 # %% [markdown]
@@ -101,7 +96,7 @@ for name, (types, set_name) in {
                                           f"{types if len(types) < 3 else 'pooled immune cells'} (control)", min_cells)
 panels = {k: (v, None) for k, v in pooled.items() if v is not None}
 if panels:
-    save_figure(plots.patient_points(panels, patient_responses(bm.obs), C.groups, claims), figures_dir,
+    save_figure(plots.patient_points(panels, patient_responses(bm.obs), C.groups, claims), C.figures_dir,
                 "03_inflammation_patients")
 pd.DataFrame({**claims, **controls}).T
 
@@ -119,9 +114,9 @@ if wide.shape[1]:
     lr_stats = compare_groups(wide, patient_responses(bm.obs), C.reference_group, C.test_group,
                               method="liana rank_aggregate magnitude per sample, Hodges-Lehmann, Mann-Whitney, BH")
     lr_stats = lr_stats.rename(columns={"feature": "interaction"}).sort_values("p")
-    write_table(lr_stats, Path(results_dir) / "tables" / "03_communication.csv")
+    write_table(lr_stats, C.results_dir / "tables" / "03_communication.csv")
     save_figure(plots.top_effects(lr_stats, label="interaction", n=20, title="inflammatory interactions, NR vs CR (top by p)"),
-                figures_dir, "03_communication")
+                C.figures_dir, "03_communication")
     n_up = int(((lr_stats["q"] < 0.05) & (lr_stats["effect"] > 0)).sum())
     n_down = int(((lr_stats["q"] < 0.05) & (lr_stats["effect"] < 0)).sum())
     communication = {"n_interactions_tested": int(len(lr_stats)), "n_up_q_below_0.05": n_up, "n_down_q_below_0.05": n_down,
@@ -140,7 +135,7 @@ findings = {
                       "n_q_below_0.05_down": int(((grid.q < 0.05) & (grid.effect < 0)).sum())},
     "communication": communication,
 }
-write_json(findings, Path(results_dir) / "findings" / "03.json")
+write_json(findings, C.results_dir / "findings" / "03.json")
 
 # %% [markdown]
 # ## Conclusion

@@ -31,13 +31,8 @@
 # `04_volcano`, `04_enrichment`, `04_patients`.
 
 # %% tags=["parameters"]
-cohort = "ifm2017_sim"
-seed = 2017031
-root = "."
-processed_dir = "data/processed/ifm2017_sim"
-results_dir = "results/ifm2017_sim"
-figures_dir = "figures/ifm2017_sim"
-notebook = "04_monocytes"
+cohort = "ifm2017_sim"  # a folder under data/cohorts/
+root = None  # the project root; None finds it from the working directory (or $DR_ROOT)
 min_cells = 10
 
 # %%
@@ -63,7 +58,7 @@ from helpers.report import plots
 
 C = load_cohort(cohort, root=root)
 min_cells = C.analysis("min_cells", min_cells)
-adata = load_annotated(Path(processed_dir) / "annotated.h5ad")  # without 'unassigned' cells
+adata = load_annotated(C.processed_dir / "annotated.h5ad")  # without 'unassigned' cells
 bm = adata[adata.obs["tissue"] == C.discovery_tissue]
 SUBSETS = ["mono_classical", "mono_nonclassical", "mono_IFN"]
 PHAGO = PHAGOCYTOSIS_SET
@@ -85,16 +80,16 @@ for ct in SUBSETS:
         continue
     res = deseq2(pb, C.reference_group, C.test_group, covariates=covariates)
     de[ct] = res
-    write_table(res.reset_index(), Path(results_dir) / "tables" / f"04_de_{ct}.csv")
+    write_table(res.reset_index(), C.results_dir / "tables" / f"04_de_{ct}.csv")
     e = enrichment_ulm(res["stat"], SETS)
     e.insert(0, "cell_type", ct)
     enr.append(e)
     print(ct, res.attrs["design"], f"{(res.padj < 0.05).sum()} genes at padj < 0.05")
 enr = pd.concat(enr, ignore_index=True) if enr else pd.DataFrame(columns=["cell_type", "set", "score", "p"])
-write_table(enr, Path(results_dir) / "tables" / "04_enrichment.csv")
+write_table(enr, C.results_dir / "tables" / "04_enrichment.csv")
 if de:
-    save_figure(plots.volcano_grid(de, highlight={PHAGO: SETS[PHAGO], NFKB: SETS[NFKB]}), figures_dir, "04_volcano")
-    save_figure(plots.enrichment_bars(enr), figures_dir, "04_enrichment")
+    save_figure(plots.volcano_grid(de, highlight={PHAGO: SETS[PHAGO], NFKB: SETS[NFKB]}), C.figures_dir, "04_volcano")
+    save_figure(plots.enrichment_bars(enr), C.figures_dir, "04_enrichment")
 enr
 
 # %% [markdown]
@@ -125,13 +120,13 @@ for name, (ct, set_name, kind) in {
     if values is not None:
         panels[name] = (values, None)
 if panels:
-    save_figure(plots.patient_points(panels, patient_responses(bm.obs), C.groups, {**claims, **controls}), figures_dir,
+    save_figure(plots.patient_points(panels, patient_responses(bm.obs), C.groups, {**claims, **controls}), C.figures_dir,
                 "04_patients")
 findings = {"claims": claims, "controls": controls,
             "de_genes_padj_below_0.05": {ct: int((r.padj < 0.05).sum()) for ct, r in de.items()},
             "design": {ct: r.attrs["design"] for ct, r in de.items()},
             "de_not_testable": de_untestable}
-write_json(findings, Path(results_dir) / "findings" / "04.json")
+write_json(findings, C.results_dir / "findings" / "04.json")
 pd.DataFrame({**claims, **controls}).T
 
 # %% [markdown]

@@ -32,13 +32,8 @@
 # Outputs: `results/<cohort>/findings/05.json`, table `05_nk_per_patient.csv`, figures `05_nk_cd16`, `05_flow`.
 
 # %% tags=["parameters"]
-cohort = "ifm2017_sim"
-seed = 2017031
-root = "."
-processed_dir = "data/processed/ifm2017_sim"
-results_dir = "results/ifm2017_sim"
-figures_dir = "figures/ifm2017_sim"
-notebook = "05_nk_cd16"
+cohort = "ifm2017_sim"  # a folder under data/cohorts/
+root = None  # the project root; None finds it from the working directory (or $DR_ROOT)
 min_cells = 10
 gene = "FCGR3A"
 
@@ -67,7 +62,7 @@ from helpers.report import plots
 
 C = load_cohort(cohort, root=root)
 min_cells = C.analysis("min_cells", min_cells)
-adata = load_annotated(Path(processed_dir) / "annotated.h5ad")  # without 'unassigned' cells
+adata = load_annotated(C.processed_dir / "annotated.h5ad")  # without 'unassigned' cells
 bm = adata[adata.obs["tissue"] == C.discovery_tissue]
 split = adata.uns.get("nk_cd54_split", {})  # the annotation's verdict on the CD54 split (optional)
 claim_types, split_note = resolve_claim_cells(bm, CLAIMS["nk_cd54dim_cd16"])  # CD54dim NK, or all CD56dim NK
@@ -103,10 +98,10 @@ if protein is not None:  # CITE-seq antibody counts: CD16 protein in the same NK
     claims["nk_cd16_protein"] = {**claim(protein_per_patient(bm, protein, claim_types, min_cells), resp, C,
                                          f"CD16 antibody counts ({protein}), CLR across cells, per-patient mean in "
                                          f"{'+'.join(claim_types)}, Hodges-Lehmann, Mann-Whitney"), "measured_in": claim_types}
-write_table(per_patient, Path(results_dir) / "tables" / "05_nk_per_patient.csv")
+write_table(per_patient, C.results_dir / "tables" / "05_nk_per_patient.csv")
 records = {**claims, **controls, f"NK_CD56dim_CD54dim_{gene}_log2cpm": claims["nk_cd54dim_cd16"]}
 if panels:
-    save_figure(plots.patient_points(panels, resp, C.groups, records), figures_dir, "05_nk_cd16")
+    save_figure(plots.patient_points(panels, resp, C.groups, records), C.figures_dir, "05_nk_cd16")
 pd.DataFrame({**claims, **controls}).T
 
 # %% [markdown]
@@ -115,7 +110,7 @@ pd.DataFrame({**claims, **controls}).T
 # %%
 findings = {"claims": claims, "controls": controls, "claim_cells": {"measured_in": claim_types, "note": split_note,
                                                                     "nk_cd54_split": split}}
-flow_path = Path(processed_dir) / "flow_cytometry.csv"
+flow_path = C.processed_dir / "flow_cytometry.csv"
 if flow_path.exists():
     flow = pd.read_csv(flow_path).set_index("patient_id")["pct_cd16_of_cd56dim_nk"]
     findings["claims"]["flow_pct_cd16"] = claim(flow, resp, C, "% CD16+ of CD56dim NK by flow cytometry, Hodges-Lehmann, "
@@ -127,11 +122,11 @@ if flow_path.exists():
     if not is_not_testable(corr):
         save_figure(plots.scatter_by_group(both["rna"], both["flow"], resp, C.groups, f"{gene} log2 CPM in "
                                            f"{'+'.join(claim_types)} (RNA)", "% CD16+ CD56dim NK (flow)", corr),
-                    figures_dir, "05_flow")
+                    C.figures_dir, "05_flow")
 else:
     findings["flow_vs_rna"] = findings["claims"]["flow_pct_cd16"] = not_testable(
         "no flow cytometry table (flow_cytometry.csv) for this cohort")
-write_json(findings, Path(results_dir) / "findings" / "05.json")
+write_json(findings, C.results_dir / "findings" / "05.json")
 
 # %% [markdown]
 # ## Conclusion

@@ -33,13 +33,8 @@
 # `06_survival`.
 
 # %% tags=["parameters"]
-cohort = "ifm2017_sim"
-seed = 2017031
-root = "."
-processed_dir = "data/processed/ifm2017_sim"
-results_dir = "results/ifm2017_sim"
-figures_dir = "figures/ifm2017_sim"
-notebook = "06_tumour_nfkb"
+cohort = "ifm2017_sim"  # a folder under data/cohorts/
+root = None  # the project root; None finds it from the working directory (or $DR_ROOT)
 min_cells = 10
 
 # %%
@@ -73,7 +68,7 @@ from helpers.report import plots
 
 C = load_cohort(cohort, root=root)
 min_cells = C.analysis("min_cells", min_cells)
-adata = load_annotated(Path(processed_dir) / "annotated.h5ad")  # without 'unassigned' cells
+adata = load_annotated(C.processed_dir / "annotated.h5ad")  # without 'unassigned' cells
 bm = adata[adata.obs["tissue"] == C.discovery_tissue]
 
 # %% [markdown]
@@ -91,12 +86,12 @@ scores, records = measure_scores(bm, ["malignant_PC"], C, {
 }, min_cells)
 claims = {k: records[k] for k in ("tumour_nfkb_progeny", "tumour_nfkb_targets")}
 controls = {k: records[k] for k in ("tumour_progeny_estrogen", "tumour_progeny_androgen")}
-write_table(scores.reset_index(names="patient_id"), Path(results_dir) / "tables" / "06_tumour_scores.csv")
+write_table(scores.reset_index(names="patient_id"), C.results_dir / "tables" / "06_tumour_scores.csv")
 panels = {k: (scores[k], None) for k in ("tumour_nfkb_progeny", "tumour_nfkb_targets", "tumour_progeny_estrogen")
           if k in scores}
 if panels:
     save_figure(plots.patient_points(panels, scores["response"], C.groups, records, ylabel="activity / score"),
-                figures_dir, "06_tumour_nfkb")
+                C.figures_dir, "06_tumour_nfkb")
 pd.DataFrame(records).T
 
 # %% [markdown]
@@ -113,14 +108,14 @@ if not is_not_testable(corr):
     both = pd.concat({"tumour_nfkb": scores["tumour_nfkb_progeny"], "bme_inflammation": infl}, axis=1).dropna()
     save_figure(plots.scatter_by_group(both["tumour_nfkb"], both["bme_inflammation"], scores["response"], C.groups,
                                        "tumour PROGENy NFkB activity", "immune Hallmark inflammatory score (z)", corr),
-                figures_dir, "06_correlation")
+                C.figures_dir, "06_correlation")
 corr
 
 # %% [markdown]
 # ## Prognosis in the bulk cohort
 
 # %%
-bulk_path = Path(processed_dir) / "bulk.h5ad"
+bulk_path = C.processed_dir / "bulk.h5ad"
 surv = None
 if bulk_path.exists():
     bulk = ad.read_h5ad(bulk_path)
@@ -129,7 +124,7 @@ if bulk_path.exists():
     surv = survival_by_score(nfkb_bulk, bulk.obs["pfs_months"], bulk.obs["pfs_event"])
     ctrl = survival_by_score(progeny_activity(bulk_logcpm, "Estrogen"), bulk.obs["pfs_months"], bulk.obs["pfs_event"])
     curves = km_curves(nfkb_bulk, bulk.obs["pfs_months"], bulk.obs["pfs_event"])
-    save_figure(plots.km_figure(curves, surv, "tumour NF-kB (PROGENy) in the bulk cohort"), figures_dir, "06_survival")
+    save_figure(plots.km_figure(curves, surv, "tumour NF-kB (PROGENy) in the bulk cohort"), C.figures_dir, "06_survival")
     display(pd.Series(surv))
 
 # %%
@@ -139,7 +134,7 @@ if surv is not None:
     findings["controls"]["prognosis_progeny_estrogen"] = ctrl
 else:
     findings["prognosis"] = not_testable("no bulk cohort with survival (bulk.h5ad) for this cohort")
-write_json(findings, Path(results_dir) / "findings" / "06.json")
+write_json(findings, C.results_dir / "findings" / "06.json")
 
 # %% [markdown]
 # ## Conclusion

@@ -65,13 +65,9 @@
 # `07_*.csv` (`07_permutation_null.csv`: every null AUC), figures `07_roc`, `07_selection`.
 
 # %% tags=["parameters"]
-cohort = "ifm2017_sim"
-seed = 2017031
-root = "."
-processed_dir = "data/processed/ifm2017_sim"
-results_dir = "results/ifm2017_sim"
-figures_dir = "figures/ifm2017_sim"
-notebook = "07_classifier"
+cohort = "ifm2017_sim"  # a folder under data/cohorts/
+root = None  # the project root; None finds it from the working directory (or $DR_ROOT)
+seed = None  # None: the cohort's seed (cohort.yaml); a number reruns with another seed
 n_perm = 500
 perm_repeats = 1
 n_repeats = 5
@@ -92,11 +88,12 @@ from helpers.io import atomic_path, save_figure, write_json, write_table
 from helpers.report import plots
 
 C = load_cohort(cohort, root=root)
+seed = C.seed if seed is None else seed
 n_perm = int(C.analysis("n_perm", n_perm))
 n_jobs = int(os.environ.get("DR_THREADS", "2"))  # permutation workers
 panel = clf.load_panel(C.resolve(C.analysis("classifier_panel")) if C.analysis("classifier_panel") else None)
 genes = panel["gene"].tolist()
-adata = load_annotated(Path(processed_dir) / "annotated.h5ad")
+adata = load_annotated(C.processed_dir / "annotated.h5ad")
 cell_types = C.analysis("classifier_cell_types")  # None = all cells
 panel_missing = [g for g in genes if g not in adata.var_names]
 bm, bm_untestable = attempt(clf.cohort_panel_features, adata, genes, top_k, C.discovery_tissue, C.groups,
@@ -117,7 +114,7 @@ res = (clf.evaluate_marrow(Z_bm, y_bm, seed, top_k, n_repeats, n_perm, perm_repe
        if bm is not None else None)
 if res is not None:
     write_table(res["selection"].rename("selection_frequency").rename_axis("gene").reset_index(),
-                Path(results_dir) / "tables" / "07_selection.csv")
+                C.results_dir / "tables" / "07_selection.csv")
     for name in ("bm_34", "bm_top8"):
         r = res[name]
         print(f"{name}: AUC {r['auc']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}] (Hanley-McNeil); permutation p = "
@@ -135,16 +132,16 @@ if bm is not None:
     pb, pb_untestable = attempt(clf.evaluate_tissue, final, adata, genes_used, C.validation_tissue, C.groups,
                                 C.test_group, cell_types, min_cells)
     write_table(pd.DataFrame({"patient_id": Z_bm.index, "response": r_bm.to_numpy(), "oof_p_34": res["bm_34"]["oof"],
-                              "oof_p_top8": res["bm_top8"]["oof"]}), Path(results_dir) / "tables" / "07_marrow_oof.csv")
+                              "oof_p_top8": res["bm_top8"]["oof"]}), C.results_dir / "tables" / "07_marrow_oof.csv")
 if pb is not None:
     pb = clf.evaluate_blood_permutation(clf.make_model(seed, top_k=top_k), Z_bm, y_bm, pb, seed, n_perm, n_jobs,
                                         progress=True)
     write_table(pd.DataFrame({"patient_id": pb["Z"].index, "response": pb["responses"].to_numpy(),
-                              "p_nonresponse": pb["prob"]}), Path(results_dir) / "tables" / "07_blood_predictions.csv")
+                              "p_nonresponse": pb["prob"]}), C.results_dir / "tables" / "07_blood_predictions.csv")
 if res is not None:
     nulls = {f"auc_{k}": res[k]["null"] for k in ("bm_34", "bm_top8")} | ({"auc_pb_top8": pb["null"]} if pb else {})
     write_table(pd.DataFrame(nulls).rename_axis("permutation").reset_index(),
-                Path(results_dir) / "tables" / "07_permutation_null.csv")
+                C.results_dir / "tables" / "07_permutation_null.csv")
 print(f"blood: AUC {pb['auc']:.3f} [{pb['ci_low']:.3f}, {pb['ci_high']:.3f}] (Hanley-McNeil, {len(pb['y'])} patients); "
       f"permutation p = {pb['permutation_p']:.4f}" if pb is not None else f"blood: {describe(pb_untestable)}")
 
@@ -153,7 +150,7 @@ if final is not None:
     bundle = clf.build_bundle(final, genes_used, panel, {C.discovery_tissue: stats_bm,
                                                          **({C.validation_tissue: pb["stats"]} if pb is not None else {})},
                               cell_types, C.name, seed, [C.reference_group, C.test_group])
-    with atomic_path(Path(results_dir) / "nfkb_model.joblib") as tmp:
+    with atomic_path(C.results_dir / "nfkb_model.joblib") as tmp:
         joblib.dump(bundle, tmp)
 
 # %%
@@ -163,8 +160,8 @@ if res is not None:
               f"marrow, top {top_k} (CV)": (y_bm, res["bm_top8"]["oof"], res["bm_top8"]["auc"], study["auc_bm_top8"])}
     if pb is not None:
         curves[f"blood, top {top_k} (external)"] = (pb["y"], pb["prob"], pb["auc"], study["auc_pb_top8"])
-    save_figure(plots.roc_figure(curves), figures_dir, "07_roc")
-    save_figure(plots.selection_figure(res["selection"], top8), figures_dir, "07_selection")
+    save_figure(plots.roc_figure(curves), C.figures_dir, "07_roc")
+    save_figure(plots.selection_figure(res["selection"], top8), C.figures_dir, "07_selection")
 
 # %% [markdown]
 # ## What the study's AUCs imply (binormal model, Hanley-McNeil CIs)
@@ -201,7 +198,7 @@ findings = {
            f"mean over repeats; permutation null: {perm_repeats} repeat(s) per permutation") if res else None,
     "study": clf.STUDY_AUC, "study_calibration": calibration,
 }
-write_json(findings, Path(results_dir) / "findings" / "07.json")
+write_json(findings, C.results_dir / "findings" / "07.json")
 
 # %% [markdown]
 # ## Conclusion

@@ -34,13 +34,9 @@
 # `08_atlas_values.csv` (patients x features), figure `08_atlas`.
 
 # %% tags=["parameters"]
-cohort = "ifm2017_sim"
-seed = 2017031
-root = "."
-processed_dir = "data/processed/ifm2017_sim"
-results_dir = "results/ifm2017_sim"
-figures_dir = "figures/ifm2017_sim"
-notebook = "08_resistance_atlas"
+cohort = "ifm2017_sim"  # a folder under data/cohorts/
+root = None  # the project root; None finds it from the working directory (or $DR_ROOT)
+seed = None  # None: the cohort's seed (cohort.yaml); a number reruns with another seed
 min_cells = 10
 atlas_file = ""  # path to another atlas YAML, empty for data/resistance_atlas.yaml
 
@@ -64,9 +60,10 @@ from helpers.io import save_figure, write_json, write_table
 from helpers.report import plots
 
 C = load_cohort(cohort, root=root)
+seed = C.seed if seed is None else seed
 min_cells = C.analysis("min_cells", min_cells)
 spec = atlas.load_atlas(C.resolve(atlas_file) if atlas_file else None)
-adata = load_annotated(Path(processed_dir) / "annotated.h5ad")  # without 'unassigned' cells
+adata = load_annotated(C.processed_dir / "annotated.h5ad")  # without 'unassigned' cells
 bm = adata[(adata.obs["tissue"] == C.discovery_tissue).to_numpy()].copy()
 del adata
 resp = patient_responses(bm.obs)
@@ -119,10 +116,10 @@ if untestable is None:
     meta = pd.concat([expr_meta, me_meta, cnv_meta], ignore_index=True)
     table = atlas.atlas_table(values, meta, resp, C.reference_group, C.test_group,
                               ages=ages if ages.nunique() > 2 else None)
-    write_table(table.sort_values("p"), Path(results_dir) / "tables" / "08_atlas.csv")
-    write_table(values.rename_axis("patient_id").reset_index(), Path(results_dir) / "tables" / "08_atlas_values.csv")
-    write_table(meta.drop(columns=["genes"]), Path(results_dir) / "tables" / "08_atlas_features.csv")
-    save_figure(plots.atlas_heatmap(values, table, resp, C.groups), figures_dir, "08_atlas")
+    write_table(table.sort_values("p"), C.results_dir / "tables" / "08_atlas.csv")
+    write_table(values.rename_axis("patient_id").reset_index(), C.results_dir / "tables" / "08_atlas_values.csv")
+    write_table(meta.drop(columns=["genes"]), C.results_dir / "tables" / "08_atlas_features.csv")
+    save_figure(plots.atlas_heatmap(values, table, resp, C.groups), C.figures_dir, "08_atlas")
     by_mech = table.groupby("mechanism").agg(n_features=("feature", "size"), min_q=("q", "min"),
                                              n_q_below_005=("q", lambda q: int((q < 0.05).sum())))
     display(by_mech)
@@ -152,13 +149,13 @@ else:
 # reach q < 0.05; CNV subclone counts are compared with the planted clones.
 
 # %%
-truth_path = Path(processed_dir) / "truth.json"
+truth_path = C.processed_dir / "truth.json"
 if truth_path.exists() and untestable is None:
     truth = json.loads(truth_path.read_text())
     table["planted"], findings["truth"] = atlas.atlas_against_truth(table, meta, cnv, truth)
-    write_table(table.sort_values("p"), Path(results_dir) / "tables" / "08_atlas.csv")
+    write_table(table.sort_values("p"), C.results_dir / "tables" / "08_atlas.csv")
     display(pd.Series(findings["truth"]))
-write_json(findings, Path(results_dir) / "findings" / "08.json")
+write_json(findings, C.results_dir / "findings" / "08.json")
 
 # %% [markdown]
 # ## Conclusion

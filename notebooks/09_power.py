@@ -49,13 +49,9 @@
 # (every simulated cohort), figure `09_power`.
 
 # %% tags=["parameters"]
-cohort = "ifm2017_sim"
-seed = 2017031
-root = "."
-processed_dir = "data/processed/ifm2017_sim"
-results_dir = "results/ifm2017_sim"
-figures_dir = "figures/ifm2017_sim"
-notebook = "09_power"
+cohort = "ifm2017_sim"  # a folder under data/cohorts/
+root = None  # the project root; None finds it from the working directory (or $DR_ROOT)
+seed = None  # None: the cohort's seed (cohort.yaml); a number reruns with another seed
 n_reps = 10
 group_sizes = [4, 6, 8, 12, 16, 24, 32]
 effect_scales = [0.5, 1.0, 1.5]
@@ -89,6 +85,7 @@ from helpers.io import save_figure, write_json, write_table
 from helpers.report import plots
 
 C = load_cohort(cohort, root=root)
+seed = C.seed if seed is None else seed
 n_reps = int(C.analysis("power_reps", n_reps))
 min_cells = C.analysis("min_cells", min_cells)
 # a real cohort has no simulator of its own: its design is powered under the default cohort's simulator
@@ -109,13 +106,13 @@ seconds = time.time() - t0
 summary = power.summarise_power(raw)
 # one_cohort's classifier CI is a bootstrap of out-of-fold predictions without refitting: labelled as such
 raw = raw.rename(columns={"ci_low": "auc_oof_bootstrap_low", "ci_high": "auc_oof_bootstrap_high"})
-write_table(raw, Path(results_dir) / "tables" / "09_power_raw.csv")
-write_table(summary, Path(results_dir) / "tables" / "09_power.csv")
+write_table(raw, C.results_dir / "tables" / "09_power_raw.csv")
+write_table(summary, C.results_dir / "tables" / "09_power.csv")
 print(f"{raw[['n_cr', 'n_nr', 'effect_scale', 'rep']].drop_duplicates().shape[0]} simulated cohorts in {seconds:.0f} s")
 summary[summary["effect_scale"] == 1.0].pivot(index="test", columns="n_per_group", values="power").round(2)
 
 # %%
-save_figure(plots.power_figure(summary), figures_dir, "09_power")
+save_figure(plots.power_figure(summary), C.figures_dir, "09_power")
 
 # %% [markdown]
 # ## Classifier at this cohort's design: power by the permutation rule, and the effect scale behind the study's AUC
@@ -169,8 +166,8 @@ findings = {
 }
 if auc_power:
     findings["default_design"]["power"]["auc_bm_34"] = auc_power
-write_json(findings, Path(results_dir) / "findings" / "09.json")
-write_json({"power_seconds": round(seconds, 1)}, Path(results_dir) / "timings" / "09_power.json")  # not a result
+write_json(findings, C.results_dir / "findings" / "09.json")
+write_json({"power_seconds": round(seconds, 1)}, C.results_dir / "timings" / "09_power.json")  # not a result
 pd.DataFrame(findings["default_design"]["power"]).T
 
 # %% [markdown]

@@ -44,13 +44,8 @@
 # `results/<cohort>/findings/10.json`, figure `10_scorecard`.
 
 # %% tags=["parameters"]
-cohort = "ifm2017_sim"
-seed = 2017031
-root = "."
-processed_dir = "data/processed/ifm2017_sim"
-results_dir = "results/ifm2017_sim"
-figures_dir = "figures/ifm2017_sim"
-notebook = "10_scorecard"
+cohort = "ifm2017_sim"  # a folder under data/cohorts/
+root = None  # the project root; None finds it from the working directory (or $DR_ROOT)
 
 # %%
 from pathlib import Path
@@ -69,23 +64,23 @@ from helpers.report.scorecard import (
 )
 
 C = load_cohort(cohort, root=root)
-truth_path = Path(processed_dir) / "truth.json"
+truth_path = C.processed_dir / "truth.json"
 truth = read_json(truth_path) if (C.kind == "simulated" and truth_path.exists()) else None
-twin = null_twin_verdicts(C.analysis("null_twin"), Path(results_dir).parent)  # the null twin this cohort names
-card = build_scorecard(Path(results_dir) / "findings", truth, twin)
-write_table(card, Path(results_dir) / "scorecard.csv")
+twin = null_twin_verdicts(C.analysis("null_twin"), C.results_dir.parent)  # the null twin this cohort names
+card = build_scorecard(C.results_dir / "findings", truth, twin)
+write_table(card, C.results_dir / "scorecard.csv")
 card.drop(columns=["rule"])
 
 # %%
-save_figure(plots.scorecard_figure(card), figures_dir, "10_scorecard")
+save_figure(plots.scorecard_figure(card), C.figures_dir, "10_scorecard")
 counts = verdict_counts(card)
 untestable = not_testable_rows(card)
 write_json({"verdicts": counts, "n_claims": int(len(card)), "not_testable": untestable.to_dict(),
-            "rows": card.drop(columns=["rule"]).to_dict("records")}, Path(results_dir) / "findings" / "10.json")
-summary = not_testable_summary(C.name, card, Path(results_dir) / "findings")
-with atomic_path(Path(results_dir) / NOT_TESTABLE_FILE) as tmp:
+            "rows": card.drop(columns=["rule"]).to_dict("records")}, C.results_dir / "findings" / "10.json")
+summary = not_testable_summary(C.name, card, C.results_dir / "findings")
+with atomic_path(C.results_dir / NOT_TESTABLE_FILE) as tmp:
     tmp.write_text(summary)
-render_report(C.name, card, Path(results_dir) / "html", Path(figures_dir), Path(results_dir) / "report.html")
+render_report(C.name, card, C.results_dir / "html", C.figures_dir, C.results_dir / "report.html")
 print(summary)
 counts
 

@@ -22,6 +22,26 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 from helpers.validation.snapshot import GOALS  # noqa: E402  (after the environment above
 
 
+GENERATED = ("data/cohorts", "data/processed", "results", "figures")
+
+
+def checkout_state(root: Path) -> dict[str, float]:
+    """Every file under the checkout's cohort and output folders, with its modification time."""
+    return {str(p.relative_to(root)): p.stat().st_mtime for d in GENERATED if (root / d).exists()
+            for p in (root / d).rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def hermetic_checkout():
+    """Tests write only under tmp_path: the checkout's cohorts, processed data, results and figures are the same
+    after the session as before it (a test that needs a project root uses :func:`linked_project`)."""
+    before = checkout_state(ROOT)
+    yield
+    after = checkout_state(ROOT)
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    assert not changed, f"tests wrote into the checkout: {changed[:20]}"
+
+
 @pytest.fixture(scope="session")
 def root() -> Path:
     return ROOT

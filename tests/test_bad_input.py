@@ -2,7 +2,8 @@
 (no traceback-only failure), and the outputs of an earlier good run stay intact.
 
 The cohort is a small real one (Kang 2018 PBMC counts from tests/data, written per sample as .h5ad); the cases
-are applied to a copy under data/cohorts/zz_bad_input, removed afterwards. Function-level versions of the
+are applied to data/cohorts/zz_bad_input of a scratch project root linked to this checkout (nothing is written
+into the checkout). Function-level versions of the
 ingest errors are in test_ingest.py; the cohort-definition errors by the runner in test_cohort.py."""
 from __future__ import annotations
 
@@ -16,11 +17,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from conftest import linked_project
 
 ROOT = Path(__file__).resolve().parents[1]
 KANG = ROOT / "tests" / "data" / "kang2018_pbmc_ctrl_stim_600cells.h5ad"
 NAME = "zz_bad_input"
-CDIR = ROOT / "data" / "cohorts" / NAME
 TARGET = f"results/{NAME}/notebooks/00_cohort.ipynb"
 
 COHORT_YAML = f"""name: {NAME}
@@ -40,8 +41,8 @@ def _samples() -> pd.DataFrame:
                          "batch": ["b1", "b1", "b2", "b2"], "path": [f"counts/S{i}.h5ad" for i in range(1, 5)]})
 
 
-def _make(*targets) -> subprocess.CompletedProcess:
-    return subprocess.run(["make", *targets, f"COHORT={NAME}"], cwd=ROOT, capture_output=True, text=True)
+def _make(project: Path, *targets) -> subprocess.CompletedProcess:
+    return subprocess.run(["make", *targets, f"COHORT={NAME}"], cwd=project, capture_output=True, text=True)
 
 
 def _digest(p: Path) -> str:
@@ -49,38 +50,42 @@ def _digest(p: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def good_run():
-    """The good cohort, ingested once through make (notebook 00): the outputs the bad cases must not touch."""
+def project(tmp_path_factory) -> Path:
+    """A scratch project root linked to this checkout (conftest.linked_project)."""
     if not list((ROOT / ".venv").glob(".installed-*")):
         pytest.skip("environment stamp absent (pytest run outside make): make would reinstall the environment")
-    shutil.rmtree(CDIR, ignore_errors=True)
-    (CDIR / "counts").mkdir(parents=True)
+    return linked_project(tmp_path_factory.mktemp("bad_input"))
+
+
+@pytest.fixture(scope="module")
+def good_run(project):
+    """The good cohort, ingested once through make (notebook 00): the outputs the bad cases must not touch."""
+    cdir = project / "data" / "cohorts" / NAME
+    (cdir / "counts").mkdir(parents=True)
     a = ad.read_h5ad(KANG)
     a.X = sp.csr_matrix(a.X)
     for i in range(4):
-        a[i * 150:(i + 1) * 150].copy().write_h5ad(CDIR / "counts" / f"S{i + 1}.h5ad")
-    (CDIR / "cohort.yaml").write_text(COHORT_YAML)
-    _samples().to_csv(CDIR / "samples.csv", index=False)
-    r = _make(TARGET)
+        a[i * 150:(i + 1) * 150].copy().write_h5ad(cdir / "counts" / f"S{i + 1}.h5ad")
+    (cdir / "cohort.yaml").write_text(COHORT_YAML)
+    _samples().to_csv(cdir / "samples.csv", index=False)
+    r = _make(project, TARGET)
     assert r.returncode == 0, r.stderr[-3000:]
-    outputs = [ROOT / TARGET, ROOT / "data" / "processed" / NAME / "cells.h5ad"]
-    yield {p: _digest(p) for p in outputs}
-    for d in (CDIR, ROOT / "results" / NAME, ROOT / "figures" / NAME, ROOT / "data" / "processed" / NAME):
-        shutil.rmtree(d, ignore_errors=True)
+    outputs = [project / TARGET, project / "data" / "processed" / NAME / "cells.h5ad"]
+    return {p: _digest(p) for p in outputs}
 
 
-def _write_counts(X, var_names, name="S2.h5ad"):
+def _write_counts(cdir, X, var_names, name="S2.h5ad"):
     b = ad.AnnData(X=X, obs=pd.DataFrame(index=[f"c{i}" for i in range(X.shape[0])]), var=pd.DataFrame(index=var_names))
-    b.write_h5ad(CDIR / "counts" / name)
+    b.write_h5ad(cdir / "counts" / name)
 
 
-def _case_truncated_h5(a):
-    data = (CDIR / "counts" / "S2.h5ad").read_bytes()
-    (CDIR / "counts" / "S2.h5ad").write_bytes(data[: len(data) // 3])
+def _case_truncated_h5(a, cdir):
+    data = (cdir / "counts" / "S2.h5ad").read_bytes()
+    (cdir / "counts" / "S2.h5ad").write_bytes(data[: len(data) // 3])
 
 
-def _case_truncated_mtx(a):
-    d = CDIR / "counts" / "S2_mtx"
+def _case_truncated_mtx(a, cdir):
+    d = cdir / "counts" / "S2_mtx"
     d.mkdir()
     import scipy.io
     with open(d / "matrix.mtx", "wb") as fh:
@@ -92,25 +97,25 @@ def _case_truncated_mtx(a):
     (d / "barcodes.tsv").write_text("\n".join(a.obs_names[150:300]) + "\n")
     s = _samples()
     s.loc[1, "path"] = "counts/S2_mtx"
-    s.to_csv(CDIR / "samples.csv", index=False)
+    s.to_csv(cdir / "samples.csv", index=False)
 
 
-def _case_ensembl(a):
-    _write_counts(sp.csr_matrix(a.X[150:300]), [f"ENSG{i:011d}" for i in range(a.n_vars)])
+def _case_ensembl(a, cdir):
+    _write_counts(cdir, sp.csr_matrix(a.X[150:300]), [f"ENSG{i:011d}" for i in range(a.n_vars)])
 
 
-def _case_lognorm(a):
+def _case_lognorm(a, cdir):
     X = a.X[150:300].toarray()
-    _write_counts(sp.csr_matrix(np.log1p(X / X.sum(1, keepdims=True) * 1e4)), a.var_names)
+    _write_counts(cdir, sp.csr_matrix(np.log1p(X / X.sum(1, keepdims=True) * 1e4)), a.var_names)
 
 
-def _case_empty(a):
-    _write_counts(sp.csr_matrix((0, a.n_vars)), a.var_names)
+def _case_empty(a, cdir):
+    _write_counts(cdir, sp.csr_matrix((0, a.n_vars)), a.var_names)
 
 
 def _samples_case(fn):
-    def apply(a):
-        fn(_samples()).to_csv(CDIR / "samples.csv", index=False)
+    def apply(a, cdir):
+        fn(_samples()).to_csv(cdir / "samples.csv", index=False)
     return apply
 
 
@@ -134,28 +139,29 @@ CASES = {
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES))
-def test_bad_input_exit_2_named_error_outputs_intact(good_run, case):
+def test_bad_input_exit_2_named_error_outputs_intact(project, good_run, case):
     apply, expected = CASES[case]
-    backup = CDIR.parent / f"{NAME}.bak"
+    cdir = project / "data" / "cohorts" / NAME
+    backup = cdir.parent / f"{NAME}.bak"
     shutil.rmtree(backup, ignore_errors=True)
-    shutil.copytree(CDIR, backup)
+    shutil.copytree(cdir, backup)
     try:
         a = ad.read_h5ad(KANG)
         a.X = sp.csr_matrix(a.X)
-        apply(a)
-        (CDIR / "cohort.yaml").touch()  # make sees a changed cohort and re-runs notebook 00
-        r = _make("all")
+        apply(a, cdir)
+        (cdir / "cohort.yaml").touch()  # make sees a changed cohort and re-runs notebook 00
+        r = _make(project, "all")
         assert r.returncode == 2, f"{case}: exit {r.returncode}\n{r.stderr[-3000:]}"
         assert "ERROR" in r.stderr and expected in r.stderr, f"{case}: message lacks '{expected}':\n{r.stderr[-3000:]}"
         # no traceback through the project's code reaches the user (the kernel's own shutdown chatter may)
         assert "src/helpers/" not in r.stderr, f"{case}: a traceback reached the user:\n{r.stderr[-3000:]}"
         for p, digest in good_run.items():
             assert p.exists() and _digest(p) == digest, f"{case}: earlier good output {p} was changed"
-        leftovers = [p for p in (ROOT / "results" / NAME).rglob("*.tmp*")]
+        leftovers = [p for p in (project / "results" / NAME).rglob("*.tmp*")]
         assert not leftovers, f"{case}: temporary files left behind: {leftovers}"
     finally:
-        shutil.rmtree(CDIR)
-        shutil.copytree(backup, CDIR)
+        shutil.rmtree(cdir)
+        shutil.copytree(backup, cdir)
         shutil.rmtree(backup, ignore_errors=True)
 
 

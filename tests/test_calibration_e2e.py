@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from helpers.data.cohort import load_cohort
-from helpers.validation.snapshot import calibration as cal
+from helpers.validation import calibration as cal
 
 CHECKOUT_OUTPUTS = ("data/cohorts", "results", "figures", "data/processed")
 

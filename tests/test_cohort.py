@@ -14,8 +14,7 @@ def test_shipped_cohorts_are_valid(root, name):
     assert c.groups == ["CR", "NR"] and c.reference_group == "CR" and c.test_group == "NR"
     assert c.processed_dir == root / "data" / "processed" / name
     assert set(c.samples["tissue"]) == {"BM", "PB"}
-    p = notebook_parameters(c, "00_cohort")
-    assert p["cohort"] == name and p["seed"] == c.seed and p["results_dir"].endswith(f"results/{name}")
+    assert notebook_parameters(c, "00_cohort") == {"cohort": name}  # the rest comes from the cohort
 
 
 def test_default_design_matches_study(root):
@@ -101,3 +100,14 @@ def test_simulation_base_is_inherited_and_a_missing_base_is_named(scratch_root):
     cfg.write_text(cfg.read_text().replace("base: ifm2017_sim", "base: no_such_cohort"))
     with pytest.raises(CohortError, match="simulation.base names base cohort 'no_such_cohort'"):
         load_cohort("tiny", root=scratch_root)
+
+
+def test_project_root_found_from_a_notebook_folder(root, monkeypatch, tmp_path):
+    """A notebook opened in JupyterLab runs in notebooks/ without $DR_ROOT: the root is found by walking up."""
+    from helpers.data.cohort import project_root
+
+    monkeypatch.delenv("DR_ROOT", raising=False)
+    monkeypatch.chdir(root / "notebooks")
+    assert project_root() == root
+    monkeypatch.setenv("DR_ROOT", str(tmp_path))
+    assert project_root() == tmp_path.resolve()  # the runner's scratch roots win over the working directory

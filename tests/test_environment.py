@@ -53,3 +53,42 @@ def test_seurat_v3_hvg_available():
     a = ad.AnnData(sp.csr_matrix(rng.poisson(rng.gamma(0.5, 2, 300)[None, :], size=(200, 300)).astype(np.float32)))
     sc.pp.highly_variable_genes(a, flavor="seurat_v3", n_top_genes=50)
     assert a.var["highly_variable"].sum() == 50
+
+
+@pytest.mark.slow
+def test_make_lab_starts_jupyterlab_with_the_project_kernel(tmp_path):
+    """``make lab`` (root or not) starts JupyterLab in notebooks/ whose default kernel is the project's."""
+    import json
+    import os
+    import signal
+    import socket
+    import subprocess
+    import time
+    import urllib.request
+
+    if not list((ROOT / ".venv").glob(".installed-*")):
+        pytest.skip("environment stamp absent (pytest run outside make)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = subprocess.run(["make", "-s", "-n", "lab"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    cmd = cmd.replace("\\\n", " ").strip() + f" --no-browser --ServerApp.port={port} --IdentityProvider.token=''"
+    env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path), "JUPYTER_CONFIG_DIR": str(tmp_path / "config")}
+    proc = subprocess.Popen(cmd, shell=True, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        specs = None
+        for _ in range(120):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/kernelspecs", timeout=2) as r:
+                    specs = json.load(r)
+                break
+            except OSError:
+                if proc.poll() is not None:
+                    break
+                time.sleep(0.5)
+        assert specs is not None, f"JupyterLab did not start:\n{proc.stdout.read().decode()[-3000:]}"
+        assert specs["default"] == "dr-compendium" and "dr-compendium" in specs["kernelspecs"]
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)

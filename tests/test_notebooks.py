@@ -1,4 +1,5 @@
-"""Notebooks are kept in git without outputs (enforced here) and each has one tagged parameters cell."""
+"""Notebooks are kept in git without outputs (enforced here), each has one tagged parameters cell whose defaults
+work when it is opened in JupyterLab, and each is paired with a jupytext percent script that matches it."""
 from __future__ import annotations
 
 import ast
@@ -37,3 +38,28 @@ def test_stripped_and_parameterised(path):
     assert expected <= names, f"{path.name}: parameters cell lacks {expected - names}"
     # the first markdown cell says what the notebook reproduces
     assert nb["cells"][0]["cell_type"] == "markdown"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_paired_script_in_sync(path):
+    """The percent-format .py next to each .ipynb (what reviewers read and diff) holds the same cells:
+    after editing one, run ``jupytext --sync notebooks/*.ipynb`` (JupyterLab with jupytext does it on save)."""
+    import jupytext
+
+    script = path.with_suffix(".py")
+    assert script.exists(), f"{path.name} has no paired script: jupytext --set-formats ipynb,py:percent {path}"
+    nb, py = jupytext.read(path), jupytext.read(script)
+    assert nb.metadata.get("jupytext", {}).get("formats") == "ipynb,py:percent", f"{path.name}: not paired"
+    cells = lambda n: [(c.cell_type, c.source, c.metadata.get("tags", [])) for c in n.cells]  # noqa: E731
+    assert cells(nb) == cells(py), f"{path.name} and {script.name} differ: jupytext --sync {path}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_parameters_work_as_opened(path):
+    """Defaults a reader can run: the cohort is the default one, the project root is found, not a relative path."""
+    nb = json.loads(path.read_text())
+    src = next("".join(c["source"]) for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
+    values = {t.id: ast.literal_eval(node.value) for node in ast.parse(src).body if isinstance(node, ast.Assign)
+              for t in node.targets}
+    assert values["cohort"] == "ifm2017_sim" and values["root"] is None, values
+    assert not {"processed_dir", "results_dir", "figures_dir"} & set(values), "folders come from the cohort"

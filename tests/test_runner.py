@@ -9,9 +9,10 @@ from helpers.runner import main as runner_main
 
 def _nb(path, fail: bool):
     nb = nbformat.v4.new_notebook()
-    p = nbformat.v4.new_code_cell("cohort = 'x'\nseed = 0\nroot = processed_dir = results_dir = figures_dir = notebook = ''")
+    p = nbformat.v4.new_code_cell("cohort = 'x'\nroot = None")
     p.metadata["tags"] = ["parameters"]
-    body = "raise ValueError('planted failure')" if fail else "from pathlib import Path\nPath(results_dir, 'ok.txt').write_text(cohort)"
+    body = "raise ValueError('planted failure')" if fail else ("from helpers.data.cohort import load_cohort\n"
+                                                      "(load_cohort(cohort, root=root).results_dir / 'ok.txt').write_text(cohort)")
     nb.cells = [nbformat.v4.new_markdown_cell("# t"), p, nbformat.v4.new_code_cell("x = 1"), nbformat.v4.new_code_cell(body)]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, path)

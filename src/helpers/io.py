@@ -98,8 +98,21 @@ def write_h5ad(adata, path: str | os.PathLike, compression: str | None = "auto")
     return path
 
 
-def save_figure(fig, figures_dir: str | os.PathLike, name: str, dpi: int = 150) -> list[Path]:
-    """Save ``fig`` as PNG and PDF under ``figures_dir`` (deterministic metadata)."""
+def in_notebook() -> bool:
+    """True inside a Jupyter kernel (JupyterLab, papermill), False in a script or a test."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and getattr(shell, "kernel", None) is not None
+
+
+def save_figure(fig, figures_dir: str | os.PathLike, name: str, dpi: int = 150, show: bool = True) -> list[Path]:
+    """Save ``fig`` as PNG and PDF under ``figures_dir`` (deterministic metadata), show the PNG inline when
+    running in a notebook (``show``), and close the figure (a backend cannot show it a second time)."""
+    import matplotlib.pyplot as plt
+
     figures_dir = Path(figures_dir)
     out = []
     for ext in ("png", "pdf"):
@@ -108,4 +121,9 @@ def save_figure(fig, figures_dir: str | os.PathLike, name: str, dpi: int = 150) 
             meta = {"CreationDate": None} if ext == "pdf" else {"Software": None}
             fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=ext, metadata=meta)
         out.append(target)
+    plt.close(fig)
+    if show and in_notebook():
+        from IPython.display import Image, display
+
+        display(Image(filename=str(out[0])))
     return out

@@ -41,7 +41,7 @@ def project_root() -> Path:
     for p in (here, *here.parents):
         if (p / "data" / "cohorts").is_dir() and (p / "pyproject.toml").exists():
             return p
-    return Path(__file__).resolve().parents[2]
+    return Path(__file__).resolve().parents[3]  # src/helpers/data/cohort.py -> the checkout
 
 
 @dataclass
@@ -277,13 +277,7 @@ def load_cohort(name: str, root: str | os.PathLike | None = None) -> Cohort:
 
 
 def notebook_parameters(cohort: Cohort, notebook: str) -> dict[str, Any]:
-    """The papermill parameters for one notebook: the cohort, its seed and the folders it reads/writes."""
-    return {
-        "cohort": cohort.name,
-        "seed": cohort.seed,
-        "root": str(cohort.root),
-        "processed_dir": str(cohort.processed_dir),
-        "results_dir": str(cohort.results_dir),
-        "figures_dir": str(cohort.figures_dir),
-        "notebook": notebook,
-    }
+    """The papermill parameters for one notebook: only the cohort's name. Everything else (seed, the folders it
+    reads and writes, analysis settings) the notebook derives from the cohort, exactly as when it is opened in
+    JupyterLab; the project root comes from ``$DR_ROOT``, which the runner sets (:func:`project_root`)."""
+    return {"cohort": cohort.name}
