@@ -111,6 +111,23 @@ def test_checks_flag_a_miscalibrated_null_row_and_a_missed_prediction():
     assert checks["pooled null rate CI contains 0.05"] is True  # 5 of 40
 
 
+def test_expected_null_count_uses_each_rows_own_rate():
+    """A chain whose rows are one-sided at 0.025 and never fire: 0 of 80 fails 'CI contains 0.05' but is consistent
+    with the rows' own rates (expected 2); 12 of 80 is not (too many)."""
+    claims = ["c0", "c1"]
+    predicted = pd.DataFrame([{"claim": c, "cohort_kind": "null", "predicted_power": 0.025, "note": ""} for c in claims])
+    quiet = [(f"n{j}", "null", c, "not reproduced") for j in range(40) for c in claims]
+    table = cal.summarise_runs(_runs(quiet), claims, predicted)
+    expected, p_low, p_high = cal.expected_null_count(table)
+    assert expected == pytest.approx(2.0) and p_low == pytest.approx(0.975 ** 80) and p_high == pytest.approx(1.0)
+    checks = {c["check"].split(" (")[0]: c["passed"] for c in cal.calibration_checks(table)}
+    assert checks["pooled null rate CI contains 0.05"] is False
+    assert checks["pooled null count consistent with the rows' own false-positive rates"] is True
+    noisy = [(f"n{j}", "null", c, "reproduced" if j < 6 else "not reproduced") for j in range(40) for c in claims]
+    checks = {c["check"].split(" (")[0]: c["passed"] for c in cal.calibration_checks(cal.summarise_runs(_runs(noisy), claims, predicted))}
+    assert checks["pooled null count consistent with the rows' own false-positive rates"] is False
+
+
 def test_calibration_cohorts_are_valid_and_written_outside_the_checkout(tmp_path, root):
     design = cal.Design(6, 6, 0, 0, bm_cells=300, pb_cells=100, analysis={"min_cells": 5})
     project = cal.link_project(tmp_path / "scratch", root)

@@ -469,6 +469,28 @@ def max_null_hits(n: int, alpha: float = ALPHA, tail: float = NULL_TAIL) -> int:
     return c
 
 
+def nominal_null_rate(claim: str, alpha: float = ALPHA) -> float:
+    """The false-positive rate a row's verdict rule has by construction when the power model does not give one:
+    AUC rows, a one-sided label-permutation p < alpha (alpha); prognosis, a hazard ratio whose two-sided 95% CI lies
+    above 1 (alpha / 2)."""
+    path = {r[0]: r[3] for r in ROWS}.get(claim, ("",))
+    return alpha / 2 if path[0] == "prognosis" else alpha
+
+
+def expected_null_count(table: pd.DataFrame, alpha: float = ALPHA) -> tuple[float, float, float]:
+    """Expected reproduced count over the null rows under each row's own rule (the power model's false-positive rate
+    where it has one, else :func:`nominal_null_rate`), and the exact Poisson-binomial chances of at most and at
+    least the observed count (cohorts and rows taken as independent)."""
+    rows = table[(table["cohort_kind"] == "null") & (table["claim"] != POOLED) & (table["n_runs"] > 0)]
+    pmf, expected = np.array([1.0]), 0.0
+    for r in rows.itertuples():
+        q = float(r.predicted_power) if pd.notna(r.predicted_power) else nominal_null_rate(r.claim, alpha)
+        expected += q * r.n_runs
+        pmf = np.convolve(pmf, sstats.binom.pmf(np.arange(r.n_runs + 1), r.n_runs, q))
+    k = int(rows["n_reproduced"].sum())
+    return expected, float(pmf[:k + 1].sum()), float(pmf[k:].sum())
+
+
 def calibration_checks(table: pd.DataFrame, alpha: float = ALPHA) -> list[dict[str, Any]]:
     """The reading rules, evaluated: pooled null CI contains alpha and its upper bound < 2 alpha; no null row above
     :func:`max_null_hits`; each planted row's predicted rate inside the planted rate's CI."""
@@ -480,6 +502,12 @@ def calibration_checks(table: pd.DataFrame, alpha: float = ALPHA) -> list[dict[s
                           f"[{fmt(pooled['ci_low'])}, {fmt(pooled['ci_high'])}]"})
     out.append({"check": f"pooled null CI upper bound < {2 * alpha:g}", "passed": bool(pooled["ci_high"] < 2 * alpha),
                 "detail": fmt(pooled["ci_high"])})
+    expected, p_low, p_high = expected_null_count(table, alpha)
+    out.append({"check": "pooled null count consistent with the rows' own false-positive rates (both tails > 0.025)",
+                "passed": bool(min(p_low, p_high) > 0.025),
+                "detail": f"{pooled['n_reproduced']} observed, {expected:.2f} expected "
+                          f"({expected / max(int(pooled['n_runs']), 1):.3f} of {pooled['n_runs']}); "
+                          f"P(at most observed) = {p_low:.3f}, P(at least) = {p_high:.3f}"})
     for r in table[(table["cohort_kind"] == "null") & (table["claim"] != POOLED)].itertuples():
         if r.n_runs:
             c = max_null_hits(r.n_runs, alpha)
@@ -584,7 +612,10 @@ def calibration_markdown(table: pd.DataFrame, checks: list[dict[str, Any]], meta
         f"< {NULL_TAIL}). The directional rows need p < 0.05 *and* the study's direction, so a calibrated two-sided "
         "test gives about half of 0.05 there (`predicted_power` on the null rows is the model's false-positive rate); "
         "the other rows follow their own rules (the scorecard's `rule` column). The pooled CI treats rows as "
-        "independent although rows of one cohort are correlated (e.g. the AUC rows): read it as approximate.",
+        "independent although rows of one cohort are correlated (e.g. the AUC rows): read it as approximate. Because "
+        "the directional rows are one-sided, the pooled rate a calibrated chain is expected to give is below 0.05: "
+        "the third check compares the pooled count with the sum of the rows' own false-positive rates (the model's "
+        "where it has one; 0.05 for the one-sided AUC permutation rows, 0.025 for prognosis).",
         "- **Planted**: the rate is the chain's power at this design; it should agree with the predicted power "
         "within its CI. A planted rate clearly below the prediction means the chain (QC, annotation, the "
         "not-testable rules) loses power that the pseudobulk model does not see; clearly above means the model is "
