@@ -197,12 +197,22 @@ def cohort_outputs(project: Path, name: str) -> list[Path]:
     return [project / "results" / name, project / "data" / "processed" / name, project / "figures" / name]
 
 
+def definition_content(files: dict[str, str]) -> dict[str, Any]:
+    """What a cohort definition says, without comments or formatting: parsed YAML, CSV text as is."""
+    return {f: yaml.safe_load(text) if f.endswith((".yaml", ".yml")) else text for f, text in files.items()}
+
+
 def write_cohort(project: Path, name: str, files: dict[str, str]) -> bool:
-    """Write a calibration cohort's definition; when an older definition differs, remove its outputs first.
-    Returns True when the definition was (re)written."""
+    """Write a calibration cohort's definition; when an older definition says something else (a comment or the
+    layout of the file does not count), remove its outputs first. Returns True when the definition was (re)written."""
     cdir = project / "data" / "cohorts" / name
     old = {f: (cdir / f).read_text() for f in files if (cdir / f).exists()}
     if old == files:
+        return False
+    if old.keys() == files.keys() and definition_content(old) == definition_content(files):
+        for f, text in files.items():  # same content: refresh the text, keep the finished outputs
+            with atomic_path(cdir / f) as tmp:
+                tmp.write_text(text)
         return False
     for d in cohort_outputs(project, name):
         shutil.rmtree(d, ignore_errors=True)
