@@ -43,7 +43,7 @@ from helpers.analysis.communication import interaction_matrix, liana_by_sample
 from helpers.analysis.findings import (
     describe,
     is_not_testable,
-    load_annotated,
+    load_discovery_cells,
     measure_claim,
     measure_set_score,
     not_testable,
@@ -59,8 +59,7 @@ from helpers.report import plots
 
 C = load_cohort(cohort, root=root)
 min_cells = C.analysis("min_cells", min_cells)
-adata = load_annotated(C.processed_dir / "annotated.h5ad")  # without 'unassigned' cells
-bm = adata[adata.obs["tissue"] == C.discovery_tissue]
+bm = load_discovery_cells(C)  # marrow cells without 'unassigned' ones
 IMMUNE = IMMUNE_COMPARTMENTS
 immune_types, _ = resolve_claim_cells(bm, CLAIMS["inflammatory_bme"])  # every immune cell type here
 SETS = {s: gene_set(s) for s in ["HALLMARK_INFLAMMATORY_RESPONSE", "HALLMARK_TNFA_SIGNALING_VIA_NFKB",

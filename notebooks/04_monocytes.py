@@ -45,7 +45,7 @@ from helpers.analysis.findings import (
     attempt,
     describe,
     is_not_testable,
-    load_annotated,
+    load_discovery_cells,
     measure_claim,
     measure_set_score,
     patient_responses,
@@ -58,8 +58,7 @@ from helpers.report import plots
 
 C = load_cohort(cohort, root=root)
 min_cells = C.analysis("min_cells", min_cells)
-adata = load_annotated(C.processed_dir / "annotated.h5ad")  # without 'unassigned' cells
-bm = adata[adata.obs["tissue"] == C.discovery_tissue]
+bm = load_discovery_cells(C)  # marrow cells without 'unassigned' ones
 SUBSETS = ["mono_classical", "mono_nonclassical", "mono_IFN"]
 PHAGO = PHAGOCYTOSIS_SET
 NFKB = NFKB_SET

@@ -47,7 +47,7 @@ from helpers.analysis.findings import (
     correlation,
     describe,
     is_not_testable,
-    load_annotated,
+    load_discovery_cells,
     measure_claim,
     measure_gene,
     not_testable,
@@ -62,9 +62,8 @@ from helpers.report import plots
 
 C = load_cohort(cohort, root=root)
 min_cells = C.analysis("min_cells", min_cells)
-adata = load_annotated(C.processed_dir / "annotated.h5ad")  # without 'unassigned' cells
-bm = adata[adata.obs["tissue"] == C.discovery_tissue]
-split = adata.uns.get("nk_cd54_split", {})  # the annotation's verdict on the CD54 split (optional)
+bm = load_discovery_cells(C)  # marrow cells without 'unassigned' ones
+split = bm.uns.get("nk_cd54_split", {})  # the annotation's verdict on the CD54 split (optional)
 claim_types, split_note = resolve_claim_cells(bm, CLAIMS["nk_cd54dim_cd16"])  # CD54dim NK, or all CD56dim NK
 NK = {"NK_CD56dim_CD54dim": ("claim", claim_types), "NK_CD56dim_CD54bright": ("control", ["NK_CD56dim_CD54bright"]),
       "NK_CD56bright": ("control", ["NK_CD56bright"])}

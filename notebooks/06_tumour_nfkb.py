@@ -47,7 +47,7 @@ from helpers.analysis.findings import (
     correlation,
     describe,
     is_not_testable,
-    load_annotated,
+    load_discovery_cells,
     measure_scores,
     measure_set_score,
     not_testable,
@@ -68,8 +68,7 @@ from helpers.report import plots
 
 C = load_cohort(cohort, root=root)
 min_cells = C.analysis("min_cells", min_cells)
-adata = load_annotated(C.processed_dir / "annotated.h5ad")  # without 'unassigned' cells
-bm = adata[adata.obs["tissue"] == C.discovery_tissue]
+bm = load_discovery_cells(C)  # marrow cells without 'unassigned' ones
 
 # %% [markdown]
 # ## NF-kB activity of malignant plasma cells, NR vs CR

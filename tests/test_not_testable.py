@@ -151,6 +151,23 @@ def test_unassigned_cells_are_left_out(tmp_path, tiny_cohort):
     assert "unassigned" not in types and set(types) == {"NK_CD56dim_CD54dim", "mono_classical"}
 
 
+def test_discovery_cells_are_the_cohorts_marrow_without_unassigned(scratch_root):
+    from helpers.analysis.findings import load_discovery_cells
+
+    a = _cohort(effect_log2=-1.5)
+    a.obs["cell_type"] = a.obs["cell_type"].astype(str)
+    a.obs.iloc[:5, a.obs.columns.get_loc("cell_type")] = "unassigned"
+    a.obs["tissue"] = np.where(np.arange(a.n_obs) % 3 == 0, "PB", "BM")
+    a.uns["nk_cd54_split"] = {"separable": True}
+    C = load_cohort("tiny", root=scratch_root)
+    C.processed_dir.mkdir(parents=True)
+    a.write_h5ad(C.processed_dir / "annotated.h5ad")
+    bm = load_discovery_cells(C)
+    expected = (a.obs["tissue"] == "BM") & (a.obs["cell_type"] != "unassigned")
+    assert list(bm.obs_names) == list(a.obs_names[expected.to_numpy()])
+    assert bm.uns["nk_cd54_split"] == {"separable": True}
+
+
 def test_protein_readout(tiny_cohort):
     a = _cohort(effect_log2=-1.0, protein=True)
     col = protein_column(a, "CD16")

@@ -70,6 +70,27 @@ def test_normalize_keeps_counts():
     assert np.allclose(a.X.toarray(), expect, atol=1e-5)
 
 
+def test_one_normalisation_equals_scanpy():
+    """normalize_log, lognorm_matrix and lognorm are scanpy's normalize_total(1e4) + log1p (to float precision),
+    whatever the reader: X, a subset of genes, or a dense table."""
+    import scanpy as sc
+
+    from helpers.preprocessing.normalise import lognorm, lognorm_matrix
+
+    rng = np.random.default_rng(3)
+    counts = sp.csr_matrix(rng.negative_binomial(2, 0.3, size=(50, 30)).astype(np.float32))
+    counts[0] = 0  # an empty cell stays zero
+    ref = ad.AnnData(X=counts.copy())
+    sc.pp.normalize_total(ref, target_sum=1e4)
+    sc.pp.log1p(ref)
+    a = normalize_log(ad.AnnData(X=counts.copy()))
+    np.testing.assert_allclose(a.X.toarray(), ref.X.toarray(), rtol=1e-5, atol=1e-6)
+    genes = list(a.var_names[[5, 2, 9]])
+    np.testing.assert_allclose(lognorm_matrix(a, genes).toarray(), ref[:, genes].X.toarray(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(lognorm(a, genes).to_numpy(), ref[:, genes].X.toarray(), rtol=1e-5, atol=1e-6)
+    assert lognorm_matrix(a, genes, layer=None).toarray() == pytest.approx(a[:, genes].X.toarray())
+
+
 def test_harmony_shape_mixing_and_no_response():
     rng = np.random.default_rng(0)
     n = 600

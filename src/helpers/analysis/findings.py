@@ -81,6 +81,13 @@ def load_annotated(path: str | Path) -> ad.AnnData:
     return adata if keep.all() else adata[keep].copy()
 
 
+def load_discovery_cells(cohort: Cohort) -> ad.AnnData:
+    """The cohort's annotated cells of its discovery tissue (the marrow), without ``unassigned`` ones: the cells
+    the finding notebooks measure (a view; ``uns`` holds the annotation's records)."""
+    adata = load_annotated(cohort.processed_dir / "annotated.h5ad")
+    return adata[adata.obs["tissue"] == cohort.discovery_tissue]
+
+
 def patient_responses(pb_or_obs) -> pd.Series:
     obs = pb_or_obs.obs if hasattr(pb_or_obs, "obs") else pb_or_obs
     return obs.drop_duplicates("patient_id").set_index("patient_id")["response"].astype(str)

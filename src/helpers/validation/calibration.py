@@ -407,9 +407,14 @@ def power_tests_by_claim() -> dict[str, str]:
     return {r[0]: r[3][1] for r in ROWS if len(r[3]) == 2 and r[3][0] == "claims"}
 
 
+def row_source(claim: str) -> tuple[str, ...]:
+    """Where the scorecard reads a row from (its findings path, e.g. ``("prognosis",)``), empty for an unknown row."""
+    return {r[0]: r[3] for r in ROWS}.get(claim, ("",))
+
+
 def uncovered_note(claim: str) -> str:
     """Why the power model gives no prediction for a scorecard row."""
-    path = {r[0]: r[3] for r in ROWS}.get(claim, ("",))
+    path = row_source(claim)
     if path[0] == "prognosis":
         return "not predicted: power.py models no bulk survival cohort"
     if path[0].startswith("auc"):
@@ -483,8 +488,7 @@ def nominal_null_rate(claim: str, alpha: float = ALPHA) -> float:
     """The false-positive rate a row's verdict rule has by construction when the power model does not give one:
     AUC rows, a one-sided label-permutation p < alpha (alpha); prognosis, a hazard ratio whose two-sided 95% CI lies
     above 1 (alpha / 2)."""
-    path = {r[0]: r[3] for r in ROWS}.get(claim, ("",))
-    return alpha / 2 if path[0] == "prognosis" else alpha
+    return alpha / 2 if row_source(claim)[0] == "prognosis" else alpha
 
 
 def expected_null_count(table: pd.DataFrame, alpha: float = ALPHA) -> tuple[float, float, float]:
