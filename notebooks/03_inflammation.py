@@ -84,9 +84,7 @@ grid.sort_values("p").head(10)
 # %%
 claims, controls, pooled = {}, {}, {}
 for name in ["inflammatory_bme", "inflammatory_bme_cytokine_signalling"]:
-    pooled[name], claims[name] = measure_claim(bm, name, C, f"{CLAIMS[name].feature} score in pooled immune cells per "
-                                               "patient (pseudobulk, z-scored log CPM), Hodges-Lehmann shift NR-CR, Mann-Whitney",
-                                               min_cells)
+    pooled[name], claims[name] = measure_claim(bm, name, C, min_cells)  # helpers.claims defines each
 for name, (types, set_name) in {
     "oxphos_bme": (immune_types, "HALLMARK_OXIDATIVE_PHOSPHORYLATION"),
     "inflammation_erythroid": (["erythroid"], "HALLMARK_INFLAMMATORY_RESPONSE"),

@@ -44,11 +44,11 @@ from helpers.analysis.de import deseq2, enrichment_ulm
 from helpers.analysis.findings import (
     attempt,
     describe,
-    is_not_testable,
     load_discovery_cells,
     measure_claim,
     measure_set_score,
     patient_responses,
+    with_enrichment,
 )
 from helpers.claims import CLAIMS, NFKB_SET, PHAGOCYTOSIS_SET, testable_pseudobulk
 from helpers.data.cohort import load_cohort
@@ -95,27 +95,21 @@ enr
 # ## Patient-level claims and specificity controls
 
 # %%
+# the study's claims (helpers.claims: one definition each), then controls; each record carries the ULM enrichment
+# of the same contrast on the set named here (the gene-level view)
+CLAIM_ULM = {"classical_mono_phagocytosis": PHAGO, "nonclassical_mono_phagocytosis": PHAGO, "ifn_mono_nfkb": NFKB,
+             "ifn_mono_nfkb_beyond_inflammation": NFKB}
+CONTROLS = {"ifn_mono_phagocytosis": ("mono_IFN", PHAGO), "cdc_phagocytosis": ("cDC", PHAGO)}
 claims, controls, panels = {}, {}, {}
-for name, (ct, set_name, kind) in {
-    "classical_mono_phagocytosis": ("mono_classical", PHAGO, "claim"),
-    "nonclassical_mono_phagocytosis": ("mono_nonclassical", PHAGO, "claim"),
-    "ifn_mono_nfkb": ("mono_IFN", NFKB, "claim"),  # claim measured as PROGENy NFkB activity (helpers.claims)
-    "ifn_mono_nfkb_beyond_inflammation": ("mono_IFN", NFKB, "control"),  # the same without inflammatory-set genes
-    "ifn_mono_phagocytosis": ("mono_IFN", PHAGO, "control"),
-    "cdc_phagocytosis": ("cDC", PHAGO, "control"),
-}.items():
-    what = (f"PROGENy {CLAIMS[name].feature} activity" + (f" without {CLAIMS[name].exclude_set} genes"
-                                                          if CLAIMS[name].exclude_set else "") if name in CLAIMS and CLAIMS[name].kind == "progeny"
-            else f"{set_name} score")
-    method = f"{what} per patient in {ct} (pseudobulk z-scored log CPM), Hodges-Lehmann, Mann-Whitney"
-    if name in CLAIMS:  # the study's claims: one shared definition (helpers.claims)
-        values, rec = measure_claim(bm, name, C, method, min_cells)
-    else:
-        values, rec = measure_set_score(bm, [ct], set_name, C, method, min_cells, genes=SETS.get(set_name))
-    sub = enr[(enr.cell_type == ct) & (enr.set == set_name)]
-    if len(sub) and not is_not_testable(rec):
-        rec["ulm_score"], rec["ulm_p"] = float(sub.score.iloc[0]), float(sub.p.iloc[0])
-    (claims if kind == "claim" else controls)[name] = rec
+for name, ulm_set in CLAIM_ULM.items():
+    values, rec = measure_claim(bm, name, C, min_cells)
+    claims[name] = with_enrichment(rec, enr, CLAIMS[name].cells[0], ulm_set)
+    if values is not None:
+        panels[name] = (values, None)
+for name, (ct, set_name) in CONTROLS.items():
+    values, rec = measure_set_score(bm, [ct], set_name, C, f"{set_name} score per patient in {ct} (pseudobulk "
+                                    "z-scored log CPM), Hodges-Lehmann, Mann-Whitney", min_cells, genes=SETS[set_name])
+    controls[name] = with_enrichment(rec, enr, ct, set_name)
     if values is not None:
         panels[name] = (values, None)
 if panels:
@@ -144,8 +138,8 @@ Markdown("\n".join([
     line("classical_mono_phagocytosis", "Phagocytosis (Reactome FCGR) in classical monocytes"),
     line("nonclassical_mono_phagocytosis", "Phagocytosis in nonclassical monocytes"),
     line("ifn_mono_nfkb", "NF-kB (PROGENy NFkB activity; ULM on Hallmark TNFA via NF-kB) in interferon-associated monocytes"),
-    line("ifn_mono_nfkb_beyond_inflammation", "Control: the same NF-kB activity on targets outside the Hallmark "
-         "inflammatory set (NF-kB beyond the shared cytokine response)"),
+    line("ifn_mono_nfkb_beyond_inflammation", "Secondary readout: the same NF-kB activity on targets outside the "
+         "Hallmark inflammatory set (NF-kB beyond the shared cytokine response)"),
     line("ifn_mono_phagocytosis", "Control: phagocytosis in interferon-associated monocytes"),
     line("cdc_phagocytosis", "Control: phagocytosis in cDC"),
 ]))

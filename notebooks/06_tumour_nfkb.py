@@ -48,19 +48,15 @@ from helpers.analysis.findings import (
     describe,
     is_not_testable,
     load_discovery_cells,
+    measure_claim,
+    measure_prognosis,
     measure_scores,
     measure_set_score,
     not_testable,
 )
-from helpers.analysis.pseudobulk import log_cpm, progeny_activity
-from helpers.analysis.survival import km_curves, survival_by_score
-from helpers.claims import (
-    CLAIMS,
-    claim_value_from_pseudobulk,
-    resolve_claim_cells,
-    testable_progeny,
-    testable_set_score,
-)
+from helpers.analysis.pseudobulk import log_cpm
+from helpers.analysis.survival import km_curves
+from helpers.claims import CLAIMS, resolve_claim_cells, testable_progeny, testable_set_score
 from helpers.data.cohort import load_cohort
 from helpers.data.genesets import gene_set
 from helpers.io import save_figure, write_json, write_table
@@ -76,22 +72,24 @@ bm = load_discovery_cells(C)  # marrow cells without 'unassigned' ones
 # %%
 m = "per patient in malignant plasma cells (pseudobulk), Hodges-Lehmann, Mann-Whitney"
 TRRUST = "TRRUST_NFKB_family_targets_union"
+nfkb, claims = {}, {}
+nfkb["tumour_nfkb_progeny"], claims["tumour_nfkb_progeny"] = measure_claim(bm, "tumour_nfkb_progeny", C, min_cells)
 scores, records = measure_scores(bm, ["malignant_PC"], C, {
-    "tumour_nfkb_progeny": ("PROGENy NFkB activity (decoupler ULM) " + m,  # the shared claim definition (helpers.claims)
-                            lambda pb: claim_value_from_pseudobulk(pb, "tumour_nfkb_progeny")),
     "tumour_nfkb_targets": ("TRRUST NF-kB target score " + m, lambda pb: testable_set_score(log_cpm(pb), gene_set(TRRUST), TRRUST)),
     "tumour_progeny_estrogen": ("PROGENy Estrogen (control) " + m, lambda pb: testable_progeny(log_cpm(pb), "Estrogen")),
     "tumour_progeny_androgen": ("PROGENy Androgen (control) " + m, lambda pb: testable_progeny(log_cpm(pb), "Androgen")),
 }, min_cells)
-claims = {k: records[k] for k in ("tumour_nfkb_progeny", "tumour_nfkb_targets")}
+if nfkb["tumour_nfkb_progeny"] is not None:
+    scores = scores.assign(tumour_nfkb_progeny=nfkb["tumour_nfkb_progeny"])
+claims["tumour_nfkb_targets"] = records["tumour_nfkb_targets"]  # the same claim on a curated target set
 controls = {k: records[k] for k in ("tumour_progeny_estrogen", "tumour_progeny_androgen")}
 write_table(scores.reset_index(names="patient_id"), C.results_dir / "tables" / "06_tumour_scores.csv")
 panels = {k: (scores[k], None) for k in ("tumour_nfkb_progeny", "tumour_nfkb_targets", "tumour_progeny_estrogen")
           if k in scores}
 if panels:
-    save_figure(plots.patient_points(panels, scores["response"], C.groups, records, ylabel="activity / score"),
-                C.figures_dir, "06_tumour_nfkb")
-pd.DataFrame(records).T
+    save_figure(plots.patient_points(panels, scores["response"], C.groups, {**claims, **controls},
+                                     ylabel="activity / score"), C.figures_dir, "06_tumour_nfkb")
+pd.DataFrame({**claims, **controls}).T
 
 # %% [markdown]
 # ## Tumour NF-kB against the microenvironment's inflammatory genes (across patients)
@@ -115,24 +113,17 @@ corr
 
 # %%
 bulk_path = C.processed_dir / "bulk.h5ad"
-surv = None
-if bulk_path.exists():
-    bulk = ad.read_h5ad(bulk_path)
-    bulk_logcpm = log_cpm(bulk)
-    nfkb_bulk = progeny_activity(bulk_logcpm, "NFkB")
-    surv = survival_by_score(nfkb_bulk, bulk.obs["pfs_months"], bulk.obs["pfs_event"])
-    ctrl = survival_by_score(progeny_activity(bulk_logcpm, "Estrogen"), bulk.obs["pfs_months"], bulk.obs["pfs_event"])
-    curves = km_curves(nfkb_bulk, bulk.obs["pfs_months"], bulk.obs["pfs_event"])
-    save_figure(plots.km_figure(curves, surv, "tumour NF-kB (PROGENy) in the bulk cohort"), C.figures_dir, "06_survival")
-    display(pd.Series(surv))
+bulk = ad.read_h5ad(bulk_path) if bulk_path.exists() else None
+bulk_nfkb, claims["prognosis"] = measure_prognosis(bulk)  # the prognosis claim (helpers.claims)
+_, controls["prognosis_progeny_estrogen"] = measure_prognosis(bulk, "Estrogen")
+if bulk_nfkb is not None and not is_not_testable(claims["prognosis"]):
+    curves = km_curves(bulk_nfkb, bulk.obs["pfs_months"], bulk.obs["pfs_event"])
+    save_figure(plots.km_figure(curves, claims["prognosis"], "tumour NF-kB (PROGENy) in the bulk cohort"),
+                C.figures_dir, "06_survival")
+pd.Series(claims["prognosis"])
 
 # %%
 findings = {"claims": claims, "controls": controls, "tumour_nfkb_vs_bme_inflammation": corr}
-if surv is not None:
-    findings["prognosis"] = {**surv, "score": "PROGENy NFkB activity of bulk tumour expression"}
-    findings["controls"]["prognosis_progeny_estrogen"] = ctrl
-else:
-    findings["prognosis"] = not_testable("no bulk cohort with survival (bulk.h5ad) for this cohort")
 write_json(findings, C.results_dir / "findings" / "06.json")
 
 # %% [markdown]
@@ -145,10 +136,11 @@ text = (f"Tumour PROGENy NFkB activity, {C.test_group} vs {C.reference_group}: {
         "Correlation with the immune Hallmark inflammatory score: " +
         (describe(corr) if is_not_testable(corr) else f"Spearman {corr['rho']:.2f} (95% CI {corr['ci_low']:.2f} to "
          f"{corr['ci_high']:.2f}), p = {corr['p']:.2g}, {corr['n']} patients") + ".")
-if surv is not None:
+surv = claims["prognosis"]
+if not is_not_testable(surv):
     text += (f" Bulk cohort ({surv['n']} patients, {surv['n_events']} events): HR per SD of NF-kB activity "
-             f"{surv['hazard_ratio_per_sd']:.2f} (95% CI {surv['hr_ci_low']:.2f} to {surv['hr_ci_high']:.2f}), Cox p = "
-             f"{surv['cox_p']:.2g}; median split log-rank p = {surv['logrank_p']:.2g}.")
+             f"{surv['effect']:.2f} (95% CI {surv['ci_low']:.2f} to {surv['ci_high']:.2f}), Cox p = "
+             f"{surv['p']:.2g}; median split log-rank p = {surv['logrank_p']:.2g}.")
 else:
-    text += f" Prognosis {describe(findings['prognosis'])}."
+    text += f" Prognosis {describe(surv)}."
 Markdown(text)

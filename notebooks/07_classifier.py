@@ -60,8 +60,9 @@
 # fewer than 3 marrow patients per group, or (blood) no blood samples or fewer than 2 blood patients per group,
 # the AUC is recorded as `not testable` with the reason.
 #
-# Outputs: `results/<cohort>/findings/07.json` (per AUC `auc_*`, `auc_*_ci_low`/`_ci_high` (Hanley-McNeil),
-# `auc_*_permutation_p`, `auc_*_null_mean`; `study_calibration`), `results/<cohort>/nfkb_model.joblib`, tables
+# Outputs: `results/<cohort>/findings/07.json` (`claims/auc_*`: one record per AUC claim of `helpers.claims`, with
+# `effect` the AUC, `ci_low`/`ci_high` Hanley-McNeil, `p` the permutation p, `null_mean`; `study_calibration`),
+# `results/<cohort>/nfkb_model.joblib`, tables
 # `07_*.csv` (`07_permutation_null.csv`: every null AUC), figures `07_roc`, `07_selection`.
 
 # %% tags=["parameters"]
@@ -83,6 +84,7 @@ import pandas as pd
 
 from helpers.analysis import classifier as clf
 from helpers.analysis.findings import attempt, describe, load_annotated, not_testable
+from helpers.claims import CLAIMS, STUDY_AUC, STUDY_N_BM, verdict
 from helpers.data.cohort import CohortError, load_cohort
 from helpers.io import atomic_path, save_figure, write_json, write_table
 from helpers.report import plots
@@ -155,7 +157,7 @@ if final is not None:
 
 # %%
 if res is not None:
-    study = clf.STUDY_AUC
+    study = STUDY_AUC
     curves = {f"marrow, {len(genes_used)} genes (CV)": (y_bm, res["bm_34"]["oof"], res["bm_34"]["auc"], study["auc_bm_34"]),
               f"marrow, top {top_k} (CV)": (y_bm, res["bm_top8"]["oof"], res["bm_top8"]["auc"], study["auc_bm_top8"])}
     if pb is not None:
@@ -175,15 +177,18 @@ except CohortError:
 pb_design = D.samples[D.samples["tissue"] == D.validation_tissue]["response"].value_counts()
 n_pb_design = (int(pb_design.get(D.test_group, 0)), int(pb_design.get(D.reference_group, 0)))
 pb_scale = (C.simulation or D.simulation).get("pb_effect_scale")
-calibration = clf.study_auc_calibration(clf.STUDY_N_BM, n_pb_design if min(n_pb_design) > 0 else None, pb_scale)
+calibration = clf.study_auc_calibration(STUDY_N_BM, n_pb_design if min(n_pb_design) > 0 else None, pb_scale)
 calibration["blood_design_from"] = D.name
 pd.DataFrame({k: v for k, v in calibration.items() if k.startswith("auc_")}).T
 
 # %%
+claims = {  # one record per AUC claim (helpers.claims): effect = AUC, CI Hanley-McNeil, p = permutation p
+    "auc_bm_34": clf.auc_record("auc_bm_34", res and res["bm_34"], bm_untestable),
+    "auc_bm_top8": clf.auc_record("auc_bm_top8", res and res["bm_top8"], bm_untestable),
+    "auc_pb_top8": clf.auc_record("auc_pb_top8", pb, pb_untestable),
+}
 findings = {
-    **clf.auc_entries("auc_bm_34", res and res["bm_34"], bm_untestable),
-    **clf.auc_entries("auc_bm_top8", res and res["bm_top8"], bm_untestable),
-    **clf.auc_entries("auc_pb_top8", pb, pb_untestable),
+    "claims": claims,
     "auc_ci_method": clf.AUC_CI_METHOD,
     "permutation": {"n_perm": int(n_perm), "perm_repeats": int(perm_repeats),
                     "marrow": "whole cross-validation (in-fold top-k selection included) re-run on permuted "
@@ -196,7 +201,7 @@ findings = {
     "n_pb": {"CR": int((pb["y"] == 0).sum()), "NR": int(pb["y"].sum())} if pb is not None else None,
     "cv": (f"repeated stratified {res['bm_34']['n_splits']}-fold x {n_repeats}, pooled out-of-fold AUC per repeat, "
            f"mean over repeats; permutation null: {perm_repeats} repeat(s) per permutation") if res else None,
-    "study": clf.STUDY_AUC, "study_calibration": calibration,
+    "study_calibration": calibration,
 }
 write_json(findings, C.results_dir / "findings" / "07.json")
 
@@ -208,10 +213,10 @@ from IPython.display import Markdown
 
 
 def auc_text(key: str, label: str) -> str:
-    p = f[key + "_permutation_p"]
-    verdict = "reproduced" if clf.auc_reproduced(f[key], p) else "not reproduced"
-    return (f"{label} AUC {f[key]:.2f} (95% CI {f[key + '_ci_low']:.2f}-{f[key + '_ci_high']:.2f}, Hanley-McNeil; "
-            f"permutation p = {p:.3g} over {n_perm} permutations; study {clf.STUDY_AUC[key]:.2f}): **{verdict}**")
+    r = claims[key]
+    return (f"{label} AUC {r['effect']:.2f} (95% CI {r['ci_low']:.2f}-{r['ci_high']:.2f}, Hanley-McNeil; "
+            f"permutation p = {r['p']:.3g} over {r['n_permutations']} permutations; study {CLAIMS[key].study:.2f}): "
+            f"**{verdict(CLAIMS[key], r)}**")
 
 
 f = findings

@@ -47,13 +47,7 @@ from pathlib import Path
 import pandas as pd
 
 from helpers.analysis import atlas
-from helpers.analysis.findings import (
-    attempt,
-    describe,
-    load_annotated,
-    not_testable,
-    patient_responses,
-)
+from helpers.analysis.findings import attempt, describe, load_discovery_cells, patient_responses
 from helpers.claims import testable_pseudobulk
 from helpers.data.cohort import load_cohort
 from helpers.io import save_figure, write_json, write_table
@@ -63,9 +57,7 @@ C = load_cohort(cohort, root=root)
 seed = C.seed if seed is None else seed
 min_cells = C.analysis("min_cells", min_cells)
 spec = atlas.load_atlas(C.resolve(atlas_file) if atlas_file else None)
-adata = load_annotated(C.processed_dir / "annotated.h5ad")  # without 'unassigned' cells
-bm = adata[(adata.obs["tissue"] == C.discovery_tissue).to_numpy()].copy()
-del adata
+bm = load_discovery_cells(C).copy()  # marrow cells without 'unassigned' ones
 resp = patient_responses(bm.obs)
 ages = bm.obs.drop_duplicates("patient_id").set_index("patient_id")["age"]
 n_tumour = int((bm.obs["cell_type"] == atlas.TUMOUR).sum())
@@ -75,87 +67,40 @@ print(f"{bm.n_obs:,} {C.discovery_tissue} cells, {len(resp)} patients; {n_tumour
       + (f"; atlas {describe(untestable)}" if untestable else ""))
 
 # %% [markdown]
-# ## Tumour-intrinsic mechanisms (malignant plasma-cell pseudobulk)
+# ## The atlas: tumour-intrinsic mechanisms, protective microenvironment, genetic heterogeneity
+# `atlas.run_atlas`: tumour expression features (malignant plasma-cell pseudobulk), liana interactions from
+# stromal and myeloid senders to tumour cells, CNV burden and subclones (infercnvpy), then one FDR over all of them.
 
 # %%
-if untestable is None:
-    expr, expr_meta = atlas.tumour_expression_features(bm, spec, min_cells=min_cells)
-    display(expr_meta[~expr_meta["measured"]][["feature", "mechanism", "note"]])
+result = (atlas.run_atlas(bm, spec, resp, C.reference_group, C.test_group, min_cells=min_cells, seed=seed, ages=ages)
+          if untestable is None else None)
+if result is not None:
+    meta, table = result["meta"], result["table"]
+    print(f"{int(meta['measured'].sum())} of {len(meta)} features measured; "
+          f"{int((meta['kind'] == 'interaction').sum())} interactions expressed in at least half of the patients"
+          + (f"; CNV features {describe(result['cnv_untestable'])}" if result["cnv_untestable"] else ""))
+    display(meta[~meta["measured"].astype(bool)][["feature", "mechanism", "note"]])
 
 # %% [markdown]
-# ## Protective microenvironment: liana, stromal and myeloid senders to tumour cells
-
-# %%
-if untestable is None:
-    me, me_meta = atlas.microenvironment_features(bm, spec, min_cells=min_cells)
-    print(f"{me.shape[1]} interactions expressed in at least half of the patients")
-    display(me_meta[me_meta["note"] != ""][["feature", "measured", "note"]])
-
-# %% [markdown]
-# ## Genetic heterogeneity: copy-number burden and CNV subclones (infercnvpy)
-
-# %%
-cnv_min = int(spec.get("genetic_heterogeneity", {}).get("min_cells", 30))  # infercnvpy's minimum of tumour cells
-cnv = pd.DataFrame(columns=["cnv_burden", "cnv_subclones"], dtype=float)
-cnv_untestable = untestable or (not_testable(f"only {n_tumour} malignant plasma cells (infercnvpy needs {cnv_min})")
-                                if n_tumour < cnv_min else None)
-if cnv_untestable is None:
-    cnv = atlas.cnv_features(bm, spec, seed=seed)
-    display(cnv.describe().round(3))
-cnv_meta = pd.DataFrame({"feature": ["cnv_burden", "cnv_subclones"], "mechanism": "genetic_heterogeneity",
-                         "kind": "cnv", "genes": [[], []], "measured": cnv_untestable is None,
-                         "note": "" if cnv_untestable is None else cnv_untestable["reason"]})
-
-# %% [markdown]
-# ## One FDR over the atlas
-
-# %%
-if untestable is None:
-    cnv_values = [cnv[["cnv_burden", "cnv_subclones"]].astype(float)] if cnv_untestable is None else []
-    values = pd.concat([expr, me, *cnv_values], axis=1)
-    meta = pd.concat([expr_meta, me_meta, cnv_meta], ignore_index=True)
-    table = atlas.atlas_table(values, meta, resp, C.reference_group, C.test_group,
-                              ages=ages if ages.nunique() > 2 else None)
-    write_table(table.sort_values("p"), C.results_dir / "tables" / "08_atlas.csv")
-    write_table(values.rename_axis("patient_id").reset_index(), C.results_dir / "tables" / "08_atlas_values.csv")
-    write_table(meta.drop(columns=["genes"]), C.results_dir / "tables" / "08_atlas_features.csv")
-    save_figure(plots.atlas_heatmap(values, table, resp, C.groups), C.figures_dir, "08_atlas")
-    by_mech = table.groupby("mechanism").agg(n_features=("feature", "size"), min_q=("q", "min"),
-                                             n_q_below_005=("q", lambda q: int((q < 0.05).sum())))
-    display(by_mech)
-
-# %%
-n_patients = {g: int((resp == g).sum()) for g in C.groups}
-if untestable is not None:
-    findings = {"atlas": untestable, "n_features": 0, "n_patients": n_patients, "n_significant_q005": 0}
-else:
-    findings = {
-        "n_features": int(len(table)),
-        "n_patients": n_patients,
-        "n_significant_q005": int((table["q"] < 0.05).sum()),
-        "mechanisms": {m: {"n_features": int(r.n_features), "min_q": float(r.min_q), "n_q_below_0.05": int(r.n_q_below_005)}
-                       for m, r in by_mech.iterrows()},
-        "top": table.nsmallest(10, "p")[["feature", "mechanism", "effect", "ci_low", "ci_high", "p", "q"]].to_dict("records"),
-        "not_measured": meta.loc[~meta["measured"], ["feature", "note"]].to_dict("records"),
-        "age": ({"n_age_q_below_0.05": int((table["age_q"] < 0.05).sum())} if "age_q" in table else None),
-    }
-    if cnv_untestable is not None:
-        findings["cnv"] = cnv_untestable
-
-# %% [markdown]
-# ## Measured against the simulated truth (simulated cohorts only)
+# ## One FDR over the atlas, and (simulated cohorts) the planted truth
 # A feature is "planted" when one of its genes carries a planted effect in the cells it is measured in
 # (e.g. tumour NF-kB genes, or a cytokine ligand planted in the myeloid sender). Unplanted features should not
 # reach q < 0.05; CNV subclone counts are compared with the planted clones.
 
 # %%
 truth_path = C.processed_dir / "truth.json"
-if truth_path.exists() and untestable is None:
-    truth = json.loads(truth_path.read_text())
-    table["planted"], findings["truth"] = atlas.atlas_against_truth(table, meta, cnv, truth)
-    write_table(table.sort_values("p"), C.results_dir / "tables" / "08_atlas.csv")
-    display(pd.Series(findings["truth"]))
+truth = json.loads(truth_path.read_text()) if truth_path.exists() else None
+n_patients = {g: int((resp == g).sum()) for g in C.groups}
+findings = atlas.atlas_findings(result, n_patients, untestable, truth)
 write_json(findings, C.results_dir / "findings" / "08.json")
+if result is not None:
+    write_table(table.sort_values("p"), C.results_dir / "tables" / "08_atlas.csv")
+    write_table(result["values"].rename_axis("patient_id").reset_index(), C.results_dir / "tables" / "08_atlas_values.csv")
+    write_table(meta.drop(columns=["genes"]), C.results_dir / "tables" / "08_atlas_features.csv")
+    save_figure(plots.atlas_heatmap(result["values"], table, resp, C.groups), C.figures_dir, "08_atlas")
+    display(atlas.mechanism_summary(table))
+    if "truth" in findings:
+        display(pd.Series(findings["truth"]))
 
 # %% [markdown]
 # ## Conclusion
@@ -171,8 +116,8 @@ else:
             f"between {C.test_group} and {C.reference_group} at q < 0.05 (one FDR over the atlas). Smallest p: " +
             "; ".join(f"{r.feature} ({r.mechanism}) shift {r.effect:+.2f} [{r.ci_low:+.2f}, {r.ci_high:+.2f}], p = {r.p:.2g}, "
                       f"q = {r.q:.2g}" for r in top.itertuples()) + ". ")
-    if cnv_untestable is not None:
-        text += f"CNV burden and subclones {describe(cnv_untestable)}. "
+    if result["cnv_untestable"] is not None:
+        text += f"CNV burden and subclones {describe(result['cnv_untestable'])}. "
 if "truth" in findings:
     t = findings["truth"]
     text += (f"Against the simulated truth: {t['n_unplanted_significant']} of {findings['n_features'] - t['n_planted_features']} "

@@ -69,7 +69,6 @@ import pandas as pd
 
 from helpers.analysis import power
 from helpers.analysis.classifier import (
-    STUDY_AUC,
     auc_reproduced,
     cv_auc_null,
     load_panel,
@@ -79,6 +78,7 @@ from helpers.analysis.classifier import (
     standardise,
 )
 from helpers.analysis.pseudobulk import log_cpm
+from helpers.claims import STUDY_AUC
 from helpers.data.cohort import load_cohort
 from helpers.data.simulate import make_design
 from helpers.io import save_figure, write_json, write_table

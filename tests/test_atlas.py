@@ -79,16 +79,10 @@ def _atlas_run(null: bool, n: int, seed: int, positive_control: bool):
     spec = copy.deepcopy(atlas.load_atlas())
     if positive_control:  # the planted tumour NF-kB genes as an inline gene set, an extra 'mechanism'
         spec["mechanisms"]["positive_control"] = {"sets": [{"PLANTED_NFKB": truth["effects"]["tumour_nfkb"]["genes"]}]}
-    V, M = atlas.tumour_expression_features(a, spec, min_cells=10)
-    W, M2 = atlas.microenvironment_features(a, spec, min_cells=10)
-    C = atlas.cnv_features(a, spec, seed=seed)
-    cm = pd.DataFrame({"feature": ["cnv_burden", "cnv_subclones"], "mechanism": "genetic_heterogeneity", "kind": "cnv",
-                       "genes": [[], []], "measured": True, "note": ""})
-    values = pd.concat([V, W, C[["cnv_burden", "cnv_subclones"]].astype(float)], axis=1)
-    meta = pd.concat([M, M2, cm], ignore_index=True)
     resp = a.obs.drop_duplicates("patient_id").set_index("patient_id")["response"].astype(str)
-    t = atlas.atlas_table(values, meta, resp, "CR", "NR")
-    t["planted"] = atlas.planted_features(meta, truth).reindex(t["feature"]).fillna(False).to_numpy()
+    res = atlas.run_atlas(a, spec, resp, "CR", "NR", min_cells=10, seed=seed)  # notebook 08's assembly
+    t = res["table"]
+    t["planted"] = atlas.planted_features(res["meta"], truth).reindex(t["feature"]).fillna(False).to_numpy()
     return t
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from helpers.analysis.stats import compare_two_groups
-from helpers.claims import CLAIMS, claim_values
+from helpers.claims import cell_claims, claim_values
 from helpers.data.cohort import load_cohort
 from helpers.data.simulate import make_design, simulate_cohort
 
@@ -41,7 +41,7 @@ def _truth_view(adata):
 
 def _claim_ps(adata):
     out = {}
-    for name in CLAIMS:
+    for name in cell_claims():
         try:
             v, g = claim_values(adata, name, min_cells=5, label="truth_cell_type", compartment="truth_compartment")
         except ValueError:
@@ -57,18 +57,18 @@ def test_planted_claims_recovered():
     samples = make_design(8, 8, seed=101, n_batches=3)
     a, _ = simulate_cohort(samples, _sim_config(False, 1200), 101, progress=False)
     res = _claim_ps(_truth_view(a))
-    primary = {name: res[name] for name, c in CLAIMS.items() if c.primary}
+    primary = {name: res[name] for name, c in cell_claims().items() if c.primary}
     # one draw: every primary claim points the planted way, and all but at most one reach p < 0.05 (at realistic
     # composition variance the rarest types, e.g. nonclassical monocytes at ~1.5%, are not found in every draw;
     # the rate over many draws is make calibrate's job)
-    assert all(d == CLAIMS[n].expected for n, (_, d) in primary.items()), primary
+    assert all(d == cell_claims()[n].expected for n, (_, d) in primary.items()), primary
     missed = {n: p for n, (p, _) in primary.items() if not p < 0.05}
     assert len(missed) <= 1, missed
 
 
 @pytest.mark.slow
 def test_null_false_positive_rate():
-    hits = {name: 0 for name in CLAIMS}
+    hits = {name: 0 for name in cell_claims()}
     for s in range(N_NULL_SEEDS):
         samples = make_design(6, 6, seed=1000 + s, n_batches=3)
         a, _ = simulate_cohort(samples, _sim_config(True, 500), 1000 + s, progress=False)

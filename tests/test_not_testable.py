@@ -69,7 +69,7 @@ def _cohort(n_per_group=6, cells=30, effect_log2=0.0, types=("NK_CD56dim_CD54dim
 
 
 def _measure(a, cohort, name="nk_cd54dim_cd16"):
-    return measure_claim(a, name, cohort, "test", min_cells=10)
+    return measure_claim(a, name, cohort, min_cells=10)
 
 
 def test_planted_shift_found_right_direction_and_significant(tiny_cohort):
@@ -258,9 +258,10 @@ def test_degraded_cohort_notebooks_complete(tiny_sim, tmp_path, monkeypatch, cap
     assert f["05"]["flow_vs_rna"]["status"] == "not testable"
     assert f["06"]["claims"]["tumour_nfkb_progeny"] == {"status": "not testable",
                                                         "reason": "no malignant_PC cells in this cohort"}
-    assert "bulk" in f["06"]["prognosis"]["reason"]
+    assert "bulk" in f["06"]["claims"]["prognosis"]["reason"]
     assert f["07"]["n_panel_genes_used"] == 22 and f["07"]["panel_missing_genes"] == dropped
-    assert f["07"]["auc_pb_top8"]["reason"] == "no PB samples in this cohort" and 0 <= f["07"]["auc_bm_34"] <= 1
+    assert f["07"]["claims"]["auc_pb_top8"]["reason"] == "no PB samples in this cohort"
+    assert 0 <= f["07"]["claims"]["auc_bm_34"]["effect"] <= 1
     assert f["08"]["atlas"]["status"] == "not testable"
     card = pd.read_csv(res / "scorecard.csv").set_index("claim")
     assert card.loc["tumour NF-kB (up in NR)", "verdict"] == "not testable: no malignant_PC cells in this cohort"

@@ -9,7 +9,7 @@ import pytest
 
 from helpers.analysis import power
 from helpers.analysis.pseudobulk import log_cpm, pseudobulk_by_patient
-from helpers.claims import CLAIMS
+from helpers.claims import cell_claims
 from helpers.data.cohort import load_cohort
 from helpers.data.simulate import cohort_model, make_design, simulate_cohort
 
@@ -63,10 +63,10 @@ def test_pseudobulk_simulator_matches_cells(sim):
 def test_null_power_near_size_and_planted_power_high(sim):
     raw = power.power_grid(sim, 11, [(8, 8)], [0.0, 1.5], n_reps=12, n_jobs=2, progress=False)
     s = power.summarise_power(raw).set_index(["effect_scale", "test"])
-    for name in CLAIMS:
+    for name in cell_claims():
         # under the null, 12 cohorts: at most 3 directional hits (P(X >= 4) < 0.01 for Binomial(12, 0.05))
         assert s.loc[(0.0, name), "power"] <= 3 / 12, (name, s.loc[(0.0, name), "power"])
-    strong = [n for n, c in CLAIMS.items() if c.primary and c.planted in ("inflammation", "ifn_mono_nfkb", "nk_cd16")]
+    strong = [n for n, c in cell_claims().items() if c.primary and c.planted in ("inflammation", "ifn_mono_nfkb", "nk_cd16")]
     assert len(strong) == 3, strong
     for name in strong:
         assert s.loc[(1.5, name), "power"] >= 0.75, (name, s.loc[(1.5, name), "power"])

@@ -8,13 +8,19 @@ import subprocess
 import pandas as pd
 import pytest
 
-from helpers.report.scorecard import build_scorecard, primary_claim, render_report
+from helpers.claims import CLAIMS, record
+from helpers.report.scorecard import build_scorecard, render_report
 
-INFLAMMATION = primary_claim("inflammation")  # the claim key the inflammation row reads (helpers.claims)
+INFLAMMATION = next(n for n, c in CLAIMS.items() if c.label.startswith("inflammatory"))  # the row's claim
 
 
 def _rec(effect, p, lo, hi):
     return {"effect": effect, "p": p, "ci_low": lo, "ci_high": hi, "direction": "up" if effect > 0 else "down"}
+
+
+def _auc(auc, lo, hi, p):
+    """An AUC claim record as notebook 07 writes it (helpers.claims.record, null 0.5)."""
+    return record(auc, lo, hi, p, 6, 6, "test", null=0.5)
 
 
 @pytest.fixture()
@@ -24,11 +30,8 @@ def findings(tmp_path):
     (d / "03.json").write_text(json.dumps({"claims": {INFLAMMATION: _rec(0.6, 0.01, 0.2, 0.9)}}))
     (d / "04.json").write_text(json.dumps({"claims": {"classical_mono_phagocytosis": _rec(0.3, 0.01, 0.1, 0.5),
                                                       "ifn_mono_nfkb": _rec(1.0, 0.2, -0.2, 2.0)}}))
-    (d / "07.json").write_text(json.dumps({"auc_bm_34": 0.8, "auc_bm_34_ci_low": 0.6, "auc_bm_34_ci_high": 0.95,
-                                           "auc_bm_34_permutation_p": 0.01, "auc_bm_top8": 0.6,
-                                           "auc_bm_top8_ci_low": 0.4, "auc_bm_top8_ci_high": 0.8,
-                                           "auc_bm_top8_permutation_p": 0.2,
-                                           "auc_pb_top8": None}))
+    (d / "07.json").write_text(json.dumps({"claims": {"auc_bm_34": _auc(0.8, 0.6, 0.95, 0.01),
+                                                      "auc_bm_top8": _auc(0.6, 0.4, 0.8, 0.2), "auc_pb_top8": None}}))
     return d
 
 
@@ -47,16 +50,14 @@ def test_verdicts_by_rule(findings):
 
 def _auc_findings(d, **aucs):
     """07.json with the given (auc, ci_low, ci_high, permutation_p) per AUC key."""
-    rec = {}
-    for key, (auc, lo, hi, p) in aucs.items():
-        rec.update({key: auc, f"{key}_ci_low": lo, f"{key}_ci_high": hi, f"{key}_permutation_p": p})
-    (d / "07.json").write_text(json.dumps(rec))
+    (d / "07.json").write_text(json.dumps({"claims": {key: _auc(*v) for key, v in aucs.items()}}))
 
 
 def test_auc_verdict_uses_permutation_p_and_direction(tmp_path):
     """Every AUC row, blood included, is judged by its permutation p (< 0.05) and the AUC above 0.5; the CI does
     not enter the verdict (a CI above 0.5 with p = 0.3 is not reproduced, one covering 0.5 with p = 0.01 is)."""
-    from helpers.report.scorecard import COLUMNS, verdict_auc
+    from helpers.claims import verdict
+    from helpers.report.scorecard import COLUMNS
 
     _auc_findings(tmp_path, auc_bm_34=(0.7, 0.55, 0.85, 0.3), auc_bm_top8=(0.62, 0.45, 0.8, 0.01),
                   auc_pb_top8=(0.2, 0.05, 0.35, 0.001))
@@ -70,7 +71,10 @@ def test_auc_verdict_uses_permutation_p_and_direction(tmp_path):
     assert "permutation" in card.loc["AUC top-8, blood", "rule"] and "blood" in card.loc["AUC top-8, blood", "rule"]
     assert "Hanley-McNeil" in card.loc["AUC 34 NF-kB genes, marrow", "rule"]
     assert pd.isna(card.loc["inflammatory BME (cytokine signalling up in NR)", "permutation_p"])
-    assert verdict_auc(0.9, None) == "not applicable" and verdict_auc(0.9, 0.049) == "reproduced"
+    auc = CLAIMS["auc_pb_top8"]
+    assert verdict(auc, {**_auc(0.9, 0.8, 1.0, 0.049), "p": None}) == "not applicable"
+    assert verdict(auc, _auc(0.9, 0.8, 1.0, 0.049)) == "reproduced"
+    assert verdict(auc, _auc(0.5, 0.3, 0.7, 0.001)) == "not reproduced"  # AUC 0.5: no direction
 
 
 def test_study_value_in_ci_power_and_null_twin(findings, tmp_path):
@@ -145,12 +149,12 @@ def test_not_testable_rows_counted_and_listed(tmp_path):
                                            "controls": {"cdc_phagocytosis": not_testable("no cDC cells in this cohort")}}))
     (d / "05.json").write_text(json.dumps({"claims": {"nk_cd54dim_cd16": {
         **_rec(-0.9, 0.01, -1.3, -0.5), "note": "CD54 split not separable in this cohort: measured in all CD56dim NK cells"}}}))
-    (d / "06.json").write_text(json.dumps({"claims": {"tumour_nfkb_progeny": no_tumour},
-                                           "prognosis": not_testable("no bulk cohort with survival (bulk.h5ad) for this cohort")}))
-    (d / "07.json").write_text(json.dumps({"auc_bm_34": 0.8, "auc_bm_34_ci_low": 0.6, "auc_bm_34_ci_high": 0.95,
-                                           "auc_bm_34_permutation_p": 0.01, "auc_bm_top8": 0.7, "auc_bm_top8_ci_low": 0.55,
-                                           "auc_bm_top8_ci_high": 0.9, "auc_bm_top8_permutation_p": 0.02,
-                                           "auc_pb_top8": not_testable("no PB samples in this cohort"),
+    (d / "06.json").write_text(json.dumps({"claims": {
+        "tumour_nfkb_progeny": no_tumour,
+        "prognosis": not_testable("no bulk cohort with survival (bulk.h5ad) for this cohort")}}))
+    (d / "07.json").write_text(json.dumps({"claims": {"auc_bm_34": _auc(0.8, 0.6, 0.95, 0.01),
+                                                      "auc_bm_top8": _auc(0.7, 0.55, 0.9, 0.02),
+                                                      "auc_pb_top8": not_testable("no PB samples in this cohort")},
                                            "n_panel_genes": 34, "n_panel_genes_used": 21,
                                            "panel_missing_genes": ["A"] * 13}))
     card = build_scorecard(d).set_index("claim")

@@ -19,10 +19,12 @@ import pandas as pd
 
 from helpers.analysis.pseudobulk import log_cpm, pseudobulk_by_patient, set_score
 from helpers.analysis.stats import bh_fdr, compare_two_groups, spearman_ci
+from helpers.claims import not_testable
 from helpers.data.cohort import project_root
 from helpers.data.genesets import gene_set
 
 TUMOUR = "malignant_PC"
+CNV_FEATURES = ["cnv_burden", "cnv_subclones"]
 
 
 def load_atlas(path: str | Path | None = None) -> dict[str, Any]:
@@ -227,3 +229,68 @@ def atlas_against_truth(table: pd.DataFrame, meta: pd.DataFrame, cnv: pd.DataFra
         "subclones_n_patients": int(len(both)),
     }
     return pd.Series(planted, index=table.index, name="planted"), summary
+
+
+def run_atlas(adata: ad.AnnData, spec: dict[str, Any], groups: pd.Series, reference: str, test: str,
+              min_cells: int = 10, seed: int = 0, ages: pd.Series | None = None) -> dict[str, Any]:
+    """The whole atlas on one tissue's annotated cells (notebook 08): tumour expression features
+    (:func:`tumour_expression_features`), microenvironment interactions (:func:`microenvironment_features`) and,
+    with at least ``genetic_heterogeneity.min_cells`` tumour cells, CNV burden and subclones
+    (:func:`cnv_features`); then every feature's NR-vs-CR test with one FDR (:func:`atlas_table`; ``ages`` with
+    more than two distinct values adds the age correlation).
+
+    Returns ``values`` (patients x features), ``meta`` (one row per feature, measured or not, with a note),
+    ``table``, ``cnv`` (per patient) and ``cnv_untestable`` (None, or the not-testable record of the CNV
+    features)."""
+    expr, expr_meta = tumour_expression_features(adata, spec, min_cells=min_cells)
+    me, me_meta = microenvironment_features(adata, spec, min_cells=min_cells)
+    n_tumour = int((adata.obs["cell_type"].astype(str) == TUMOUR).sum())
+    cnv_min = int(spec.get("genetic_heterogeneity", {}).get("min_cells", 30))  # infercnvpy's minimum of tumour cells
+    cnv_untestable = (not_testable(f"only {n_tumour} malignant plasma cells (infercnvpy needs {cnv_min})")
+                      if n_tumour < cnv_min else None)
+    cnv = (cnv_features(adata, spec, seed=seed) if cnv_untestable is None
+           else pd.DataFrame(columns=CNV_FEATURES, dtype=float))
+    cnv_meta = pd.DataFrame({"feature": CNV_FEATURES, "mechanism": "genetic_heterogeneity", "kind": "cnv",
+                             "genes": [[], []], "measured": cnv_untestable is None,
+                             "note": "" if cnv_untestable is None else cnv_untestable["reason"]})
+    cnv_values = [cnv[CNV_FEATURES].astype(float)] if cnv_untestable is None else []
+    values = pd.concat([expr, me, *cnv_values], axis=1)
+    meta = pd.concat([expr_meta, me_meta, cnv_meta], ignore_index=True)
+    use_ages = ages if ages is not None and ages.nunique() > 2 else None
+    table = atlas_table(values, meta, groups, reference, test, ages=use_ages)
+    return {"values": values, "meta": meta, "table": table, "cnv": cnv, "cnv_untestable": cnv_untestable}
+
+
+def atlas_findings(result: dict[str, Any] | None, n_patients: dict[str, int], untestable: dict | None = None,
+                   truth: dict[str, Any] | None = None, alpha: float = 0.05) -> dict[str, Any]:
+    """Notebook 08's findings record from :func:`run_atlas`'s ``result``: features tested and significant at
+    q < ``alpha`` (overall and per mechanism), the ten smallest p, the features not measured, the age
+    correlations and, for a simulated cohort (``truth``), the comparison with the planted truth
+    (:func:`atlas_against_truth`; the table gains a ``planted`` column). ``untestable``: the atlas's not-testable
+    record (no tumour cells), recorded as such."""
+    if untestable is not None or result is None:
+        return {"atlas": untestable, "n_features": 0, "n_patients": n_patients, "n_significant_q005": 0}
+    table, meta = result["table"], result["meta"]
+    by_mech = mechanism_summary(table, alpha)
+    findings = {
+        "n_features": int(len(table)),
+        "n_patients": n_patients,
+        "n_significant_q005": int((table["q"] < alpha).sum()),
+        "mechanisms": {m: {"n_features": int(r.n_features), "min_q": float(r.min_q),
+                           "n_q_below_0.05": int(r.n_q_below_005)} for m, r in by_mech.iterrows()},
+        "top": table.nsmallest(10, "p")[["feature", "mechanism", "effect", "ci_low", "ci_high", "p", "q"]].to_dict(
+            "records"),
+        "not_measured": meta.loc[~meta["measured"].astype(bool), ["feature", "note"]].to_dict("records"),
+        "age": ({"n_age_q_below_0.05": int((table["age_q"] < alpha).sum())} if "age_q" in table else None),
+    }
+    if result["cnv_untestable"] is not None:
+        findings["cnv"] = result["cnv_untestable"]
+    if truth is not None:
+        table["planted"], findings["truth"] = atlas_against_truth(table, meta, result["cnv"], truth, alpha)
+    return findings
+
+
+def mechanism_summary(table: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
+    """Per mechanism: features tested, smallest q and how many reach q < ``alpha``."""
+    return table.groupby("mechanism").agg(n_features=("feature", "size"), min_q=("q", "min"),
+                                          n_q_below_005=("q", lambda q: int((q < alpha).sum())))

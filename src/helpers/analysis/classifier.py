@@ -24,13 +24,20 @@ from tqdm.auto import tqdm
 from helpers.analysis.forest import PatientForest
 from helpers.analysis.pseudobulk import log_cpm
 from helpers.analysis.stats import auc_by_ranks, hanley_mcneil_ci
-from helpers.claims import NotTestable, testable_pseudobulk
+from helpers.claims import (  # noqa: F401  (STUDY_AUC, STUDY_N_BM: the study's numbers, read from the registry)
+    CLAIMS,
+    STUDY_AUC,
+    STUDY_N_BM,
+    NotTestable,
+    record,
+    reproduced,
+    side,
+    testable_pseudobulk,
+)
 from helpers.data.cohort import InputError, project_root
 
 MIN_PATIENTS_CV = 3  # per group, for cross-validated AUCs (stratified k-fold needs k >= 2 per group and a test fold)
 MIN_PATIENTS_EXTERNAL = 2  # per group, for the AUC of the fixed model on an independent set
-STUDY_AUC = {"auc_bm_34": 0.96, "auc_bm_top8": 0.92, "auc_pb_top8": 0.77}  # the study's reported AUCs
-STUDY_N_BM = (10, 11)  # the study's marrow patients (NR, CR); its blood group sizes are not reported
 AUC_CI_METHOD = ("Hanley-McNeil (1982) analytic 95% CI from the AUC and the group sizes (a fixed score's "
                  "sampling error; the variability of refitting in cross-validation is not included)")
 
@@ -166,8 +173,10 @@ def permutation_p(observed: float, null: np.ndarray) -> float:
 
 
 def auc_reproduced(auc: float, permutation_p: float, alpha: float = 0.05) -> bool:
-    """The scorecard's rule for an AUC: permutation p < alpha and the AUC above 0.5 (the expected direction)."""
-    return bool(permutation_p < alpha and auc > 0.5)
+    """The claims' one rule for an AUC (:func:`helpers.claims.reproduced`): permutation p < alpha and the AUC
+    above 0.5 (the expected direction)."""
+    return reproduced(CLAIMS["auc_bm_34"], {"effect": auc, "p": permutation_p, "direction": side(auc, 0.5)},
+                      alpha)
 
 
 def _cv_auc_permuted(k: int, model: Pipeline, X: pd.DataFrame, y: np.ndarray, seed: int, n_repeats: int) -> float:
@@ -257,7 +266,7 @@ def evaluate_marrow(Z: pd.DataFrame, y: np.ndarray, seed: int, top_k: int, n_rep
         cv = cross_validate(model, Z, y, seed, n_repeats=n_repeats)
         lo, hi = auc_ci(cv["auc"], y)
         null = cv_auc_null(model, Z, y, seed, n_perm, perm_repeats, n_jobs, progress)
-        res[name] = {**cv, "ci_low": lo, "ci_high": hi, "model": model, "null": null,
+        res[name] = {**cv, "ci_low": lo, "ci_high": hi, "model": model, "null": null, "y": y,
                      "permutation_p": permutation_p(cv["auc"], null)}
     sel = res["bm_top8"]["selection_frequency"].sort_values(ascending=False)
     return {**res, "selection": sel}
@@ -271,15 +280,18 @@ def evaluate_blood_permutation(model: Pipeline, Z_train: pd.DataFrame, y_train: 
     return {**external, "null": null, "permutation_p": permutation_p(external["auc"], null)}
 
 
-def auc_entries(key: str, res: dict | None, untestable: dict | None) -> dict:
-    """The findings entries of one AUC: ``key``, ``key_ci_low``, ``key_ci_high`` (Hanley-McNeil),
-    ``key_permutation_p`` and ``key_null_mean``; ``key`` holds the not-testable record (the others None) when it
+def auc_record(name: str, res: dict | None, untestable: dict | None) -> dict:
+    """The claim record of one AUC (:data:`helpers.claims.CLAIMS` ``name``): ``effect`` the AUC, ``ci_low`` /
+    ``ci_high`` its Hanley-McNeil CI, ``p`` the label-permutation p of the whole pipeline, ``direction`` up when
+    the AUC is above 0.5, the group sizes (from ``res['y']``), the null's mean and size; ``untestable`` when it
     could not be measured."""
-    names = (f"{key}_ci_low", f"{key}_ci_high", f"{key}_permutation_p", f"{key}_null_mean")
     if untestable is not None:
-        return {key: untestable, **dict.fromkeys(names)}
-    return {key: res["auc"], names[0]: res["ci_low"], names[1]: res["ci_high"], names[2]: res["permutation_p"],
-            names[3]: float(np.mean(res["null"]))}
+        return untestable
+    y = np.asarray(res["y"])
+    n_nr, n_cr = int(y.sum()), int(len(y) - y.sum())
+    return record(res["auc"], res["ci_low"], res["ci_high"], res["permutation_p"], n_cr, n_nr,
+                  CLAIMS[name].method(), null=0.5, p_method="label permutation", ci_method=AUC_CI_METHOD,
+                  null_mean=float(np.mean(res["null"])), n_permutations=int(len(res["null"])))
 
 
 def binormal_d(auc: float) -> float:

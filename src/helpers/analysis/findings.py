@@ -2,11 +2,13 @@
 gene-set grid of NR-vs-CR shifts, the claim record written to findings JSON, and the record of a claim that
 cannot be measured in a cohort.
 
-A record is either a comparison (``effect``, ``ci_low``, ``ci_high``, ``p``, ``direction``, ``n_cr``, ``n_nr``,
-``method``; from :func:`helpers.analysis.stats.compare_two_groups`) or ``{"status": "not testable", "reason": ...}``
-(plus ``n_cr``/``n_nr`` when known): :func:`attempt` turns :class:`helpers.claims.NotTestable` (a cell type,
-tissue, side table or gene absent; fewer than two patients per group with enough cells) into the latter. Any
-other exception is a bug and propagates."""
+The record of each study claim is built by one helper here (:func:`measure_claim` for the cell readouts,
+:func:`measure_prognosis` for the bulk survival claim; the AUCs' in :func:`helpers.analysis.classifier.auc_record`)
+in the form :mod:`helpers.claims` defines: a comparison (``effect``, ``ci_low``, ``ci_high``, ``p``,
+``direction``, ``n_cr``, ``n_nr``, ``method``) or ``{"status": "not testable", "reason": ...}`` (plus
+``n_cr``/``n_nr`` when known): :func:`attempt` turns :class:`helpers.claims.NotTestable` (a cell type, tissue,
+side table or gene absent; fewer than two patients per group with enough cells) into the latter. Any other
+exception is a bug and propagates. Controls and secondary measures use the same record form."""
 
 from __future__ import annotations
 
@@ -18,33 +20,25 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from helpers.analysis.pseudobulk import gene_per_patient, log_cpm
+from helpers.analysis.pseudobulk import gene_per_patient, log_cpm, progeny_activity
 from helpers.analysis.stats import bh_fdr, compare_two_groups, spearman_ci
-from helpers.claims import (
+from helpers.analysis.survival import survival_by_score
+from helpers.claims import (  # noqa: F401  (NOT_TESTABLE, is_not_testable, not_testable: the record form, re-exported)
+    CLAIMS,
     MIN_PATIENTS_PER_GROUP,
+    NOT_TESTABLE,
     UNASSIGNED,
     NotTestable,
     claim_pseudobulk,
     claim_value_from_pseudobulk,
+    is_not_testable,
+    not_testable,
+    record,
     testable_pseudobulk,
     testable_set_score,
 )
 from helpers.data.cohort import Cohort
 from helpers.data.genesets import gene_set
-
-NOT_TESTABLE = "not testable"
-
-
-def not_testable(reason: str, n_cr: int | None = None, n_nr: int | None = None, **extra: Any) -> dict:
-    """The findings record of a quantity that cannot be measured in this cohort."""
-    rec = {"status": NOT_TESTABLE, "reason": reason}
-    rec.update({k: v for k, v in (("n_cr", n_cr), ("n_nr", n_nr)) if v is not None})
-    return {**rec, **extra}
-
-
-def is_not_testable(rec: Any) -> bool:
-    return isinstance(rec, dict) and rec.get("status") == NOT_TESTABLE
-
 
 def attempt(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, dict | None]:
     """``(fn(*args, **kwargs), None)``, or ``(None, not-testable record)`` when the quantity cannot be measured
@@ -122,18 +116,52 @@ def measure_set_score(adata: ad.AnnData, cell_types: list[str], set_name: str, c
     return values[0], claim(*values, cohort, method)
 
 
-def measure_claim(adata: ad.AnnData, name: str, cohort: Cohort, method: str,
-                  min_cells: int = 10) -> tuple[pd.Series | None, dict]:
-    """One of the study's claims (:data:`helpers.claims.CLAIMS`) measured in ``adata``: the per-patient values
-    and the comparison record with ``measured_in`` (the cell types used) and a ``note`` when the claim's fallback
-    cells were used; ``(None, not-testable record)`` when it cannot be measured."""
+def measure_claim(adata: ad.AnnData, name: str, cohort: Cohort, min_cells: int = 10,
+                  method: str | None = None) -> tuple[pd.Series | None, dict]:
+    """The record of one of the study's cell claims (:data:`helpers.claims.CLAIMS`) in ``adata``: the per-patient
+    values and the comparison record (``method`` defaults to the claim's own text) with ``measured_in`` (the cell
+    types used) and a ``note`` when the claim's fallback cells were used; ``(None, not-testable record)`` when it
+    cannot be measured."""
     def run():
         pb, types, note = claim_pseudobulk(adata, name, min_cells, groups=cohort.groups)
         values = claim_value_from_pseudobulk(pb, name)
-        rec = claim(values, pb.obs["response"].astype(str), cohort, method)
+        rec = claim(values, pb.obs["response"].astype(str), cohort, method or CLAIMS[name].method(types))
         return values, {**rec, "measured_in": types, **({"note": note} if note else {})}
     result, untestable = attempt(run)
     return (None, untestable) if untestable is not None else result
+
+
+def with_enrichment(rec: dict, enrichment: pd.DataFrame, cell_type: str, set_name: str) -> dict:
+    """``rec`` plus ``ulm_score`` and ``ulm_p``: the enrichment of ``set_name`` in ``cell_type`` (a table with
+    columns cell_type, set, score, p, e.g. decoupler ULM on DE statistics), the gene-level view of the same
+    contrast; unchanged when the record is not testable or the table has no such row."""
+    sub = enrichment[(enrichment["cell_type"] == cell_type) & (enrichment["set"] == set_name)]
+    if is_not_testable(rec) or not len(sub):
+        return rec
+    return {**rec, "ulm_score": float(sub["score"].iloc[0]), "ulm_p": float(sub["p"].iloc[0])}
+
+
+def measure_prognosis(bulk: ad.AnnData | None, pathway: str = "NFkB") -> tuple[pd.Series | None, dict]:
+    """The prognosis claim's record (``CLAIMS['prognosis']``) from a bulk tumour cohort (raw counts, ``obs``
+    ``pfs_months`` and ``pfs_event``): per patient the PROGENy ``pathway`` activity of the log CPM, and the Cox
+    hazard ratio per SD (``effect``, Wald ``ci_low``/``ci_high`` and ``p``, ``direction`` up when HR > 1) with
+    the pre-declared median split's log-rank p beside it. Not testable without a bulk cohort or with fewer than
+    5 events."""
+    if bulk is None:
+        return None, not_testable("no bulk cohort with survival (bulk.h5ad) for this cohort")
+    for col in ("pfs_months", "pfs_event"):
+        if col not in bulk.obs:
+            return None, not_testable(f"the bulk cohort has no '{col}' column")
+    score = progeny_activity(log_cpm(bulk), pathway)
+    try:
+        s = survival_by_score(score, bulk.obs["pfs_months"], bulk.obs["pfs_event"])
+    except ValueError as e:  # too few events
+        return score, not_testable(str(e))
+    method = (CLAIMS["prognosis"].method() if pathway == "NFkB" else
+              f"PROGENy {pathway} activity of bulk tumour expression, Cox hazard ratio per SD; p: Cox (Wald)")
+    return score, record(s["hazard_ratio_per_sd"], s["hr_ci_low"], s["hr_ci_high"], s["cox_p"], None, None,
+                         method, null=1.0, p_method="Cox Wald", n=s["n"],
+                         n_events=s["n_events"], n_high=s["n_high"], logrank_p=s["logrank_p"], split=s["split"])
 
 
 def measure_scores(adata: ad.AnnData, cell_types: list[str], cohort: Cohort,

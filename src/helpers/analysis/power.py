@@ -3,7 +3,7 @@
 Cohorts are drawn from the same simulator as the default cohort (gene model, cell-type profiles, patient and
 batch effects, gene modules, nuisance programmes, composition, planted effects with per-patient spread), but each
 patient's pseudobulk per cell type is drawn directly instead of cell by cell: the sum of n cells' negative-binomial
-counts with a common mean profile (continua and ambient soup averaged in, :func:`expected_cell_profiles`) is negative
+counts with a common mean profile (continua and ambient soup averaged in, :func:`helpers.data.simulate.expected_cell_profiles`) is negative
 binomial with n times the mean and n times the shape. That skips QC and annotation (measured separately:
 validation/<cohort>/qc_annotation.json) and per-cell stress and damage, so the power here is that of the statistics
 given correct cell calls, which makes thousands of cohorts affordable on two cores; the calibration run
@@ -21,17 +21,13 @@ import pandas as pd
 from scipy import stats as sstats
 
 from helpers.analysis.stats import compare_two_groups, hanley_mcneil_ci
-from helpers.claims import CLAIMS, IMMUNE_COMPARTMENTS, claim_value_from_pseudobulk
+from helpers.claims import IMMUNE_COMPARTMENTS, cell_claims, claim_value_from_pseudobulk, reproduced
 from helpers.data.simulate import (
-    _stable_int,
     cohort_model,
     draw_patients,
-    expected_cell_profiles,
-    knob,
     load_programs,
     make_design,
-    sample_library_median,
-    sample_profiles,
+    simulate_sample_pseudobulk,
 )
 
 ALL_CELLS = "__all__"
@@ -42,7 +38,7 @@ def claim_cell_groups() -> dict[str, list[str]]:
     all bone-marrow cells (the classifier's input) under ``ALL_CELLS``."""
     types = load_programs()["types"]
     out = {}
-    for name, c in CLAIMS.items():
+    for name, c in cell_claims().items():
         out[name] = ([t for t, v in types.items() if v["compartment"] in IMMUNE_COMPARTMENTS]
                      if c.cells == "immune" else list(c.cells))
     out[ALL_CELLS] = list(types)
@@ -52,40 +48,14 @@ def claim_cell_groups() -> dict[str, list[str]]:
 def simulate_pseudobulks(samples: pd.DataFrame, sim: dict[str, Any], seed: int, groups: dict[str, list[str]],
                          model=None, min_cells: int = 10) -> dict[str, ad.AnnData]:
     """Per cell-type group, a patients x genes pseudobulk of raw counts (patients with fewer than
-    ``min_cells`` cells of the group left out, as in the notebooks), drawn from the cohort simulator."""
+    ``min_cells`` cells of the group left out, as in the notebooks), drawn from the cohort simulator sample by
+    sample (:func:`helpers.data.simulate.simulate_sample_pseudobulk`)."""
     model = model if model is not None else cohort_model(sim, seed)
-    gm = model.genes
     patients = draw_patients(samples, sim, seed)
-    types = load_programs()["types"]
-    shape = 1.0 / gm.dispersion
     rows = {g: [] for g in groups}
     for _, row in samples.iterrows():
-        tissue = row["tissue"]
-        prof, state_props = sample_profiles(model, row, patients[row["patient_id"]], sim, seed, tissue.lower())
-        prof = expected_cell_profiles(prof, state_props, sim)
-        rng = np.random.default_rng([seed, _stable_int("pbcells", row["sample_id"])])
-        cfg = sim["cells"][tissue]
-        n = max(int(round(cfg["per_sample"] * np.exp(rng.normal(0, cfg["sd"])))), 50)
-        states = list(state_props)
-        p = np.array([state_props[s] for s in states])
-        counts = dict(zip(states, rng.multinomial(n, p / p.sum())))
-        libsd = knob(sim, "library_sd")
-        lib_median = sample_library_median(sim, row, seed, rng)
-        for g, cts in groups.items():
-            mu = np.zeros(len(gm.genes))
-            k_total = 0
-            for s in states:
-                t = s.split("|")[0]
-                k = int(counts[s])
-                if t not in cts or k == 0:
-                    continue
-                lib = lib_median * types[t]["lib"] * np.exp(rng.normal(0, libsd["cell"], k)).sum()
-                mu += prof.loc[s].to_numpy() * lib
-                k_total += k
-            if k_total < min_cells:
-                continue
-            sh = shape * k_total
-            x = rng.poisson(rng.gamma(sh, mu / sh))
+        pbs = simulate_sample_pseudobulk(model, row, patients[row["patient_id"]], sim, seed, groups, min_cells)
+        for g, (k_total, x) in pbs.items():
             rows[g].append((row["patient_id"], row["response"], k_total, x))
     out = {}
     for g, rs in rows.items():
@@ -94,7 +64,7 @@ def simulate_pseudobulks(samples: pd.DataFrame, sim: dict[str, Any], seed: int, 
         obs = pd.DataFrame({"patient_id": [r[0] for r in rs], "response": [r[1] for r in rs],
                             "n_cells": [r[2] for r in rs]}, index=[r[0] for r in rs])
         out[g] = ad.AnnData(X=np.vstack([r[3] for r in rs]).astype(np.float64), obs=obs,
-                            var=pd.DataFrame(index=gm.genes.copy()))
+                            var=pd.DataFrame(index=model.genes.genes.copy()))
     return out
 
 
@@ -125,7 +95,7 @@ def one_cohort(n_cr: int, n_nr: int, scale: float, rep: int, sim: dict[str, Any]
     base = {"n_per_group": n_cr if n_cr == n_nr else f"{n_cr}/{n_nr}", "n_cr": n_cr, "n_nr": n_nr,
             "effect_scale": scale, "rep": rep}
     out = []
-    for name, c in CLAIMS.items():
+    for name, c in cell_claims().items():
         rec = {"effect": None, "p": None, "direction": None}
         counts = pbs[name].obs["response"].value_counts() if name in pbs else None
         if counts is not None and len(counts) == 2 and counts.min() >= 2:  # else: not testable in this cohort
@@ -134,7 +104,7 @@ def one_cohort(n_cr: int, n_nr: int, scale: float, rep: int, sim: dict[str, Any]
                 rec = compare_two_groups(v, pbs[name].obs["response"], "CR", "NR")
             except ValueError:
                 pass
-        hit = rec["p"] is not None and rec["p"] < 0.05 and rec["direction"] == c.expected
+        hit = reproduced(c, rec)  # the scorecard's rule (helpers.claims)
         out.append({**base, "test": name, "effect": rec["effect"], "p": rec["p"], "significant": bool(hit)})
     if panel is not None and ALL_CELLS in pbs:
         from helpers.analysis.pseudobulk import log_cpm

@@ -274,7 +274,7 @@ def cell_type_profiles(gm: GeneModel, seed: int, programmes: dict[str, Any]) -> 
     their highest listed level (log-uniform in ``programmes.marker_leak``). Mitochondrial genes are left alone (the
     mitochondrial fraction is a property of a cell's state, not of its type)."""
     types = load_programs()["types"]
-    rng = np.random.default_rng([seed, _stable_int("type_profiles")])
+    rng = np.random.default_rng([seed, stable_int("type_profiles")])
     n = len(gm.genes)
     mt = np.asarray(gm.genes.str.startswith("MT-"))
     gidx = pd.Series(np.arange(n), index=gm.genes)
@@ -323,7 +323,7 @@ class Modules:
 
 
 def draw_modules(n_genes: int, cfg: dict[str, Any], seed: int) -> Modules:
-    rng = np.random.default_rng([seed, _stable_int("modules")])
+    rng = np.random.default_rng([seed, stable_int("modules")])
     n = int(cfg["n"])
     member = np.where(rng.random(n_genes) < float(cfg["gene_fraction"]), rng.integers(0, n, n_genes), -1)
     return Modules(member=member, loading=rng.uniform(0.5, 1.5, n_genes), n=n)
@@ -371,7 +371,9 @@ def make_design(n_cr: int, n_nr: int, seed: int, tissue: str = "BM", n_batches: 
     })
 
 
-def _stable_int(*parts: Any) -> int:
+def stable_int(*parts: Any) -> int:
+    """A seed component from names (sha256, stable across runs and Python versions): ``default_rng([seed,
+    stable_int("cells", sample_id)])`` gives every sample its own stream whatever the order of simulation."""
     h = hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()
     return int(h[:8], 16)
 
@@ -430,7 +432,7 @@ def draw_effect_weights(gm: GeneModel, seed: int, planting: dict[str, Any]) -> d
     lo, hi = knob(planting, "pathway_fraction")
     out: dict[str, dict[str, float]] = {}
     for name, eff in load_planted().items():
-        rng = np.random.default_rng([seed, _stable_int("weights", name)])
+        rng = np.random.default_rng([seed, stable_int("weights", name)])
         if "genes" in eff:
             genes = [g for g in eff["genes"] if g in universe]
         else:
@@ -448,13 +450,13 @@ def draw_effect_weights(gm: GeneModel, seed: int, planting: dict[str, Any]) -> d
 
 
 def tested_set_fractions(weights: dict[str, dict[str, float]], genes: pd.Index) -> dict[str, dict[str, Any]]:
-    """Per claim, how much of its tested set the claim's planted effect touches: the fraction of the set's genes
-    (those in the simulated universe) that are planted, and the share of the planted genes inside the set."""
-    from helpers.claims import CLAIMS, claim_genes
+    """Per cell claim, how much of its tested set the claim's planted effect touches: the fraction of the set's
+    genes (those in the simulated universe) that are planted, and the share of the planted genes inside the set."""
+    from helpers.claims import cell_claims, claim_genes
 
     out = {}
     universe = set(genes)
-    for name, claim in CLAIMS.items():
+    for name, claim in cell_claims().items():
         tested = [g for g in claim_genes(claim) if g in universe]
         planted = set(weights.get(claim.planted, {}))
         hit = planted & set(tested)
@@ -478,7 +480,7 @@ def draw_patients(samples: pd.DataFrame, sim: dict[str, Any], seed: int) -> dict
     patients = samples.drop_duplicates("patient_id")
     for _, row in patients.iterrows():
         pid = row["patient_id"]
-        rng = np.random.default_rng([seed, _stable_int("patient", pid)])
+        rng = np.random.default_rng([seed, stable_int("patient", pid)])
         nr = row["response"] == "NR"
         # blood carries the immune-side effects at a weaker strength
         scale = float(knob(sim, "pb_effect_scale")) if row["tissue"] == "PB" else 1.0
@@ -516,7 +518,7 @@ def draw_patients(samples: pd.DataFrame, sim: dict[str, Any], seed: int) -> dict
         for c, f in zip(clones, fr):
             c["fraction"] = float(np.round(f, 4))
         # nuisance, independent of response: drawn from a separate stream so effects and designs do not move them
-        nrng = np.random.default_rng([seed, _stable_int("nuisance", pid)])
+        nrng = np.random.default_rng([seed, stable_int("nuisance", pid)])
         out[pid] = {
             "response": row["response"], "activation": acts, "latent_z": {k: round(float(v), 4) for k, v in z.items()},
             "interferon_log2": round(float(nrng.normal(0, ifn_sd)), 4),
@@ -596,7 +598,7 @@ def nuisance_genes(gm: GeneModel, name: str, seed: int) -> tuple[np.ndarray, np.
     """Indices of a nuisance programme's genes in the universe and their fixed per-gene weights (uniform 0.5-1.5)."""
     idx = gm.genes.get_indexer(load_nuisance()[name]["genes"])
     idx = np.unique(idx[idx >= 0])
-    rng = np.random.default_rng([seed, _stable_int("nuisance_weights", name)])
+    rng = np.random.default_rng([seed, stable_int("nuisance_weights", name)])
     return idx, rng.uniform(0.5, 1.5, len(idx))
 
 
@@ -611,9 +613,9 @@ def sample_profiles(model: "CohortModel", row: pd.Series, patient: dict[str, Any
     progs = load_programs()
     types = progs["types"]
     gidx = pd.Series(np.arange(len(gm.genes)), index=gm.genes)
-    rng = np.random.default_rng([seed, _stable_int("patient_re", row["patient_id"])])
-    brng = np.random.default_rng([seed, _stable_int("batch", row["batch"])])
-    srng = np.random.default_rng([seed, _stable_int("sample_nuisance", row["sample_id"])])
+    rng = np.random.default_rng([seed, stable_int("patient_re", row["patient_id"])])
+    brng = np.random.default_rng([seed, stable_int("batch", row["batch"])])
+    srng = np.random.default_rng([seed, stable_int("sample_nuisance", row["sample_id"])])
     patient_sd = float(knob(sim, "patient_sd"))
     module_sd = float(knob(sim, "modules.sd"))
     batch_log2 = brng.normal(0, float(knob(sim, "batch_sd")), len(gm.genes))
@@ -704,7 +706,7 @@ def sample_library_median(sim: dict[str, Any], row: pd.Series, seed: int, rng: n
     """Median UMIs per cell of relative library size 1 in this sample: the cohort's median, the batch's factor and
     the sample's own (one draw from ``rng``)."""
     libsd = knob(sim, "library_sd")
-    bfac = np.exp(np.random.default_rng([seed, _stable_int("batchlib", row["batch"])]).normal(0, libsd["batch"]))
+    bfac = np.exp(np.random.default_rng([seed, stable_int("batchlib", row["batch"])]).normal(0, libsd["batch"]))
     return float(knob(sim, "library_median")) * bfac * np.exp(rng.normal(0, libsd["sample"]))
 
 
@@ -750,6 +752,56 @@ def expected_cell_profiles(prof: pd.DataFrame, state_props: dict[str, float], si
     return pd.DataFrame((1 - a) * out + a * soup[None, :], index=states, columns=prof.columns)
 
 
+def sample_cell_count(sim: dict[str, Any], tissue: str, rng: np.random.Generator) -> int:
+    """Droplets of one sample: the tissue's median per sample (``cells.<tissue>.per_sample``) times a log-normal
+    factor (``sd``), at least 50 (one draw from ``rng``)."""
+    cfg = knob(sim, f"cells.{tissue}")
+    return max(int(round(cfg["per_sample"] * np.exp(rng.normal(0, cfg["sd"])))), 50)
+
+
+def simulate_sample_pseudobulk(model: "CohortModel", row: pd.Series, patient: dict[str, Any], sim: dict[str, Any],
+                               seed: int, groups: dict[str, list[str]], min_cells: int = 10
+                               ) -> dict[str, tuple[int, np.ndarray]]:
+    """One sample's pseudobulk per cell-type group drawn directly, without its droplets: group -> (cells, raw
+    counts per gene), for groups with at least ``min_cells`` cells.
+
+    The shortcut of the power model (:mod:`helpers.analysis.power`): the sample's cell count
+    (:func:`sample_cell_count`) split over its states (multinomial), each state's mean droplet profile
+    (:func:`expected_cell_profiles`: continuum and soup averaged in) scaled by the summed library sizes of its
+    cells, and the sum of the cells' negative-binomial counts drawn as one negative binomial with n times the mean
+    and n times the shape. QC, annotation and per-cell stress and damage are skipped."""
+    gm = model.genes
+    tissue = row["tissue"]
+    types = load_programs()["types"]
+    prof, state_props = sample_profiles(model, row, patient, sim, seed, tissue.lower())
+    prof = expected_cell_profiles(prof, state_props, sim)
+    rng = np.random.default_rng([seed, stable_int("pbcells", row["sample_id"])])
+    n = sample_cell_count(sim, tissue, rng)
+    states = list(state_props)
+    p = np.array([state_props[s] for s in states])
+    counts = dict(zip(states, rng.multinomial(n, p / p.sum())))
+    libsd = knob(sim, "library_sd")
+    lib_median = sample_library_median(sim, row, seed, rng)
+    shape = 1.0 / gm.dispersion
+    out = {}
+    for g, cts in groups.items():
+        mu = np.zeros(len(gm.genes))
+        k_total = 0
+        for s in states:
+            t = s.split("|")[0]
+            k = int(counts[s])
+            if t not in cts or k == 0:
+                continue
+            lib = lib_median * types[t]["lib"] * np.exp(rng.normal(0, libsd["cell"], k)).sum()
+            mu += prof.loc[s].to_numpy() * lib
+            k_total += k
+        if k_total < min_cells:
+            continue
+        sh = shape * k_total
+        out[g] = (k_total, rng.poisson(rng.gamma(sh, mu / sh)))
+    return out
+
+
 def simulate_sample(model: "CohortModel", row: pd.Series, patient: dict[str, Any], sim: dict[str, Any],
                     seed: int) -> ad.AnnData:
     """Simulate one sample's droplets (raw counts, obs with design and truth columns).
@@ -762,9 +814,8 @@ def simulate_sample(model: "CohortModel", row: pd.Series, patient: dict[str, Any
     gm = model.genes
     tissue = row["tissue"]
     prof, state_props = sample_profiles(model, row, patient, sim, seed, tissue.lower())
-    rng = np.random.default_rng([seed, _stable_int("cells", row["sample_id"])])
-    cells_cfg = knob(sim, f"cells.{tissue}")
-    n = max(int(round(cells_cfg["per_sample"] * np.exp(rng.normal(0, cells_cfg["sd"])))), 50)
+    rng = np.random.default_rng([seed, stable_int("cells", row["sample_id"])])
+    n = sample_cell_count(sim, tissue, rng)
     states = np.array(list(state_props))
     p = np.array(list(state_props.values()))
     p = p / p.sum()
@@ -855,7 +906,7 @@ def simulate_bulk(gm: GeneModel, base: pd.DataFrame, weights: dict[str, dict[str
     Patient NF-kB activity z ~ N(0, 1) shifts the NF-kB genes by ``nfkb_log2_per_sd * z * weight``;
     the hazard is h0 * HR**z (HR per SD of activity), with exponential event times and uniform
     administrative censoring between ``follow_up_months``."""
-    rng = np.random.default_rng([seed, _stable_int("bulk")])
+    rng = np.random.default_rng([seed, stable_int("bulk")])
     n = int(knob(bulk, "n_patients"))
     hr = float(knob(bulk, "hazard_ratio"))
     z = rng.standard_normal(n)
@@ -898,7 +949,7 @@ def simulate_flow(samples: pd.DataFrame, patients: dict[str, dict[str, Any]], si
     link = float(cfg["rna_link"])
     rows = []
     for pid in samples.loc[samples["tissue"] == "BM", "patient_id"].unique():
-        rng = np.random.default_rng([seed, _stable_int("flow", pid)])
+        rng = np.random.default_rng([seed, stable_int("flow", pid)])
         pt = patients[pid]
         z = link * pt["latent_z"]["nk_cd16"] + np.sqrt(1 - link**2) * rng.standard_normal()
         protein_down = float(eff.get("strength", 0.0)) * (pt["response"] == "NR") + float(eff.get("spread", 0.0)) * z

@@ -241,7 +241,7 @@ def km_figure(curves: dict[str, pd.DataFrame], surv: dict, title: str = "") -> p
         ax.fill_between(c.index, c.iloc[:, 1], c.iloc[:, 2], step="post", color=col, alpha=0.15)
     ax.set_xlabel("months")
     ax.set_ylabel("progression-free survival")
-    ax.set_title(f"{title}\nHR/SD {surv['hazard_ratio_per_sd']:.2f} [{surv['hr_ci_low']:.2f}, {surv['hr_ci_high']:.2f}], "
+    ax.set_title(f"{title}\nHR/SD {surv['effect']:.2f} [{surv['ci_low']:.2f}, {surv['ci_high']:.2f}], "
                  f"log-rank p={surv['logrank_p']:.2g}", fontsize=8)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -6,10 +6,12 @@ Verdicts: ``reproduced``, ``not reproduced``, ``not applicable`` (no findings fi
 The ``note`` column says how a claim was measured when it differs from the study (e.g. a reduced classifier
 panel, CD54dim NK cells replaced by all CD56dim NK cells).
 
-Every row is judged the same way: a p below 0.05 and the effect in the study's direction. For the directional
-rows the p is the patient-level Mann-Whitney p (prognosis: the Cox p with the hazard ratio's CI above 1); for
-the AUC rows it is ``permutation_p``, the label-permutation p of the whole pipeline that produced the AUC
-(cross-validation with the in-fold top-k selection re-run per permutation; for blood, the marrow labels
+The rows, their study values, readouts and the verdict rule come from one registry, :data:`helpers.claims.CLAIMS`;
+each row reads its claim's record in ``findings/<notebook>.json`` under ``claims/<name>``. Every row is judged the
+same way (:func:`helpers.claims.verdict`): a p below 0.05 and the effect in the study's direction. For the
+directional rows the p is the patient-level Mann-Whitney p (prognosis: the Cox Wald p, with the hazard ratio
+above 1); for the AUC rows it is ``permutation_p``, the label-permutation p of the whole pipeline that produced
+the AUC (cross-validation with the in-fold top-k selection re-run per permutation; for blood, the marrow labels
 permuted, the model refitted on marrow and scored on blood), with the AUC above 0.5. The AUC's CI is the
 Hanley-McNeil (1982) analytic 95% CI; it does not enter the verdict.
 
@@ -37,81 +39,19 @@ from pathlib import Path
 
 import pandas as pd
 
-from helpers.analysis.classifier import STUDY_AUC, auc_reproduced
-from helpers.analysis.findings import (
-    NOT_TESTABLE,
-    is_not_testable,
-    not_testable_records,
-)
-from helpers.claims import CLAIMS
+from helpers.analysis.findings import not_testable_records
+from helpers.claims import ALPHA, NOT_TESTABLE, Claim, is_not_testable, scorecard_claims, verdict
 
-
-def primary_claim(planted: str) -> str:
-    """The one primary claim of :data:`helpers.claims.CLAIMS` that realises a planted effect (the scorecard row
-    follows the claim's definition there, e.g. which inflammation readout is primary)."""
-    names = [n for n, c in CLAIMS.items() if c.primary and c.planted == planted]
-    if len(names) != 1:
-        raise ValueError(f"expected one primary claim for the planted effect {planted!r}, found {names}")
-    return names[0]
-
-
-# claim, study value, findings file, how to read it, planted effect
-ROWS = [
-    ("inflammatory BME (cytokine signalling up in NR)", "up", "03", ("claims", primary_claim("inflammation")),
-     "inflammation"),
-    ("monocyte phagocytosis, classical (down in NR)", "down", "04", ("claims", "classical_mono_phagocytosis"), "phagocytosis"),
-    ("monocyte phagocytosis, nonclassical (down in NR)", "down", "04", ("claims", "nonclassical_mono_phagocytosis"),
-     "phagocytosis"),
-    ("IFN-monocyte NF-kB (up in NR)", "up", "04", ("claims", "ifn_mono_nfkb"), "ifn_mono_nfkb"),
-    ("CD54dim NK CD16 (down in NR)", "down", "05", ("claims", "nk_cd54dim_cd16"), "nk_cd16"),
-    ("tumour NF-kB (up in NR)", "up", "06", ("claims", "tumour_nfkb_progeny"), "tumour_nfkb"),
-    ("prognosis (NF-kB high = shorter PFS)", "HR > 1", "06", ("prognosis",), "bulk"),
-    ("AUC 34 NF-kB genes, marrow", STUDY_AUC["auc_bm_34"], "07", ("auc_bm_34",), None),
-    ("AUC top-8, marrow", STUDY_AUC["auc_bm_top8"], "07", ("auc_bm_top8",), None),
-    ("AUC top-8, blood", STUDY_AUC["auc_pb_top8"], "07", ("auc_pb_top8",), None),
-]
 COLUMNS = ["claim", "study_value", "reproduced", "ci_low", "ci_high", "p", "permutation_p", "truth", "verdict",
            "study_value_in_ci", "power_at_design", "null_twin_verdict", "note", "rule"]
 VERDICTS = ["reproduced", "not reproduced", "not applicable", NOT_TESTABLE]
 NOT_TESTABLE_FILE = "not_testable.txt"  # results/<cohort>/not_testable.txt, printed by the runner after notebook 10
-ALPHA = 0.05
-AUC_RULE = {
-    "auc_bm_34": "cross-validation re-run on permuted labels",
-    "auc_bm_top8": "cross-validation with the in-fold top-k selection re-run on permuted labels",
-    "auc_pb_top8": "marrow labels permuted, top-k model refitted on marrow, applied to blood, scored on true labels",
-}
 
 
-def _get(d: dict, path: tuple[str, ...]):
-    for k in path:
-        if not isinstance(d, dict) or k not in d:
-            return None
-        d = d[k]
-    return d
-
-
-def _directional_rule(expected: str, alpha: float = ALPHA) -> str:
-    return f"reproduced if the patient-level p < {alpha} and the shift is {expected} (NR vs CR)"
-
-
-def verdict_directional(rec: dict | None, expected: str, alpha: float = ALPHA) -> tuple[str, str]:
-    rule = _directional_rule(expected, alpha)
-    if not rec or rec.get("effect") is None or rec.get("p") is None:
-        return "not applicable", rule + "; not estimable here"
-    ok = rec["p"] < alpha and rec.get("direction") == expected
-    return ("reproduced" if ok else "not reproduced"), rule
-
-
-def auc_rule(key: str, alpha: float = ALPHA) -> str:
-    return (f"reproduced if the label-permutation p of the whole pipeline ({AUC_RULE[key]}) < {alpha} and the AUC "
-            "> 0.5; CI: Hanley-McNeil (1982) analytic 95% CI")
-
-
-def verdict_auc(auc: float | None, permutation_p: float | None, alpha: float = ALPHA) -> str:
-    """``reproduced`` when the permutation p < alpha and the AUC is above 0.5 (the expected direction)."""
-    if auc is None or permutation_p is None:
-        return "not applicable"
-    return "reproduced" if auc_reproduced(auc, permutation_p, alpha) else "not reproduced"
+def claim_record(findings: dict | None, claim: Claim) -> dict | None:
+    """The claim's record in its notebook's findings (``claims/<name>``), or None when absent."""
+    rec = ((findings or {}).get("claims") or {}).get(claim.name)
+    return rec if isinstance(rec, dict) else None
 
 
 def study_value_in_ci(study, ci_low: float | None, ci_high: float | None) -> bool | None:
@@ -127,10 +67,9 @@ def study_value_in_ci(study, ci_low: float | None, ci_high: float | None) -> boo
     return bool(sides[study])
 
 
-def power_at_design(power_findings: dict | None, path: tuple[str, ...]) -> float | None:
-    """Notebook 09's power of this row's test at this cohort's design (``default_design.power``), or None."""
-    key = path[1] if path[0] == "claims" else path[0]
-    rec = _get(power_findings or {}, ("default_design", "power", key))
+def power_at_design(power_findings: dict | None, claim: Claim) -> float | None:
+    """Notebook 09's power of this claim's test at this cohort's design (``default_design.power``), or None."""
+    rec = (((power_findings or {}).get("default_design") or {}).get("power") or {}).get(claim.name)
     return None if rec is None else rec.get("power")
 
 
@@ -144,56 +83,38 @@ def null_twin_verdicts(twin: str | None, results_root: str | Path) -> dict[str, 
     return dict(zip(card["claim"], card["verdict"]))
 
 
-def _truth_text(truth: dict | None, planted: str | None, path: tuple[str, ...]) -> str:
-    if truth and planted and planted in truth.get("effects", {}):
-        e = truth["effects"][planted]
+def truth_text(truth: dict | None, claim: Claim) -> str:
+    """The planted truth behind a claim in a simulated cohort (empty for a real one)."""
+    if truth and claim.planted and claim.planted in truth.get("effects", {}):
+        e = truth["effects"][claim.planted]
         return f"{e['direction']} {e['strength_log2']:.2f} log2 (spread {e['spread_log2']:.2f})"
-    if truth and planted == "bulk" and "bulk" in truth:
+    if truth and claim.planted == "bulk" and "bulk" in truth:
         return f"HR {truth['bulk'].get('hazard_ratio')} per SD"
-    if truth and path[0].startswith("auc"):
+    if truth and claim.kind == "auc":
         return "NF-kB effects planted (see rows above)"
     return ""
 
 
-def _panel_note(d: dict) -> str:
+def panel_note(findings: dict | None, claim: Claim) -> str:
+    """The AUC rows' note when the classifier ran on a reduced panel (notebook 07's ``n_panel_genes_used``)."""
+    d = findings or {}
     used, total = d.get("n_panel_genes_used"), d.get("n_panel_genes")
-    return f"reduced panel ({used} of {total} genes)" if used and total and used < total else ""
+    return (f"reduced panel ({used} of {total} genes)" if claim.kind == "auc" and used and total and used < total
+            else "")
 
 
-def _row(claim, study, verdict, rule, rec=None, note="", **values) -> dict:
-    """One scorecard row; ``values`` are reproduced, ci_low, ci_high, p, permutation_p (None when absent)."""
-    if is_not_testable(rec):
-        return {"claim": claim, "study_value": study, "verdict": f"{NOT_TESTABLE}: {rec['reason']}", "note": note,
-                "rule": rule}
-    return {"claim": claim, "study_value": study, "verdict": verdict, "note": note, "rule": rule, **values}
-
-
-def _prognosis_row(claim, study, rec) -> dict:
-    rule = "reproduced if the Cox hazard ratio per SD of NF-kB is > 1 with its 95% CI above 1"
-    if not rec or is_not_testable(rec):
-        return _row(claim, study, "not applicable", rule + ("" if rec else "; no bulk cohort"), rec)
-    ok = rec["hr_ci_low"] > 1
-    return _row(claim, study, "reproduced" if ok else "not reproduced", rule, reproduced=rec["hazard_ratio_per_sd"],
-                ci_low=rec["hr_ci_low"], ci_high=rec["hr_ci_high"], p=rec["cox_p"])
-
-
-def _auc_row(claim, study, key, d) -> dict:
-    rec = _get(d, (key,)) if d else None
-    note = _panel_note(d) if d else ""
-    if rec is None or is_not_testable(rec):
-        return _row(claim, study, "not applicable", auc_rule(key), rec, note)
-    perm = d.get(f"{key}_permutation_p")
-    return _row(claim, study, verdict_auc(rec, perm), auc_rule(key), note=note, reproduced=rec,
-                ci_low=d.get(f"{key}_ci_low"), ci_high=d.get(f"{key}_ci_high"), permutation_p=perm)
-
-
-def _directional_row(claim, study, rec) -> dict:
-    if is_not_testable(rec):
-        return _row(claim, study, None, _directional_rule(study), rec, rec.get("note", ""))
-    v, rule = verdict_directional(rec, study)
-    rec = rec or {}
-    return _row(claim, study, v, rule, note=rec.get("note", ""), reproduced=rec.get("effect"),
-                ci_low=rec.get("ci_low"), ci_high=rec.get("ci_high"), p=rec.get("p"))
+def scorecard_row(claim: Claim, rec: dict | None, alpha: float = ALPHA) -> dict:
+    """A claim's row from its record: the verdict by the claims' one rule, the effect with its CI and the p
+    (an AUC's p in ``permutation_p``)."""
+    row = {"claim": claim.label, "study_value": claim.study, "verdict": verdict(claim, rec, alpha),
+           "rule": claim.rule(alpha), "note": (rec or {}).get("note", "")}
+    if not rec or is_not_testable(rec) or rec.get("effect") is None:
+        if not rec and claim.kind == "survival":
+            row["rule"] += "; no bulk cohort"
+        return row
+    p_column = "permutation_p" if claim.kind == "auc" else "p"
+    return {**row, "reproduced": rec["effect"], "ci_low": rec.get("ci_low"), "ci_high": rec.get("ci_high"),
+            p_column: rec.get("p")}
 
 
 def _join(*notes: str) -> str:
@@ -214,7 +135,8 @@ def confounded_design_note(cohort_findings: dict | None, tissue: str) -> str:
 def build_scorecard(findings_dir: str | Path, truth: dict | None = None,
                     null_twin: dict[str, str] | None = None) -> pd.DataFrame:
     """Read findings/NN.json (and notebook 09's power in findings/09.json) and return the scorecard table, one
-    row per study claim; ``null_twin`` maps claim -> the null twin's verdict (:func:`null_twin_verdicts`)."""
+    row per study claim of :func:`helpers.claims.scorecard_claims`; ``null_twin`` maps claim -> the null twin's
+    verdict (:func:`null_twin_verdicts`)."""
     findings_dir = Path(findings_dir)
     cache: dict[str, dict | None] = {}
 
@@ -225,22 +147,16 @@ def build_scorecard(findings_dir: str | Path, truth: dict | None = None,
         return cache[nn]
 
     rows = []
-    for claim, study, nn, path, planted in ROWS:
-        d = load(nn)
-        if path[0] == "prognosis":
-            row = _prognosis_row(claim, study, _get(d, path) if d else None)
-        elif path[0].startswith("auc"):
-            row = _auc_row(claim, study, path[0], d)
-        else:
-            row = _directional_row(claim, study, _get(d, path) if d else None)
-        tissue = "PB" if path[0] == "auc_pb_top8" else "BM"
-        power = power_at_design(load("09"), path)
+    for claim in scorecard_claims():
+        row = scorecard_row(claim, claim_record(load(claim.notebook), claim))
+        power = power_at_design(load("09"), claim)
         no_power = load("09") is not None and power is None and row["verdict"] != "not applicable"
-        row.update(truth=_truth_text(truth, planted, path),
-                   study_value_in_ci=study_value_in_ci(study, row.get("ci_low"), row.get("ci_high")),
-                   power_at_design=power, null_twin_verdict=(null_twin or {}).get(claim),
-                   note=_join(row["note"], "no power at design: notebook 09 does not simulate this test" if no_power
-                              else "", confounded_design_note(load("00"), tissue)))
+        row.update(truth=truth_text(truth, claim),
+                   study_value_in_ci=study_value_in_ci(claim.study, row.get("ci_low"), row.get("ci_high")),
+                   power_at_design=power, null_twin_verdict=(null_twin or {}).get(claim.label),
+                   note=_join(row["note"], panel_note(load(claim.notebook), claim),
+                              "no power at design: notebook 09 does not simulate this test" if no_power else "",
+                              confounded_design_note(load("00"), "PB" if claim.tissue == "PB" else "BM")))
         rows.append(row)
     return pd.DataFrame(rows, columns=COLUMNS)
 
@@ -264,7 +180,7 @@ def not_testable_summary(cohort: str, card: pd.DataFrame, findings_dir: str | Pa
     nt = not_testable_rows(card)
     lines = [f"Not testable on cohort '{cohort}': {len(nt)} of {len(card)} scorecard claims"]
     lines += [f"  - {claim}: {reason}" for claim, reason in nt.items()]
-    in_card = {(nn, "/".join(path)) for _, _, nn, path, _ in ROWS}
+    in_card = {(c.notebook, f"claims/{c.name}") for c in scorecard_claims()}
     other = []
     for f in sorted(Path(findings_dir).glob("[0-9][0-9].json")):
         other += [f"  - {f.stem}.json {key}: {rec['reason']}" for key, rec in not_testable_records(json.loads(f.read_text()))

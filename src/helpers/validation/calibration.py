@@ -40,12 +40,12 @@ import yaml
 from scipy import stats as sstats
 from tqdm.auto import tqdm
 
-from helpers.analysis.findings import NOT_TESTABLE
 from helpers.analysis.power import clopper_pearson, power_grid, summarise_power
+from helpers.claims import CELL_KINDS, NOT_TESTABLE, claim_by_label
+from helpers.claims import scorecard_claims as registry_rows
 from helpers.data.cohort import load_cohort, project_root
 from helpers.data.simulate import make_design
 from helpers.io import atomic_path, write_table
-from helpers.report.scorecard import ROWS
 from helpers.runner import THREAD_VARS
 
 KINDS = ("null", "planted")
@@ -391,7 +391,8 @@ def summarise_runs(runs: pd.DataFrame, claims: list[str], predicted: pd.DataFram
 
 
 def scorecard_claims() -> list[str]:
-    return [r[0] for r in ROWS]
+    """The scorecard's row labels in order (:func:`helpers.claims.scorecard_claims`)."""
+    return [c.label for c in registry_rows()]
 
 
 def claims_in_order(runs: pd.DataFrame) -> list[str]:
@@ -403,21 +404,25 @@ def claims_in_order(runs: pd.DataFrame) -> list[str]:
 # -- predicted rates (notebook 09's model) ---------------------------------------------------------------------------
 
 def power_tests_by_claim() -> dict[str, str]:
-    """Scorecard claim -> the power model's test for the rows it covers (the directional claim rows)."""
-    return {r[0]: r[3][1] for r in ROWS if len(r[3]) == 2 and r[3][0] == "claims"}
+    """Scorecard claim -> the power model's test for the rows it covers (the cell claims)."""
+    return {c.label: c.name for c in registry_rows() if c.kind in CELL_KINDS}
 
 
-def row_source(claim: str) -> tuple[str, ...]:
-    """Where the scorecard reads a row from (its findings path, e.g. ``("prognosis",)``), empty for an unknown row."""
-    return {r[0]: r[3] for r in ROWS}.get(claim, ("",))
+def claim_kind(label: str) -> str:
+    """The readout kind of a scorecard row (``set``, ``gene``, ``progeny``, ``survival``, ``auc``); empty for a
+    row the registry does not know (e.g. from an older run)."""
+    try:
+        return claim_by_label(label).kind
+    except KeyError:
+        return ""
 
 
 def uncovered_note(claim: str) -> str:
     """Why the power model gives no prediction for a scorecard row."""
-    path = row_source(claim)
-    if path[0] == "prognosis":
+    kind = claim_kind(claim)
+    if kind == "survival":
         return "not predicted: power.py models no bulk survival cohort"
-    if path[0].startswith("auc"):
+    if kind == "auc":
         return "not predicted: power.py gives the classifier's expected AUC, not this row's verdict rule"
     return "not predicted: not modelled by power.py"
 
@@ -486,9 +491,9 @@ def max_null_hits(n: int, alpha: float = ALPHA, tail: float = NULL_TAIL) -> int:
 
 def nominal_null_rate(claim: str, alpha: float = ALPHA) -> float:
     """The false-positive rate a row's verdict rule has by construction when the power model does not give one:
-    AUC rows, a one-sided label-permutation p < alpha (alpha); prognosis, a hazard ratio whose two-sided 95% CI lies
+    AUC rows, a one-sided label-permutation p < alpha (alpha); prognosis, a two-sided Cox p < alpha with the hazard ratio
     above 1 (alpha / 2)."""
-    return alpha / 2 if row_source(claim)[0] == "prognosis" else alpha
+    return alpha / 2 if claim_kind(claim) == "survival" else alpha
 
 
 def expected_null_count(table: pd.DataFrame, alpha: float = ALPHA) -> tuple[float, float, float]:
