@@ -137,23 +137,6 @@ def cross_validate(model: Pipeline, X: pd.DataFrame, y: np.ndarray, seed: int, n
             "n_splits": n_splits, "n_repeats": n_repeats, "selection_frequency": selected / (n_splits * n_repeats)}
 
 
-def bootstrap_auc_ci(y: np.ndarray, p: np.ndarray, seed: int, n_boot: int = 2000, alpha: float = 0.05) -> tuple[float, float]:
-    """Percentile interval of the AUC over patient resamples (within each group) of FIXED scores. ``p`` is one
-    score per patient or a repeats x patients matrix of out-of-fold scores (statistic: the mean AUC over repeats).
-
-    Not a confidence interval of a cross-validated AUC: the models are not refitted, so the variability of
-    training is missing. The AUC CIs reported are :func:`auc_ci` (Hanley-McNeil); this interval is kept only for
-    the raw table of notebook 09's simulated cohorts, where it is labelled ``auc_oof_bootstrap_*``."""
-    rng = np.random.default_rng(seed)
-    P = np.atleast_2d(p)
-    i0, i1 = np.where(y == 0)[0], np.where(y == 1)[0]
-    idx = np.stack([np.concatenate([rng.choice(i0, len(i0)), rng.choice(i1, len(i1))]) for _ in range(n_boot)])
-    y_boot = np.r_[np.zeros(len(i0), bool), np.ones(len(i1), bool)]  # every resample has this label layout
-    aucs = auc_by_ranks(y_boot, P[:, idx]).mean(axis=0)  # repeats x boots -> mean over repeats
-    lo, hi = np.quantile(aucs, [alpha / 2, 1 - alpha / 2])
-    return float(lo), float(hi)
-
-
 def auc_ci(auc: float, y: np.ndarray, alpha: float = 0.05) -> tuple[float, float]:
     """The reported 95% CI of an AUC: Hanley-McNeil (1982), analytic, from the AUC and the group sizes of ``y``
     (:func:`helpers.analysis.stats.hanley_mcneil_ci`)."""

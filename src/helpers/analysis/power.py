@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sstats
 
-from helpers.analysis.stats import compare_two_groups, hanley_mcneil_ci
+from helpers.analysis.stats import bootstrap_auc_ci, compare_two_groups, hanley_mcneil_ci
 from helpers.claims import IMMUNE_COMPARTMENTS, cell_claims, claim_value_from_pseudobulk, reproduced
 from helpers.data.simulate import (
     cohort_model,
@@ -80,7 +80,6 @@ def one_cohort(n_cr: int, n_nr: int, scale: float, rep: int, sim: dict[str, Any]
                panel: list[str] | None = None, min_cells: int = 10) -> list[dict[str, Any]]:
     """Simulate one cohort of the design and return one record per claim test (and the classifier's AUC)."""
     from helpers.analysis.classifier import (
-        bootstrap_auc_ci,
         cross_validate,
         make_model,
         standardise,

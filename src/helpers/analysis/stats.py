@@ -1,8 +1,13 @@
 """Patient-level statistics: Hodges-Lehmann shifts with CIs, Mann-Whitney tests, BH FDR, Spearman with CI,
-and the claim record every finding notebook writes (effect, ci_low, ci_high, p, direction, n_cr, n_nr, method)."""
+and the claim record every finding notebook writes (effect, ci_low, ci_high, p, direction, n_cr, n_nr, method).
+
+Where scipy computes a quantity it is called: BH q-values (``false_discovery_control``), Mann-Whitney p-values
+(``mannwhitneyu``), bootstrap intervals (``bootstrap``). The Hodges-Lehmann interval and the exact null
+distribution of U it needs are computed here (no library exposes them) and tested against scipy and brute force."""
 
 from __future__ import annotations
 
+import warnings
 from functools import lru_cache
 
 import numpy as np
@@ -53,25 +58,24 @@ def hanley_mcneil_ci(auc: float, n_pos: int, n_neg: int, alpha: float = 0.05) ->
 
 
 def bh_fdr(p: np.ndarray) -> np.ndarray:
-    """Benjamini-Hochberg adjusted p-values (NaN kept)."""
+    """Benjamini-Hochberg adjusted p-values (q-values) over the non-NaN entries; NaN entries stay NaN and are not
+    counted among the tests. The adjustment is ``scipy.stats.false_discovery_control(p, method="bh")`` (equal to
+    the step-up computation min over j >= i of p_(j) n / j, clipped to 1, and to statsmodels'
+    ``multipletests(method="fdr_bh")``; tested). p-values outside [0, 1] raise a ValueError."""
     p = np.asarray(p, dtype=float)
     q = np.full_like(p, np.nan)
     ok = ~np.isnan(p)
-    n = int(ok.sum())
-    if n == 0:
-        return q
-    order = np.argsort(p[ok])
-    ranked = p[ok][order] * n / np.arange(1, n + 1)
-    ranked = np.minimum.accumulate(ranked[::-1])[::-1]
-    out = np.empty(n)
-    out[order] = np.clip(ranked, 0, 1)
-    q[ok] = out
+    if ok.any():
+        q[ok] = stats.false_discovery_control(p[ok], method="bh")
     return q
 
 
 def mann_whitney_cdf(n: int, m: int) -> np.ndarray:
     """Exact null CDF of the Mann-Whitney U statistic for group sizes n, m (no ties), by counting (cached per
-    (n, m); the array is read-only)."""
+    (n, m); the array is read-only): ``cdf[k] = P(U <= k)``. It is the distribution behind
+    ``scipy.stats.mannwhitneyu(method="exact")`` (tested against it), which scipy does not expose; it is kept
+    only for the Hodges-Lehmann interval (:func:`hodges_lehmann_ci`, :func:`hl_ci_level`). The Mann-Whitney
+    p-values themselves come from scipy (:func:`mann_whitney_p`)."""
     return _mann_whitney_cdf(int(n), int(m))
 
 
@@ -125,10 +129,40 @@ def hl_ci_level(n: int, m: int, alpha: float = 0.05) -> float:
     return float(1 - 2 * mann_whitney_cdf(n, m)[_hl_k(n, m, alpha)])
 
 
+# permutations behind a tie-aware small-sample Mann-Whitney p (scipy enumerates all splits when there are fewer)
+MWU_PERMUTATIONS = 9999
+
+
+def mann_whitney_p(x: np.ndarray, y: np.ndarray) -> float:
+    """Two-sided Mann-Whitney p of ``y`` against ``x``, from ``scipy.stats.mannwhitneyu(y, x,
+    alternative="two-sided", method=...)`` with the method chosen as follows.
+
+    * No ties and min(n, m) <= 8: ``method="exact"`` (the exact null distribution of U; what scipy's
+      ``"auto"`` picks here).
+    * Ties and min(n, m) <= 8: scipy's ``"exact"`` is not exact with ties (it ignores them) and ``"auto"``
+      falls back to the normal approximation, which is poor at these sizes. The p is instead the permutation
+      test of U, ``method=scipy.stats.PermutationMethod(n_resamples=9999, rng=np.random.default_rng(0))``: exact
+      conditionally on the ties (all C(n+m, n) splits enumerated) when there are at most 9999 splits, e.g. up
+      to 7 vs 7 or 3 vs 25; otherwise a Monte Carlo p from 9999 permutations with a fixed seed (deterministic;
+      resolution 1e-4).
+    * Both groups > 8: ``method="asymptotic"`` (normal approximation with tie and continuity corrections; what
+      ``"auto"`` picks here).
+    """
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if min(len(x), len(y)) <= 8:
+        ties = len(np.unique(np.concatenate([x, y]))) < len(x) + len(y)
+        method = (stats.PermutationMethod(n_resamples=MWU_PERMUTATIONS, rng=np.random.default_rng(0)) if ties
+                  else "exact")
+    else:
+        method = "asymptotic"
+    return float(stats.mannwhitneyu(y, x, alternative="two-sided", method=method).pvalue)
+
+
 def compare_two_groups(values: pd.Series, groups: pd.Series, reference: str, test: str, method: str = "",
                        alpha: float = 0.05) -> dict:
-    """One claim record: Hodges-Lehmann shift (test minus reference) with 95% CI, two-sided Mann-Whitney p,
-    direction of the shift, group sizes and the method text."""
+    """One claim record: Hodges-Lehmann shift (test minus reference) with 95% CI, two-sided Mann-Whitney p
+    (:func:`mann_whitney_p`: scipy's exact test without ties, a permutation test with ties at small n, the normal
+    approximation when both groups exceed 8), direction of the shift, group sizes and the method text."""
     g = groups.reindex(values.index).astype(str)
     x = values[(g == reference).to_numpy()].dropna().to_numpy()
     y = values[(g == test).to_numpy()].dropna().to_numpy()
@@ -136,7 +170,7 @@ def compare_two_groups(values: pd.Series, groups: pd.Series, reference: str, tes
     if len(x) < 2 or len(y) < 2:
         return {**rec, "effect": None, "ci_low": None, "ci_high": None, "p": None, "direction": None}
     est, lo, hi = hodges_lehmann_ci(x, y, alpha)
-    p = float(stats.mannwhitneyu(y, x, alternative="two-sided").pvalue)
+    p = mann_whitney_p(x, y)
     return {**rec, "effect": est, "ci_low": lo, "ci_high": hi, "ci_level": hl_ci_level(len(x), len(y), alpha), "p": p,
             "direction": "up" if est > 0 else "down", "median_cr": float(np.median(x)), "median_nr": float(np.median(y))}
 
@@ -150,7 +184,8 @@ def compare_groups(values: pd.DataFrame, groups: pd.Series, reference: str, test
 
 
 def spearman_ci(x: np.ndarray, y: np.ndarray, alpha: float = 0.05) -> dict:
-    """Spearman rho with a Fisher-z 95% CI (Bonett-Wright variance 1.06/(n-3)) and its p-value."""
+    """Spearman rho with a Fisher-z 95% CI (Bonett-Wright variance 1.06/(n-3)) and its p-value. The interval is
+    analytic (no bootstrap is involved), so it is deterministic and needs no seed."""
     x, y = np.asarray(x, float), np.asarray(y, float)
     ok = ~(np.isnan(x) | np.isnan(y))
     n = int(ok.sum())
@@ -160,3 +195,44 @@ def spearman_ci(x: np.ndarray, y: np.ndarray, alpha: float = 0.05) -> dict:
     zc = stats.norm.ppf(1 - alpha / 2)
     return {"rho": float(r), "ci_low": float(np.tanh(z - zc * se)), "ci_high": float(np.tanh(z + zc * se)),
             "p": float(p), "n": n}
+
+
+def bootstrap_auc_ci(y: np.ndarray, p: np.ndarray, seed: int, n_boot: int = 2000,
+                     alpha: float = 0.05) -> tuple[float, float]:
+    """Bootstrap (1 - alpha) interval of the AUC of FIXED scores over patient resamples within each group, by
+    ``scipy.stats.bootstrap``. ``p`` is one score per patient or a repeats x patients matrix of out-of-fold scores
+    (statistic: the mean AUC over repeats; a resample draws patients, i.e. whole columns).
+
+    The two groups are scipy's two independent samples (``paired=False``): each resample draws n0 patients from
+    the negatives and n1 from the positives with replacement, as the hand-written percentile bootstrap this
+    replaces did. The interval is scipy's default **BCa** (bias-corrected and accelerated; acceleration from the
+    jackknife over patients of each group), no longer the plain percentile interval. Where BCa is degenerate
+    (NaN: e.g. every resample gives the same AUC, as with perfectly separated scores) the percentile interval of
+    the same bootstrap distribution is returned instead. Deterministic for a ``seed``
+    (``rng=np.random.default_rng(seed)``); needs at least two patients per group.
+
+    Not a confidence interval of a cross-validated AUC: the models are not refitted, so the variability of
+    training is missing. The AUC CIs reported are Hanley-McNeil (:func:`hanley_mcneil_ci`); this interval is only
+    for the raw table of notebook 09's simulated cohorts (``helpers.analysis.power``)."""
+    y = np.asarray(y)
+    P = np.atleast_2d(np.asarray(p, dtype=float))
+    i0, i1 = np.where(y == 0)[0], np.where(y == 1)[0]
+    if min(len(i0), len(i1)) < 2:
+        raise ValueError("the bootstrap AUC interval needs at least two patients per group")
+
+    def mean_auc(a, b, axis=-1):
+        # a, b: patient indices of the negatives and positives (leading axes: resamples or jackknife samples)
+        idx = np.concatenate([a, b], axis=-1).astype(int)
+        labels = np.r_[np.zeros(a.shape[-1], bool), np.ones(b.shape[-1], bool)]
+        return np.asarray(auc_by_ranks(labels, P[:, idx])).mean(axis=0)
+
+    kw = dict(n_resamples=n_boot, confidence_level=1 - alpha, vectorized=True, paired=False)
+    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
+        warnings.simplefilter("ignore", stats.DegenerateDataWarning)  # handled below: percentile fallback
+        res = stats.bootstrap((i0, i1), mean_auc, method="BCa", rng=np.random.default_rng(seed), **kw)
+    lo, hi = res.confidence_interval
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        res = stats.bootstrap((i0, i1), mean_auc, method="percentile", bootstrap_result=res,
+                              **{**kw, "n_resamples": 0})
+        lo, hi = res.confidence_interval
+    return float(lo), float(hi)

@@ -322,7 +322,7 @@ def atlas_heatmap(values: pd.DataFrame, table: pd.DataFrame, responses: pd.Serie
 
 def power_figure(summary: pd.DataFrame, target: float = 0.8) -> plt.Figure:
     """Power curves (one panel per test, one line per effect scale, exact 95% CI as bars) and the classifier's
-    expected AUC (band: 2.5-97.5% of simulated cohorts) and mean bootstrap-CI width against group size."""
+    expected AUC (band: 2.5-97.5% of simulated cohorts) and mean Hanley-McNeil 95% CI width against group size."""
     s = summary[summary["n_per_group"].map(lambda v: isinstance(v, (int, np.integer)))].copy()
     tests = [t for t in s["test"].unique() if t != "classifier_auc"]
     has_clf = (s["test"] == "classifier_auc").any()
