@@ -21,12 +21,15 @@
 # applicable / `not testable: <reason>` when the cohort cannot measure the claim, e.g. no tumour cells, no blood
 # samples, no bulk cohort, too few classifier-panel genes). The `note` column says how a claim was measured when it
 # differs from the study (a reduced classifier panel; all CD56dim NK cells when the CD54 split is not separable).
-# Read from the findings JSON of notebooks 03-07 and 09. Also writes `results/<cohort>/report.html`: one
-# offline page with the scorecard, links to every executed notebook's HTML and every figure, and
-# `results/<cohort>/not_testable.txt`: what could not be tested and why (printed by the runner at the end of `make all`).
+# Read from the findings JSON of notebooks 03-07 and 09, through the one claim registry (`helpers.claims`). Also
+# writes `results/<cohort>/report.html` (`helpers.report.page`): one self-contained page that reads top-down - a
+# summary (cohort, what "reproduced" means, verdict counts, the null twin's count), then one section per claim with
+# the study's sentence and value, our figure, the effect with CI and p, the power at this design, the verdict and
+# its rule, the planted truth and a link to the executed notebook; and `results/<cohort>/not_testable.txt`: what
+# could not be tested and why (printed by the runner at the end of `make all`).
 #
 # **One rule for every row:** a p below 0.05 and the effect in the study's direction. Directional claims: the
-# patient-level Mann-Whitney p and the Hodges-Lehmann shift (prognosis: the Cox hazard ratio's CI above 1). AUC
+# patient-level Mann-Whitney p and the Hodges-Lehmann shift (prognosis: the Cox Wald p and the hazard ratio above 1). AUC
 # rows: `permutation_p`, the label-permutation p of the whole pipeline that produced the AUC (notebook 07: the
 # cross-validation with its in-fold top-8 selection re-run per permutation; for blood, the marrow labels permuted,
 # the model refitted on marrow and scored on blood), and the AUC above 0.5. The AUC's CI is the Hanley-McNeil
@@ -59,9 +62,9 @@ from helpers.report.scorecard import (
     not_testable_rows,
     not_testable_summary,
     null_twin_verdicts,
-    render_report,
     verdict_counts,
 )
+from helpers.report.page import render_report
 
 C = load_cohort(cohort, root=root)
 truth_path = C.processed_dir / "truth.json"
@@ -80,7 +83,11 @@ write_json({"verdicts": counts, "n_claims": int(len(card)), "not_testable": unte
 summary = not_testable_summary(C.name, card, C.results_dir / "findings")
 with atomic_path(C.results_dir / NOT_TESTABLE_FILE) as tmp:
     tmp.write_text(summary)
-render_report(C.name, card, C.results_dir / "html", C.figures_dir, C.results_dir / "report.html")
+design = "".join(f"; {t}: " + ", ".join(f"{n} {g}" for g, n in C.samples[C.samples["tissue"] == t]
+                                          .drop_duplicates("patient_id")["response"].value_counts().sort_index().items())
+                 + " patients" for t in sorted(C.samples["tissue"].unique()))
+render_report(C.name, card, C.results_dir / "html", C.figures_dir, C.results_dir / "report.html", counts=counts,
+              simulated=C.kind == "simulated", design=design)
 print(summary)
 counts
 

@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 
 import pandas as pd
 import pytest
 
 from helpers.claims import CLAIMS, record
-from helpers.report.scorecard import build_scorecard, render_report
+from helpers.report.page import compressed_png, render_report
+from helpers.report.scorecard import build_scorecard
 
 INFLAMMATION = next(n for n, c in CLAIMS.items() if c.label.startswith("inflammatory"))  # the row's claim
 
@@ -110,25 +109,45 @@ def test_study_value_in_ci_power_and_null_twin(findings, tmp_path):
     assert build_scorecard(findings)["null_twin_verdict"].isna().all()
 
 
-def test_report_renders(findings, tmp_path):
+def test_report_has_one_section_per_claim_and_renders_at_1280(findings, tmp_path):
+    """The report reads top-down: a summary, then one <section> per claim with the study's sentence, our figure,
+    effect, power, verdict and rule; images are downscaled; in headless Chromium at 1280 px every image loads and
+    nothing overflows the page width."""
+    import matplotlib.pyplot as plt
+
+    from helpers.claims import scorecard_claims
+    from helpers.report.plots import scorecard_figure
+
     card = build_scorecard(findings)
     (tmp_path / "html").mkdir()
     (tmp_path / "html" / "03_inflammation.html").write_text("<html></html>")
     figs = tmp_path / "figs"
     figs.mkdir()
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots()
-    ax.plot([0, 1])
-    fig.savefig(figs / "03_x.png")
-    out = render_report("c", card, tmp_path / "html", figs, tmp_path / "report.html")
+    for name in ("03_inflammation_patients", "07_roc", "08_atlas"):
+        fig, ax = plt.subplots(figsize=(30, 6), dpi=100)  # 3,000 px wide: must be scaled to the page
+        ax.plot([0, 1], [0, 1])
+        fig.savefig(figs / f"{name}.png")
+        plt.close(fig)
+    scorecard_figure(card).savefig(figs / "10_scorecard.png")
+    out = render_report("c", card, tmp_path / "html", figs, tmp_path / "report.html", simulated=True)
     text = out.read_text()
-    assert "data:image/png;base64" in text and 'href="html/03_inflammation.html"' in text and "Scorecard" in text
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if not chromium:
+    assert text.count('<section class="claim"') == len(scorecard_claims()) == 10
+    for c in scorecard_claims():
+        assert f'id="{c.name}"' in text and c.statement in text
+    assert "Power at this design" in text and "Planted truth" in text and "reproduced</span>" in text
+    assert 'href="html/03_inflammation.html"' in text and text.count("data:image/png;base64") == 4
+    big = compressed_png(figs / "07_roc.png")
+    from PIL import Image
+    import io
+    assert Image.open(io.BytesIO(big)).width == 1000 and len(big) < (figs / "07_roc.png").stat().st_size
+    from browser import chromium, measure_page
+
+    if not chromium():
         pytest.skip("Chromium is not installed (Debian packages chromium, chromium-driver): render check skipped")
-    r = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                        "--dump-dom", out.as_uri()], capture_output=True, text=True, timeout=120)
-    assert "Scorecard" in r.stdout
+    m = measure_page(out, width=1280)
+    assert m["sections"] == 10
+    assert len(m["images"]) == 4 and all(i["loaded"] for i in m["images"]), m["images"]
+    assert m["scrollWidth"] <= m["clientWidth"] <= 1280 and not m["overflowing"], m
 
 
 def test_not_testable_rows_counted_and_listed(tmp_path):

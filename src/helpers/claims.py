@@ -69,6 +69,7 @@ class Claim:
     study_value: str | float | None = None  # None: the study gives a side only, ``expected`` (or "HR > 1")
     tissue: str = "BM"  # where it is measured: BM (discovery), PB (validation), bulk
     test: str = MANN_WHITNEY
+    figure: str = ""  # the figure (figures/<cohort>/<figure>.png) that shows the claim's record
     primary: bool = True  # secondary readouts are reported but not required to recover the planted effect
     fallback: tuple[str, ...] = ()  # cell types measured instead when none of ``cells`` is in the cohort
     fallback_note: str = ""  # what the record says when the fallback was used
@@ -145,41 +146,44 @@ _AUC_TEST = "label-permutation p of the whole pipeline ({})"
 CLAIMS = {c.name: c for c in [
     Claim("inflammatory_bme", "NR marrow is pro-inflammatory: Hallmark inflammatory response up in immune cells",
           "immune", "set", INFLAMMATION_SET, "up", "inflammation", "03",
-          label="inflammatory BME (cytokine signalling up in NR)"),
+          label="inflammatory BME (cytokine signalling up in NR)", figure="03_inflammation_patients"),
     Claim("inflammatory_bme_cytokine_signalling",
           "NR marrow is pro-inflammatory: Reactome cytokine signalling up in immune cells",
           "immune", "set", "REACTOME_CYTOKINE_SIGNALING_IN_IMMUNE_SYSTEM", "up", "inflammation", "03", primary=False),
     Claim("classical_mono_phagocytosis", "classical monocytes of NR: impaired phagocytosis",
           ("mono_classical",), "set", PHAGOCYTOSIS_SET, "down", "phagocytosis", "04",
-          label="monocyte phagocytosis, classical (down in NR)"),
+          label="monocyte phagocytosis, classical (down in NR)", figure="04_patients"),
     Claim("nonclassical_mono_phagocytosis", "nonclassical monocytes of NR: impaired phagocytosis",
           ("mono_nonclassical",), "set", PHAGOCYTOSIS_SET, "down", "phagocytosis", "04",
-          label="monocyte phagocytosis, nonclassical (down in NR)"),
+          label="monocyte phagocytosis, nonclassical (down in NR)", figure="04_patients"),
     Claim("ifn_mono_nfkb", "interferon-associated monocytes of NR up-regulate NF-kB genes",
-          ("mono_IFN",), "progeny", "NFkB", "up", "ifn_mono_nfkb", "04", label="IFN-monocyte NF-kB (up in NR)"),
+          ("mono_IFN",), "progeny", "NFkB", "up", "ifn_mono_nfkb", "04", label="IFN-monocyte NF-kB (up in NR)",
+          figure="04_patients"),
     Claim("ifn_mono_nfkb_beyond_inflammation",
           "IFN monocytes of NR: NF-kB activity on targets outside the inflammatory set (control)",
           ("mono_IFN",), "progeny", "NFkB", "up", "ifn_mono_nfkb", "04", primary=False, exclude_set=INFLAMMATION_SET),
     Claim("nk_cd54dim_cd16", "CD54dim NK cells of NR express less CD16 (FCGR3A)",
           ("NK_CD56dim_CD54dim",), "gene", "FCGR3A", "down", "nk_cd16", "05", label="CD54dim NK CD16 (down in NR)",
+          figure="05_nk_cd16",
           fallback=("NK_CD56dim",),
           fallback_note="CD54 split not separable in this cohort: measured in all CD56dim NK cells"),
     Claim("tumour_nfkb_progeny", "tumour plasma cells of NR show NF-kB activation",
-          ("malignant_PC",), "progeny", "NFkB", "up", "tumour_nfkb", "06", label="tumour NF-kB (up in NR)"),
+          ("malignant_PC",), "progeny", "NFkB", "up", "tumour_nfkb", "06", label="tumour NF-kB (up in NR)", figure="06_tumour_nfkb"),
     Claim("prognosis", "tumour NF-kB activation is tied to poor prognosis (shorter progression-free survival)",
           "bulk tumour", "survival", "PROGENy NFkB activity of bulk tumour expression, Cox hazard ratio per SD",
-          "up", "bulk", "06", label="prognosis (NF-kB high = shorter PFS)", tissue="bulk", test="Cox (Wald)"),
+          "up", "bulk", "06", label="prognosis (NF-kB high = shorter PFS)", tissue="bulk", test="Cox (Wald)",
+          figure="06_survival"),
     Claim("auc_bm_34", "a random forest on 34 NF-kB genes separates CR from NR in marrow (AUC 0.96)",
           "all marrow cells", "auc", "random forest on the 34-gene NF-kB panel (pseudobulk), cross-validated AUC",
-          "up", None, "07", label="AUC 34 NF-kB genes, marrow", study_value=0.96,
+          "up", None, "07", label="AUC 34 NF-kB genes, marrow", study_value=0.96, figure="07_roc",
           test=_AUC_TEST.format("cross-validation re-run on permuted labels")),
     Claim("auc_bm_top8", "a top-8-gene model keeps AUC 0.92 in marrow", "all marrow cells", "auc",
           "random forest on the top 8 panel genes, selected inside every fold, cross-validated AUC",
-          "up", None, "07", label="AUC top-8, marrow", study_value=0.92,
+          "up", None, "07", label="AUC top-8, marrow", study_value=0.92, figure="07_roc",
           test=_AUC_TEST.format("cross-validation with the in-fold top-k selection re-run on permuted labels")),
     Claim("auc_pb_top8", "the top-8 model reaches AUC 0.77 in blood", "all blood cells", "auc",
           "the marrow top-8 model applied unchanged to blood pseudobulks, AUC", "up", None, "07",
-          label="AUC top-8, blood", study_value=0.77, tissue="PB",
+          label="AUC top-8, blood", study_value=0.77, tissue="PB", figure="07_roc",
           test=_AUC_TEST.format("marrow labels permuted, top-k model refitted on marrow, applied to blood, scored on "
                                 "true labels")),
 ]}

@@ -275,21 +275,37 @@ def selection_figure(freq: pd.Series, final: list[str]) -> plt.Figure:
 
 
 def scorecard_figure(card: pd.DataFrame) -> plt.Figure:
-    """Reproduced value with 95% CI per claim, coloured by verdict; study values marked for the AUC rows."""
-    colors = {"reproduced": "#2e8b57", "not reproduced": "#c8453c", "not applicable": "grey"}
-    c = card.iloc[::-1].reset_index(drop=True)
-    fig, ax = plt.subplots(figsize=(8, 0.45 * len(c) + 1.2))
-    for i, r in c.iterrows():
-        if r["reproduced"] is None or pd.isna(r["reproduced"]):
-            continue
-        ax.errorbar(r["reproduced"], i, xerr=[[r["reproduced"] - r["ci_low"]], [r["ci_high"] - r["reproduced"]]],
-                    fmt="o", color=colors[r["verdict"]])
-        if isinstance(r["study_value"], float):
-            ax.plot(r["study_value"], i, marker="*", color="k", ms=10)
-    ax.set_yticks(range(len(c)))
-    ax.set_yticklabels([f"{a} [{v.split(':')[0]}]" for a, v in zip(c["claim"], c["verdict"])], fontsize=7)  # reasons: table
-    ax.axvline(0, color="k", lw=0.5)
-    ax.set_xlabel("reproduced value (shift NR-CR, hazard ratio, or AUC) with 95% CI; * = study's AUC")
+    """One panel per kind of measure (gene-set shift, gene shift, PROGENy activity shift, hazard ratio, AUC): each
+    claim's measured value with its 95% CI, coloured by verdict, against the kind's null (0, 1 or 0.5); the study's
+    AUCs as stars. Rows without a value (not testable, not applicable) are listed with their verdict."""
+    from helpers.claims import claim_by_label
+
+    colors = {"reproduced": "#2e8b57", "not reproduced": "#c8453c"}
+    kinds = {"set": ("gene-set score shift NR - CR (z)", 0.0), "gene": ("gene shift NR - CR (log2 CPM)", 0.0),
+             "progeny": ("PROGENy activity shift NR - CR", 0.0), "survival": ("hazard ratio per SD", 1.0),
+             "auc": ("AUC (* study)", 0.5)}
+    c = card.assign(kind=[claim_by_label(x).kind for x in card["claim"]])
+    present = [k for k in kinds if (c["kind"] == k).any()]
+    heights = [max(int((c["kind"] == k).sum()), 1) for k in present]
+    fig, axes = plt.subplots(len(present), 1, figsize=(8, 0.5 * sum(heights) + 0.9 * len(present)),
+                             gridspec_kw={"height_ratios": heights}, squeeze=False)
+    for ax, k in zip(axes[:, 0], present):
+        rows = c[c["kind"] == k].iloc[::-1].reset_index(drop=True)
+        label, null = kinds[k]
+        for i, r in rows.iterrows():
+            if pd.isna(r["reproduced"]):
+                continue
+            ax.errorbar(r["reproduced"], i, xerr=[[r["reproduced"] - r["ci_low"]], [r["ci_high"] - r["reproduced"]]],
+                        fmt="o", color=colors.get(r["verdict"], "grey"))
+            if k == "auc" and isinstance(r["study_value"], (int, float)):
+                ax.plot(float(r["study_value"]), i, marker="*", color="k", ms=10)
+        ax.set_yticks(range(len(rows)))
+        ax.set_yticklabels([f"{a} [{str(v).split(':')[0]}]" for a, v in zip(rows["claim"], rows["verdict"])],
+                           fontsize=7)
+        ax.set_ylim(-0.6, len(rows) - 0.4)
+        ax.axvline(null, color="k", lw=0.5)
+        ax.set_xlabel(label, fontsize=8)
+    fig.suptitle("reproduced value with 95% CI (green: reproduced, red: not reproduced)", fontsize=9)
     fig.tight_layout()
     return fig
 

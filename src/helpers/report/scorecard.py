@@ -1,5 +1,5 @@
 """The reproduction scorecard: one row per study claim, the study's value, the reproduced value with its CI,
-the planted truth (simulated cohorts) and a verdict computed by rule; and the one-page HTML report.
+the planted truth (simulated cohorts) and a verdict computed by rule (the report page: :mod:`helpers.report.page`).
 
 Verdicts: ``reproduced``, ``not reproduced``, ``not applicable`` (no findings file) or ``not testable: <reason>``
 (the cohort cannot measure the claim: a cell type, tissue, side table or panel genes absent, too few patients).
@@ -32,8 +32,6 @@ Further columns, for the reader:
 
 from __future__ import annotations
 
-import base64
-import html
 import json
 from pathlib import Path
 
@@ -187,30 +185,3 @@ def not_testable_summary(cohort: str, card: pd.DataFrame, findings_dir: str | Pa
                   if (f.stem, key) not in in_card and f.stem != "10"]
     lines.append(f"Other readouts not testable (controls, secondary measures): {len(other)}")
     return "\n".join(lines + other) + "\n"
-
-
-def _img(path: Path) -> str:
-    data = base64.b64encode(path.read_bytes()).decode()
-    return f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(path.stem)}"><figcaption>' \
-           f'{html.escape(path.stem)}</figcaption></figure>'
-
-
-def render_report(cohort: str, scorecard: pd.DataFrame, html_dir: Path, figures_dir: Path, out: Path) -> Path:
-    """One offline page: the scorecard, links to every executed notebook's HTML, every figure embedded."""
-    from helpers.io import atomic_path
-
-    links = "".join(f'<li><a href="html/{p.name}">{html.escape(p.stem)}</a></li>' for p in sorted(html_dir.glob("*.html")))
-    figs = "".join(_img(p) for p in sorted(figures_dir.glob("*.png")))
-    table = scorecard.drop(columns=["rule"]).to_html(index=False, float_format=lambda v: f"{v:.3g}", na_rep="",
-                                                     classes="scorecard", border=0)
-    rules = "".join(f"<li><b>{html.escape(r.claim)}</b>: {html.escape(r.rule)}</li>" for r in scorecard.itertuples())
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Reproduction report: {html.escape(cohort)}</title>
-<style>body{{font-family:sans-serif;max-width:1200px;margin:2em auto;}} table.scorecard td,table.scorecard th{{padding:4px 8px;
-border-bottom:1px solid #ddd;font-size:13px}} figure{{display:inline-block;margin:8px;max-width:560px}} img{{max-width:100%}}
-figcaption{{font-size:12px;color:#555}}</style></head><body>
-<h1>Daratumumab-lenalidomide resistance: reproduction report</h1><p>Cohort <b>{html.escape(cohort)}</b>.</p>
-<h2>Scorecard</h2>{table}<h3>Verdict rules</h3><ul>{rules}</ul>
-<h2>Executed notebooks</h2><ul>{links}</ul><h2>Figures</h2>{figs}</body></html>"""
-    with atomic_path(out) as tmp:
-        tmp.write_text(page)
-    return out
