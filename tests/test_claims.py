@@ -24,6 +24,7 @@ from helpers.claims import (
     verdict,
 )
 from helpers.data.genesets import progeny_weights
+from toys import patient_table
 
 
 def test_registry_defines_every_scorecard_row_once():
@@ -99,32 +100,24 @@ def test_prognosis_not_testable_without_bulk_or_events():
     assert rec["reason"] == "the bulk cohort has no 'pfs_months' column"
 
 
-def _patients(n=24, p=12, signal=0.0, seed=0):
-    rng = np.random.default_rng(seed)
-    y = np.array([0] * (n // 2) + [1] * (n - n // 2))
-    X = rng.normal(size=(n, p))
-    X[:, :3] += signal * y[:, None]
-    return pd.DataFrame(X, columns=[f"G{i}" for i in range(p)]), y
-
-
 def test_auc_records_planted_and_null():
     """The AUC claims' records from notebook 07's evaluation: a separable cohort is reproduced by the permutation
     rule in marrow and blood, a noise cohort is not."""
-    X, y = _patients(signal=2.5, seed=5)
+    X, y = patient_table(p=12, signal=2.5, seed=5)
     res = clf.evaluate_marrow(X, y, seed=0, top_k=4, n_repeats=1, n_perm=39)
     for key, name in (("bm_34", "auc_bm_34"), ("bm_top8", "auc_bm_top8")):
         rec = clf.auc_record(name, res[key], None)
         assert rec["direction"] == "up" and rec["effect"] > 0.85 and rec["p"] == pytest.approx(1 / 40)
         assert (rec["n_cr"], rec["n_nr"]) == (12, 12) and rec["ci_low"] < rec["effect"] <= rec["ci_high"]
         assert verdict(CLAIMS[name], rec) == "reproduced"
-    Xe, ye = _patients(n=16, signal=2.5, seed=9)
+    Xe, ye = patient_table(p=12, n=16, signal=2.5, seed=9)
     model = clf.make_model(0, top_k=4)
     ext = clf.evaluate_external(model.fit(X, y), Xe, ye)
     blood = clf.evaluate_blood_permutation(clf.make_model(0, top_k=4), X, y, {**ext, "Z": Xe, "y": ye}, seed=0,
                                            n_perm=39)
     rec = clf.auc_record("auc_pb_top8", blood, None)
     assert rec["n_cr"] == rec["n_nr"] == 8 and verdict(CLAIMS["auc_pb_top8"], rec) == "reproduced"
-    Xn, yn = _patients(signal=0.0, seed=11)
+    Xn, yn = patient_table(p=12, signal=0.0, seed=11)
     res = clf.evaluate_marrow(Xn, yn, seed=0, top_k=4, n_repeats=1, n_perm=39)
     for key, name in (("bm_34", "auc_bm_34"), ("bm_top8", "auc_bm_top8")):
         rec = clf.auc_record(name, res[key], None)

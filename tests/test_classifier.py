@@ -7,14 +7,7 @@ import pytest
 from sklearn.base import clone
 
 from helpers.analysis import classifier as clf
-
-
-def _data(n=24, p=34, signal=0.0, seed=0):
-    rng = np.random.default_rng(seed)
-    y = np.array([0] * (n // 2) + [1] * (n - n // 2))
-    X = rng.normal(size=(n, p))
-    X[:, :3] += signal * y[:, None]
-    return pd.DataFrame(X, columns=[f"G{i}" for i in range(p)]), y
+from toys import patient_table
 
 
 def test_panel_has_34_documented_genes():
@@ -23,7 +16,7 @@ def test_panel_has_34_documented_genes():
 
 
 def test_signal_detected_and_selected_in_fold():
-    X, y = _data(signal=2.0)
+    X, y = patient_table(signal=2.0)
     cv = clf.cross_validate(clf.make_model(0, top_k=8), X, y, seed=0, n_repeats=2)
     assert cv["auc"] > 0.85
     freq = cv["selection_frequency"]
@@ -39,7 +32,7 @@ def test_no_leakage_null_and_shuffled():
     selecting the top 8 of 34 noise genes on all data before CV (the leak) is clearly optimistic."""
     honest, leaky, covered = [], [], 0
     for s in range(10):
-        X, y = _data(signal=0.0, seed=100 + s)
+        X, y = patient_table(signal=0.0, seed=100 + s)
         cv = clf.cross_validate(clf.make_model(s, top_k=8), X, y, seed=s, n_repeats=2)
         lo, hi = clf.auc_ci(cv["auc"], y)
         covered += lo < 0.5 < hi
@@ -50,7 +43,7 @@ def test_no_leakage_null_and_shuffled():
     assert covered >= 8, covered
     assert np.mean(leaky) > np.mean(honest) + 0.15, (np.mean(leaky), np.mean(honest))
     # shuffled labels of a cohort that does carry signal: the AUC falls to chance
-    Xs, ys = _data(signal=2.0, seed=4)
+    Xs, ys = patient_table(signal=2.0, seed=4)
     aucs = [clf.cross_validate(clf.make_model(2), Xs, np.random.default_rng(s).permutation(ys), seed=s,
                                n_repeats=1)["auc"] for s in range(10)]
     assert 0.3 < np.mean(aucs) < 0.7
@@ -59,7 +52,7 @@ def test_no_leakage_null_and_shuffled():
 def test_permutation_p_small_with_signal_and_selection_rerun():
     """A separable toy: the whole-pipeline permutation p is the smallest possible, for the all-gene model and for the
     top-k pipeline (its in-fold selection re-run on every permutation); the null is centred near chance."""
-    X, y = _data(signal=2.5, seed=5)
+    X, y = patient_table(signal=2.5, seed=5)
     for top_k in (None, 8):
         m = clf.make_model(0, top_k=top_k)
         cv = clf.cross_validate(m, X, y, seed=0, n_repeats=1)
@@ -73,7 +66,7 @@ def test_permutation_p_large_under_label_noise():
     (mean near 0.5), not piled up near 0."""
     ps = []
     for s in range(8):
-        X, y = _data(n=16, p=12, signal=0.0, seed=40 + s)
+        X, y = patient_table(n=16, p=12, signal=0.0, seed=40 + s)
         m = clf.make_model(s)
         obs = clf.cross_validate(m, X, y, seed=s, n_repeats=1)["auc"]
         ps.append(clf.permutation_p(obs, clf.cv_auc_null(m, X, y, seed=s, n_perm=19)))
@@ -83,7 +76,7 @@ def test_permutation_p_large_under_label_noise():
 def test_permutation_p_rule_and_determinism():
     assert clf.permutation_p(0.9, np.array([0.5, 0.9, 0.95, 0.2])) == pytest.approx(3 / 5)  # ties count
     assert clf.permutation_p(1.0, np.zeros(999)) == pytest.approx(0.001)
-    X, y = _data(n=12, p=10, signal=1.0, seed=3)
+    X, y = patient_table(n=12, p=10, signal=1.0, seed=3)
     m = clf.make_model(1, top_k=4)
     a = clf.cv_auc_null(m, X, y, seed=2, n_perm=6, n_jobs=1)
     b = clf.cv_auc_null(m, X, y, seed=2, n_perm=6, n_jobs=2)
@@ -96,14 +89,14 @@ def test_external_permutation_null():
     """Blood-style null: marrow labels permuted, the top-k model refitted on marrow and scored on the external set
     against its true labels. With a shared signal the observed external AUC beats every permutation; with an
     external set whose labels carry no signal the p is large."""
-    X, y = _data(signal=2.5, seed=8)
-    Xe, ye = _data(n=16, signal=2.5, seed=9)
+    X, y = patient_table(signal=2.5, seed=8)
+    Xe, ye = patient_table(n=16, signal=2.5, seed=9)
     model = clf.make_model(0, top_k=8)
     ext = clf.evaluate_external(clone(model).fit(X, y), Xe, ye)
     res = clf.evaluate_blood_permutation(model, X, y, {**ext, "Z": Xe, "y": ye}, seed=0, n_perm=19)
     assert ext["auc"] > 0.9 and res["permutation_p"] == pytest.approx(1 / 20)
     assert abs(res["null"].mean() - 0.5) < 0.2
-    Xn, yn = _data(n=16, signal=0.0, seed=10)
+    Xn, yn = patient_table(n=16, signal=0.0, seed=10)
     noise = clf.evaluate_external(clone(model).fit(X, y), Xn, yn)
     null = clf.external_auc_null(model, X, y, Xn, yn, seed=0, n_perm=19)
     assert clf.permutation_p(noise["auc"], null) > 0.1
@@ -113,7 +106,7 @@ def test_top_k_selection_inside_folds_prevents_leakage():
     """Many noise features (300, 12 vs 12): choosing the top 8 genes on all patients before cross-validation (the
     leak) gives a high AUC from nothing; make_model's selection step sits inside the Pipeline, so cross_validate
     refits it in every training fold and the AUC stays near chance."""
-    X, y = _data(n=24, p=300, signal=0.0, seed=11)
+    X, y = patient_table(n=24, p=300, signal=0.0, seed=11)
     assert [name for name, _ in clf.make_model(0, top_k=8).steps] == ["select", "rf"]
     corr = np.abs(np.corrcoef(np.c_[X.to_numpy(), y].T)[-1, :-1])
     leaky = clf.cross_validate(clf.make_model(0), X[X.columns[np.argsort(-corr)[:8]]], y, seed=0, n_repeats=2)["auc"]
@@ -175,11 +168,11 @@ def test_study_auc_calibration():
 
 
 def test_external_evaluation_and_standardise():
-    X, y = _data(signal=2.0, seed=6)
+    X, y = patient_table(signal=2.0, seed=6)
     Z, stats = clf.standardise(X)
     assert np.allclose(Z.mean(), 0) and np.allclose(Z.std(ddof=1), 1)
     model = clf.make_model(0).fit(Z, y)
-    Xb, yb = _data(signal=2.0, seed=7)
+    Xb, yb = patient_table(signal=2.0, seed=7)
     r = clf.evaluate_external(model, clf.standardise(Xb)[0], yb)
     assert r["auc"] > 0.8 and r["ci_low"] <= r["auc"] <= r["ci_high"]
     assert (r["ci_low"], r["ci_high"]) == clf.auc_ci(r["auc"], yb)  # the Hanley-McNeil CI

@@ -155,14 +155,18 @@ def test_ingest_mixed_formats_prefixes_duplicate_barcodes(kang, tmp_path):
         assert isg[a.obs.sample_id.isin(["S3", "S4"]).to_numpy()].mean() > isg[a.obs.sample_id.isin(["S1", "S2"]).to_numpy()].mean()
 
 
+def _one_sample(adata, path) -> pd.DataFrame:
+    """``adata`` written to ``path`` as the one sample of a samples table."""
+    adata.write_h5ad(path)
+    return pd.DataFrame([{"sample_id": "S1", "patient_id": "p1", "tissue": "BM", "response": "CR", "age": 60,
+                          "batch": "b", "path": str(path)}])
+
+
 def test_log_normalised_input_refused(kang, tmp_path):
     b = kang[:100].copy()
     b.X = sp.csr_matrix(np.log1p(b.X.toarray() / b.X.toarray().sum(1, keepdims=True) * 1e4))
-    b.write_h5ad(tmp_path / "lognorm.h5ad")
-    samples = pd.DataFrame([{"sample_id": "S1", "patient_id": "p1", "tissue": "BM", "response": "CR", "age": 60,
-                             "batch": "b", "path": str(tmp_path / "lognorm.h5ad")}])
     with pytest.raises(IngestError, match="log-normalised"):
-        ingest_samples(samples, tmp_path)
+        ingest_samples(_one_sample(b, tmp_path / "lognorm.h5ad"), tmp_path)
 
 
 def test_missing_corrupt_and_ensembl_only(kang, tmp_path):
@@ -193,11 +197,8 @@ def test_missing_corrupt_and_ensembl_only(kang, tmp_path):
 
 def test_empty_sample_refused(kang, tmp_path):
     b = kang[:0].copy()
-    b.write_h5ad(tmp_path / "empty.h5ad")
-    samples = pd.DataFrame([{"sample_id": "S1", "patient_id": "p1", "tissue": "BM", "response": "CR", "age": 60,
-                             "batch": "b", "path": str(tmp_path / "empty.h5ad")}])
     with pytest.raises(IngestError, match="no cells"):
-        ingest_samples(samples, tmp_path)
+        ingest_samples(_one_sample(b, tmp_path / "empty.h5ad"), tmp_path)
 
 
 def test_ingest_by_sample_equals_in_memory_ingest(kang, tmp_path):

@@ -139,6 +139,11 @@ class NotebookInputError(RuntimeError):
 INPUT_ERRORS = {"InputError", "CohortError", "IngestError"}
 
 
+# exit codes: 2 for a problem with the inputs (cohort definition, input data, a missing file), 1 for a failed notebook
+EXIT_CODES = {CohortError: (" (cohort definition)", 2), NotebookInputError: (" (input)", 2), NotebookFailed: ("", 1),
+              FileNotFoundError: ("", 2)}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m helpers.runner", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -165,18 +170,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         run_notebook(args.cohort, args.notebook, kernel=args.kernel, log_output=args.log_output)
         return 0
-    except CohortError as e:
-        print(f"ERROR (cohort definition): {e}", file=sys.stderr)
-        return 2
-    except NotebookInputError as e:
-        print(f"ERROR (input): {e}", file=sys.stderr)
-        return 2
-    except NotebookFailed as e:
-        print(f"ERROR: {e}", file=sys.stderr)
-        return 1
-    except FileNotFoundError as e:
-        print(f"ERROR: {e}", file=sys.stderr)
-        return 2
+    except (CohortError, NotebookInputError, NotebookFailed, FileNotFoundError) as e:
+        prefix, code = next(v for k, v in EXIT_CODES.items() if isinstance(e, k))
+        print(f"ERROR{prefix}: {e}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":
