@@ -34,7 +34,6 @@ dask_scheduler = ""  # a Dask scheduler address, or empty for a LocalCluster her
 
 # %%
 import time
-from pathlib import Path
 
 import anndata as ad
 import numpy as np

@@ -39,8 +39,6 @@ engine = "memory"  # or "dask" to run the per-sample steps sample by sample (hel
 dask_scheduler = ""  # a Dask scheduler address, or empty for a LocalCluster here
 
 # %%
-from pathlib import Path
-
 import anndata as ad
 import numpy as np
 import pandas as pd

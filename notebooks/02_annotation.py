@@ -40,8 +40,6 @@ seed = None  # None: the cohort's seed (cohort.yaml); a number reruns with anoth
 min_light_chain_restriction = 0.75
 
 # %%
-from pathlib import Path
-
 import anndata as ad
 import numpy as np
 import pandas as pd

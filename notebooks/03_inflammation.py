@@ -35,31 +35,26 @@ root = None  # the project root; None finds it from the working directory (or $D
 min_cells = 10
 
 # %%
-from pathlib import Path
-
 import pandas as pd
 
 from helpers.analysis.communication import interaction_matrix, liana_by_sample
 from helpers.analysis.findings import (
     describe,
     is_not_testable,
-    load_discovery_cells,
     measure_claim,
     measure_set_score,
     not_testable,
+    open_finding,
     patient_responses,
     score_grid,
 )
 from helpers.analysis.stats import compare_groups
 from helpers.claims import CLAIMS, IMMUNE_COMPARTMENTS, resolve_claim_cells
-from helpers.data.cohort import load_cohort
 from helpers.data.genesets import gene_set
 from helpers.io import save_figure, write_json, write_table
 from helpers.report import plots
 
-C = load_cohort(cohort, root=root)
-min_cells = C.analysis("min_cells", min_cells)
-bm = load_discovery_cells(C)  # marrow cells without 'unassigned' ones
+C, bm, min_cells = open_finding(cohort, root, min_cells)  # the cohort, its marrow cells (no 'unassigned'), min_cells
 IMMUNE = IMMUNE_COMPARTMENTS
 immune_types, _ = resolve_claim_cells(bm, CLAIMS["inflammatory_bme"])  # every immune cell type here
 SETS = {s: gene_set(s) for s in ["HALLMARK_INFLAMMATORY_RESPONSE", "HALLMARK_TNFA_SIGNALING_VIA_NFKB",

@@ -36,29 +36,24 @@ root = None  # the project root; None finds it from the working directory (or $D
 min_cells = 10
 
 # %%
-from pathlib import Path
-
 import pandas as pd
 
 from helpers.analysis.de import deseq2, enrichment_ulm
 from helpers.analysis.findings import (
     attempt,
     describe,
-    load_discovery_cells,
     measure_claim,
     measure_set_score,
+    open_finding,
     patient_responses,
     with_enrichment,
 )
 from helpers.claims import CLAIMS, NFKB_SET, PHAGOCYTOSIS_SET, testable_pseudobulk
-from helpers.data.cohort import load_cohort
 from helpers.data.genesets import gene_set
 from helpers.io import save_figure, write_json, write_table
 from helpers.report import plots
 
-C = load_cohort(cohort, root=root)
-min_cells = C.analysis("min_cells", min_cells)
-bm = load_discovery_cells(C)  # marrow cells without 'unassigned' ones
+C, bm, min_cells = open_finding(cohort, root, min_cells)  # the cohort, its marrow cells (no 'unassigned'), min_cells
 SUBSETS = ["mono_classical", "mono_nonclassical", "mono_IFN"]
 PHAGO = PHAGOCYTOSIS_SET
 NFKB = NFKB_SET

@@ -38,8 +38,6 @@ min_cells = 10
 gene = "FCGR3A"
 
 # %%
-from pathlib import Path
-
 import pandas as pd
 
 from helpers.analysis.findings import (
@@ -47,22 +45,19 @@ from helpers.analysis.findings import (
     correlation,
     describe,
     is_not_testable,
-    load_discovery_cells,
     measure_claim,
     measure_gene,
     not_testable,
+    open_finding,
     patient_responses,
     protein_column,
     protein_per_patient,
 )
 from helpers.claims import CLAIMS, resolve_claim_cells
-from helpers.data.cohort import load_cohort
 from helpers.io import save_figure, write_json, write_table
 from helpers.report import plots
 
-C = load_cohort(cohort, root=root)
-min_cells = C.analysis("min_cells", min_cells)
-bm = load_discovery_cells(C)  # marrow cells without 'unassigned' ones
+C, bm, min_cells = open_finding(cohort, root, min_cells)  # the cohort, its marrow cells (no 'unassigned'), min_cells
 split = bm.uns.get("nk_cd54_split", {})  # the annotation's verdict on the CD54 split (optional)
 claim_types, split_note = resolve_claim_cells(bm, CLAIMS["nk_cd54dim_cd16"])  # CD54dim NK, or all CD56dim NK
 NK = {"NK_CD56dim_CD54dim": ("claim", claim_types), "NK_CD56dim_CD54bright": ("control", ["NK_CD56dim_CD54bright"]),
@@ -139,6 +134,6 @@ lines = [f"- {where}, {gene} log2 CPM: {describe(claims['nk_cd54dim_cd16'])}",
 if "nk_cd16_protein" in claims:
     lines.append(f"- {where}, CD16 protein (CITE-seq, CLR): {describe(claims['nk_cd16_protein'])}")
 f = findings["flow_vs_rna"]
-lines.append(f"- flow % CD16+ vs RNA: " + (describe(f) if is_not_testable(f) else
+lines.append("- flow % CD16+ vs RNA: " + (describe(f) if is_not_testable(f) else
              f"Spearman {f['rho']:.2f} (95% CI {f['ci_low']:.2f} to {f['ci_high']:.2f}), n = {f['n']}"))
 Markdown("\n".join(lines))

@@ -38,8 +38,6 @@ root = None  # the project root; None finds it from the working directory (or $D
 min_cells = 10
 
 # %%
-from pathlib import Path
-
 import anndata as ad
 import pandas as pd
 
@@ -47,24 +45,21 @@ from helpers.analysis.findings import (
     correlation,
     describe,
     is_not_testable,
-    load_discovery_cells,
     measure_claim,
     measure_prognosis,
     measure_scores,
     measure_set_score,
     not_testable,
+    open_finding,
 )
 from helpers.analysis.pseudobulk import log_cpm
 from helpers.analysis.survival import km_curves
 from helpers.claims import CLAIMS, resolve_claim_cells, testable_progeny, testable_set_score
-from helpers.data.cohort import load_cohort
 from helpers.data.genesets import gene_set
 from helpers.io import save_figure, write_json, write_table
 from helpers.report import plots
 
-C = load_cohort(cohort, root=root)
-min_cells = C.analysis("min_cells", min_cells)
-bm = load_discovery_cells(C)  # marrow cells without 'unassigned' ones
+C, bm, min_cells = open_finding(cohort, root, min_cells)  # the cohort, its marrow cells (no 'unassigned'), min_cells
 
 # %% [markdown]
 # ## NF-kB activity of malignant plasma cells, NR vs CR

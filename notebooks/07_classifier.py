@@ -77,7 +77,6 @@ min_cells = 10
 
 # %%
 import os
-from pathlib import Path
 
 import joblib
 import pandas as pd

@@ -42,22 +42,19 @@ atlas_file = ""  # path to another atlas YAML, empty for data/resistance_atlas.y
 
 # %%
 import json
-from pathlib import Path
 
 import pandas as pd
 
 from helpers.analysis import atlas
-from helpers.analysis.findings import attempt, describe, load_discovery_cells, patient_responses
+from helpers.analysis.findings import attempt, describe, open_finding, patient_responses
 from helpers.claims import testable_pseudobulk
-from helpers.data.cohort import load_cohort
 from helpers.io import save_figure, write_json, write_table
 from helpers.report import plots
 
-C = load_cohort(cohort, root=root)
+C, bm, min_cells = open_finding(cohort, root, min_cells)  # the cohort, its marrow cells (no 'unassigned'), min_cells
+bm = bm.copy()
 seed = C.seed if seed is None else seed
-min_cells = C.analysis("min_cells", min_cells)
 spec = atlas.load_atlas(C.resolve(atlas_file) if atlas_file else None)
-bm = load_discovery_cells(C).copy()  # marrow cells without 'unassigned' ones
 resp = patient_responses(bm.obs)
 ages = bm.obs.drop_duplicates("patient_id").set_index("patient_id")["age"]
 n_tumour = int((bm.obs["cell_type"] == atlas.TUMOUR).sum())

@@ -62,7 +62,6 @@ min_cells = 10
 
 # %%
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -183,7 +182,7 @@ cal = findings["study_auc_calibration"]
 scale = cal["effect_scale_for_study_auc"]
 by_scale = ", ".join(f"{float(k):g}x: {v:.2f}" for k, v in cal["mean_cv_auc_by_effect_scale"].items())
 Markdown(
-    f"With the configured effects, 80% power needs " +
+    "With the configured effects, 80% power needs " +
     ", ".join(f"{k.replace('_', ' ')}: {v if v is not None else '> ' + str(max(group_sizes))}" for k, v in need.items()
               if k != "classifier_auc") +
     f" patients per group. At this cohort's own design ({default[0]} vs {default[1]}) the power is " +

@@ -51,11 +51,11 @@ cohort = "ifm2017_sim"  # a folder under data/cohorts/
 root = None  # the project root; None finds it from the working directory (or $DR_ROOT)
 
 # %%
-from pathlib import Path
-
 from helpers.data.cohort import load_cohort
+from helpers.data.describe import patients_per_group
 from helpers.io import atomic_path, read_json, save_figure, write_json, write_table
 from helpers.report import plots
+from helpers.report.page import render_report
 from helpers.report.scorecard import (
     NOT_TESTABLE_FILE,
     build_scorecard,
@@ -64,7 +64,6 @@ from helpers.report.scorecard import (
     null_twin_verdicts,
     verdict_counts,
 )
-from helpers.report.page import render_report
 
 C = load_cohort(cohort, root=root)
 truth_path = C.processed_dir / "truth.json"
@@ -83,11 +82,8 @@ write_json({"verdicts": counts, "n_claims": int(len(card)), "not_testable": unte
 summary = not_testable_summary(C.name, card, C.results_dir / "findings")
 with atomic_path(C.results_dir / NOT_TESTABLE_FILE) as tmp:
     tmp.write_text(summary)
-design = "".join(f"; {t}: " + ", ".join(f"{n} {g}" for g, n in C.samples[C.samples["tissue"] == t]
-                                          .drop_duplicates("patient_id")["response"].value_counts().sort_index().items())
-                 + " patients" for t in sorted(C.samples["tissue"].unique()))
-render_report(C.name, card, C.results_dir / "html", C.figures_dir, C.results_dir / "report.html", counts=counts,
-              simulated=C.kind == "simulated", design=design)
+render_report(C.name, card, C.results_dir / "html", C.figures_dir, C.results_dir / "report.html",
+              simulated=C.kind == "simulated", patients=patients_per_group(C.samples, C.groups))
 print(summary)
 counts
 

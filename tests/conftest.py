@@ -21,7 +21,6 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 from helpers.validation.snapshot import GOALS  # noqa: E402  (after the environment above
 
-
 GENERATED = ("data/cohorts", "data/processed", "results", "figures")
 
 

@@ -8,6 +8,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+from toys import patient_table
 
 from helpers.analysis import classifier as clf
 from helpers.analysis.findings import measure_prognosis
@@ -24,7 +25,6 @@ from helpers.claims import (
     verdict,
 )
 from helpers.data.genesets import progeny_weights
-from toys import patient_table
 
 
 def test_registry_defines_every_scorecard_row_once():

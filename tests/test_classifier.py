@@ -5,9 +5,9 @@ import numpy as np
 import pandas as pd
 import pytest
 from sklearn.base import clone
+from toys import patient_table
 
 from helpers.analysis import classifier as clf
-from toys import patient_table
 
 
 def test_panel_has_34_documented_genes():

@@ -1,10 +1,13 @@
 """Scorecard verdict rules on hand-made findings, and the report renders (headless Chromium where present)."""
 from __future__ import annotations
 
+import io
 import json
 
 import pandas as pd
 import pytest
+from browser import chromium, measure_page
+from PIL import Image
 
 from helpers.claims import CLAIMS, record
 from helpers.report.page import compressed_png, render_report
@@ -129,19 +132,17 @@ def test_report_has_one_section_per_claim_and_renders_at_1280(findings, tmp_path
         fig.savefig(figs / f"{name}.png")
         plt.close(fig)
     scorecard_figure(card).savefig(figs / "10_scorecard.png")
-    out = render_report("c", card, tmp_path / "html", figs, tmp_path / "report.html", simulated=True)
+    out = render_report("c", card, tmp_path / "html", figs, tmp_path / "report.html", simulated=True,
+                        patients={"BM": {"CR": 6, "NR": 5}})
     text = out.read_text()
+    assert "Cohort <b>c</b> (simulated); BM: 6 CR, 5 NR patients." in text
     assert text.count('<section class="claim"') == len(scorecard_claims()) == 10
     for c in scorecard_claims():
         assert f'id="{c.name}"' in text and c.statement in text
     assert "Power at this design" in text and "Planted truth" in text and "reproduced</span>" in text
     assert 'href="html/03_inflammation.html"' in text and text.count("data:image/png;base64") == 4
     big = compressed_png(figs / "07_roc.png")
-    from PIL import Image
-    import io
     assert Image.open(io.BytesIO(big)).width == 1000 and len(big) < (figs / "07_roc.png").stat().st_size
-    from browser import chromium, measure_page
-
     if not chromium():
         pytest.skip("Chromium is not installed (Debian packages chromium, chromium-driver): render check skipped")
     m = measure_page(out, width=1280)

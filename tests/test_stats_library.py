@@ -16,7 +16,6 @@ from scipy import stats as ss
 from helpers.analysis import stats
 from helpers.preprocessing.qc import apply_thresholds, mad_thresholds
 
-
 # --- Benjamini-Hochberg -------------------------------------------------------------------------------------------
 
 def _bh_hand_written(p):

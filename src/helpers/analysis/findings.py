@@ -37,8 +37,9 @@ from helpers.claims import (  # noqa: F401  (NOT_TESTABLE, is_not_testable, not_
     testable_pseudobulk,
     testable_set_score,
 )
-from helpers.data.cohort import Cohort
+from helpers.data.cohort import Cohort, load_cohort
 from helpers.data.genesets import gene_set
+
 
 def attempt(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, dict | None]:
     """``(fn(*args, **kwargs), None)``, or ``(None, not-testable record)`` when the quantity cannot be measured
@@ -80,6 +81,14 @@ def load_discovery_cells(cohort: Cohort) -> ad.AnnData:
     the finding notebooks measure (a view; ``uns`` holds the annotation's records)."""
     adata = load_annotated(cohort.processed_dir / "annotated.h5ad")
     return adata[adata.obs["tissue"] == cohort.discovery_tissue]
+
+
+def open_finding(cohort: str, root: str | Path | None = None, min_cells: int = 10) -> tuple[Cohort, ad.AnnData, int]:
+    """What a finding notebook starts from: the cohort (:func:`helpers.data.cohort.load_cohort`), its
+    discovery-tissue cells (:func:`load_discovery_cells`) and ``min_cells`` (the cohort's ``analysis.min_cells``
+    when it sets one, else the notebook's)."""
+    C = load_cohort(cohort, root=root)
+    return C, load_discovery_cells(C), int(C.analysis("min_cells", min_cells))
 
 
 def patient_responses(pb_or_obs) -> pd.Series:

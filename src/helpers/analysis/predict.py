@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from helpers.data.ingest import IngestError, check_raw_counts, read_counts
+from helpers.preprocessing.normalise import counts_matrix
 
 
 class PredictionError(ValueError):
@@ -43,7 +44,7 @@ def predict_samples(bundle: dict, adata: ad.AnnData, tissue: str, sample_key: st
         raise PredictionError(f"unknown tissue '{tissue}': the model knows {sorted(bundle['tissue_stats'])}")
     if adata.n_obs == 0:
         raise PredictionError("the sample has no cells")
-    check_raw_counts(adata.layers["counts"] if "counts" in adata.layers else adata.X, "counts")
+    check_raw_counts(counts_matrix(adata), "counts")
     genes = bundle["genes_in"]
     missing = [g for g in genes if g not in adata.var_names]
     if missing:
@@ -52,9 +53,7 @@ def predict_samples(bundle: dict, adata: ad.AnnData, tissue: str, sample_key: st
         if "cell_type" not in adata.obs:
             raise PredictionError(f"the model uses cell types {bundle['cell_types']}: obs needs a 'cell_type' column")
         adata = adata[adata.obs["cell_type"].astype(str).isin(bundle["cell_types"]).to_numpy()]
-    import scipy.sparse as sp
-
-    X = sp.csr_matrix(adata.layers["counts"] if "counts" in adata.layers else adata.X)
+    X = counts_matrix(adata)
     samples = (adata.obs[sample_key].astype(str).to_numpy() if sample_key in adata.obs
                else np.full(adata.n_obs, default_sample))
     rows = []

@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from helpers.preprocessing.normalise import counts_matrix
+
 PATIENT_COLUMNS = ["patient_id", "sample_id", "response", "tissue", "batch", "age"]
 
 
@@ -35,7 +37,7 @@ def pseudobulk_by_patient(adata: ad.AnnData, cell_types: list[str] | None = None
         if len(missing) == len(set(cell_types)):
             raise ValueError(f"none of the cell types {sorted(cell_types)} is in obs['{label}']")
         mask &= obs[label].astype(str).isin(cell_types).to_numpy()
-    X = sp.csr_matrix(adata.layers[layer] if layer in adata.layers else adata.X)[mask]
+    X = counts_matrix(adata, layer)[mask]
     pid = obs.loc[mask, patient].astype(str).to_numpy()
     pats, summed, n_cells = sum_rows_by_key(X, pid)
     cols = [c for c in PATIENT_COLUMNS if c in obs.columns]
@@ -108,7 +110,7 @@ def gene_per_patient(adata: ad.AnnData, cell_types: list[str], gene: str, min_ce
     pb = pseudobulk_by_patient(adata, cell_types, min_cells=min_cells, layer=layer)
     L = log_cpm(pb)[gene]
     sub = adata[adata.obs["cell_type"].astype(str).isin(cell_types).to_numpy()]
-    X = sp.csr_matrix(sub.layers[layer] if layer in sub.layers else sub.X)[:, sub.var_names.get_loc(gene)]
+    X = counts_matrix(sub, layer)[:, sub.var_names.get_loc(gene)]
     pos = pd.Series(np.asarray(X.todense()).ravel() > 0, index=sub.obs_names)
     frac = pos.groupby(sub.obs["patient_id"].astype(str).to_numpy()).mean()
     return pd.DataFrame({"patient_id": pb.obs_names, "response": pb.obs["response"].to_numpy(),

@@ -19,7 +19,7 @@ import scipy.sparse as sp
 import yaml
 
 from helpers.data.cohort import project_root
-from helpers.preprocessing.normalise import lognorm, lognorm_matrix
+from helpers.preprocessing.normalise import counts_matrix, lognorm, lognorm_matrix
 
 
 @lru_cache(maxsize=None)
@@ -181,7 +181,7 @@ def plasma_evidence(adata: ad.AnnData, spec: dict[str, Any], layer: str | None =
         X = sp.csr_matrix(adata.X, dtype=np.float64).expm1()
         total = np.full(adata.n_obs, 1e4)
     else:
-        X = sp.csr_matrix(adata.layers[layer] if layer in adata.layers else adata.X, dtype=np.float64)
+        X = counts_matrix(adata, layer, np.float64)
         total = np.maximum(np.asarray(X.sum(1)).ravel(), 1)
     n_genes = np.asarray((X[:, adata.var_names.get_indexer(genes)] > 0).sum(1)).ravel() if genes else \
         np.zeros(adata.n_obs, int)
@@ -311,7 +311,7 @@ def split_nk_cd54(adata: ad.AnnData, nk_dim: np.ndarray, spec: dict[str, Any], l
         return None, {**info, "reason": f"only {int(nk_dim.sum())} CD56dim NK cells (at least 50 needed)"}
     if layer is None:
         return None, {**info, "reason": "raw counts needed to model ICAM1 states"}
-    X = sp.csr_matrix(adata.layers[layer] if layer in adata.layers else adata.X)[np.where(nk_dim)[0]]
+    X = counts_matrix(adata, layer)[np.where(nk_dim)[0]]
     k = np.asarray(X[:, adata.var_names.get_loc(gene)].todense()).ravel()
     lib = np.asarray(X.sum(1)).ravel()
     fit = nb_two_state_test(k, lib / np.median(lib))

@@ -10,6 +10,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from helpers.annotation.cell_types import load_markers
+from helpers.preprocessing.normalise import counts_matrix
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -18,7 +19,7 @@ from helpers.annotation.cell_types import load_markers
 def light_chain_calls(adata: ad.AnnData, markers: dict[str, Any] | None = None, layer: str = "counts") -> pd.DataFrame:
     """Per cell: kappa and lambda constant-region counts and the call (kappa / lambda / none)."""
     markers = markers or load_markers()
-    X = sp.csr_matrix(adata.layers[layer] if layer in adata.layers else adata.X)
+    X = counts_matrix(adata, layer)
     res = {}
     for chain, genes in markers["light_chains"].items():
         g = [x for x in genes if x in adata.var_names]

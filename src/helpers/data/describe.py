@@ -5,7 +5,8 @@ from __future__ import annotations
 import anndata as ad
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
+
+from helpers.preprocessing.normalise import counts_matrix
 
 
 def design_table(samples: pd.DataFrame) -> pd.DataFrame:
@@ -15,8 +16,7 @@ def design_table(samples: pd.DataFrame) -> pd.DataFrame:
 
 def per_sample_summary(adata: ad.AnnData, layer: str | None = "counts") -> pd.DataFrame:
     """Per sample: response, tissue, batch, number of cells, median UMIs and genes per cell, median mito %."""
-    X = adata.layers[layer] if layer and layer in adata.layers else adata.X
-    X = sp.csr_matrix(X)
+    X = counts_matrix(adata, layer)
     umis = np.asarray(X.sum(1)).ravel()
     genes = np.diff(X.indptr)
     mt = np.asarray(adata.var_names.str.upper().str.startswith("MT-"))

@@ -12,6 +12,7 @@ import scipy.sparse as sp
 from scipy import stats
 
 from helpers.annotation.cell_types import load_markers, marker_scores, on_level
+from helpers.preprocessing.normalise import counts_matrix
 
 
 def _scrublet_one(X: sp.spmatrix, obs_names: pd.Index, var_names: pd.Index, seed: int,
@@ -36,7 +37,7 @@ def call_doublets(adata: ad.AnnData, batch_key: str = "sample_id", layer: str = 
     from joblib import Parallel, delayed
     from tqdm.auto import tqdm
 
-    X = sp.csr_matrix(adata.layers[layer] if layer in adata.layers else adata.X)
+    X = counts_matrix(adata, layer)
     keys = adata.obs[batch_key].astype(str).to_numpy()
     samples = list(dict.fromkeys(keys))
     jobs = (delayed(_scrublet_one)(X[keys == s], adata.obs_names[keys == s], adata.var_names, seed, expected_rate)
@@ -78,7 +79,7 @@ def coexpression_doublets(adata: ad.AnnData, markers: dict[str, Any] | None = No
     lineages = markers["lineage_exclusive"]
     max_ambient = float(markers.get("rules", {}).get("max_ambient_fraction", 0.2))
     S = marker_scores(adata, lineages, layer)
-    X = sp.csr_matrix(adata.layers[layer] if layer in adata.layers else adata.X)
+    X = counts_matrix(adata, layer)
     samples = (adata.obs[sample_key].astype(str).to_numpy() if sample_key in adata.obs
                else np.zeros(adata.n_obs, dtype=str))
     on = {}

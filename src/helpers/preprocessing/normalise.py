@@ -15,8 +15,9 @@ import scipy.sparse as sp
 TARGET_SUM = 1e4
 
 
-def counts_matrix(adata: ad.AnnData, layer: str | None = "counts", dtype=np.float32) -> sp.csr_matrix:
-    """The raw counts in ``layer`` (X when the layer is absent) as CSR, or X itself when ``layer`` is None."""
+def counts_matrix(adata: ad.AnnData, layer: str | None = "counts", dtype=None) -> sp.csr_matrix:
+    """The raw counts in ``layer`` (X when the layer is absent, or when ``layer`` is None) as CSR, in ``dtype``
+    (None: as stored)."""
     X = adata.X if layer is None or layer not in adata.layers else adata.layers[layer]
     return sp.csr_matrix(X, dtype=dtype)
 

@@ -8,16 +8,16 @@ from __future__ import annotations
 import anndata as ad
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 from scipy.stats import median_abs_deviation
 
 from helpers.data.cohort import InputError
 from helpers.preprocessing.doublets import call_doublets, coexpression_doublets
+from helpers.preprocessing.normalise import counts_matrix
 
 
 def qc_metrics(adata: ad.AnnData, layer: str = "counts") -> pd.DataFrame:
     """Per-cell total UMIs, detected genes and mitochondrial percentage (added to ``adata.obs`` too)."""
-    X = sp.csr_matrix(adata.layers[layer] if layer in adata.layers else adata.X)
+    X = counts_matrix(adata, layer)
     total = np.asarray(X.sum(1)).ravel()
     genes = np.diff(X.indptr)
     mt = np.asarray(adata.var_names.str.upper().str.startswith("MT-"))

@@ -20,6 +20,7 @@ from PIL import Image
 
 from helpers.claims import ALPHA, Claim, claim_by_label, scorecard_claims
 from helpers.io import atomic_path
+from helpers.report.scorecard import verdict_counts
 
 UNITS = {"set": "z units (gene-set score shift, NR - CR)", "gene": "log2 CPM (shift, NR - CR)",
          "progeny": "PROGENy activity (shift, NR - CR)", "survival": "hazard ratio per SD", "auc": "AUC"}
@@ -109,9 +110,16 @@ def claim_section(row: pd.Series, claim: Claim, figures_dir: Path, html_dir: Pat
             f"<dl>{dl}</dl>{figure}</section>")
 
 
+def design_text(patients: dict[str, dict[str, int]] | None) -> str:
+    """The summary's design text (e.g. ``; BM: 11 CR, 10 NR patients``) from
+    :func:`helpers.data.describe.patients_per_group`."""
+    return "".join(f"; {html.escape(t)}: " + ", ".join(f"{n} {html.escape(g)}" for g, n in by_group.items())
+                   + " patients" for t, by_group in (patients or {}).items())
+
+
 def summary_html(cohort: str, card: pd.DataFrame, counts: dict[str, int], simulated: bool,
-                 design: str = "") -> str:
-    """The page's opening: cohort, what reproduced means, verdict counts, the null twin's count."""
+                 patients: dict[str, dict[str, int]] | None = None) -> str:
+    """The page's opening: cohort and design, what reproduced means, verdict counts, the null twin's count."""
     verdicts = ", ".join(f"{n} {html.escape(v)}" for v, n in counts.items())
     twin = card["null_twin_verdict"].dropna()
     twin_text = (f"<p>On this cohort's null twin (same design, nothing planted) {int((twin == 'reproduced').sum())} "
@@ -120,7 +128,7 @@ def summary_html(cohort: str, card: pd.DataFrame, counts: dict[str, int], simula
     rows = "".join(f'<tr><td><a href="#{claim_by_label(r.claim).name}">{html.escape(r.claim)}</a></td>'
                    f"<td>{verdict_badge(str(r.verdict))}</td></tr>" for r in card.itertuples())
     return (f"<h1>Daratumumab-lenalidomide resistance: reproduction report</h1>"
-            f"<p>Cohort <b>{html.escape(cohort)}</b> ({'simulated' if simulated else 'real'}){design}. "
+            f"<p>Cohort <b>{html.escape(cohort)}</b> ({'simulated' if simulated else 'real'}){design_text(patients)}. "
             f"{len(card)} study claims: {verdicts}.</p>"
             f"<p><b>Reproduced</b> means: the claim's p is below {ALPHA} (patient-level Mann-Whitney for shifts, Cox "
             "for the hazard ratio, the label permutation of the whole pipeline for an AUC) and the effect points the "
@@ -130,11 +138,11 @@ def summary_html(cohort: str, card: pd.DataFrame, counts: dict[str, int], simula
 
 
 def render_report(cohort: str, card: pd.DataFrame, html_dir: Path, figures_dir: Path, out: Path,
-                  counts: dict[str, int] | None = None, simulated: bool = False, design: str = "") -> Path:
-    """Write the report page (see the module docstring) to ``out`` and return it."""
+                  simulated: bool = False, patients: dict[str, dict[str, int]] | None = None) -> Path:
+    """Write the report page (see the module docstring) to ``out`` and return it; ``patients``: the design
+    ({tissue: {group: patients}}) for the summary."""
     html_dir, figures_dir = Path(html_dir), Path(figures_dir)
-    counts = counts if counts is not None else card["verdict"].map(
-        lambda v: "not testable" if v.startswith("not testable") else v).value_counts().to_dict()
+    counts = verdict_counts(card)
     by_label = {c.label: c for c in scorecard_claims()}
     shown: dict[str, str] = {}
     sections = "".join(claim_section(r, by_label[r["claim"]], figures_dir, html_dir, simulated, shown)
@@ -145,7 +153,7 @@ def render_report(cohort: str, card: pd.DataFrame, html_dir: Path, figures_dir: 
                     for p in sorted(html_dir.glob("*.html")))
     page = (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" '
             f'content="width=device-width, initial-scale=1"><title>Reproduction report: {html.escape(cohort)}</title>'
-            f"<style>{CSS}</style></head><body>{summary_html(cohort, card, counts, simulated, design)}{sections}"
+            f"<style>{CSS}</style></head><body>{summary_html(cohort, card, counts, simulated, patients)}{sections}"
             f'<h2>Other figures</h2><div class="gallery">{others}</div>'
             f"<h2>Executed notebooks</h2><ul>{links}</ul></body></html>")
     with atomic_path(out) as tmp:

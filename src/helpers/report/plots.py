@@ -12,6 +12,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
+from helpers.claims import claim_by_label  # noqa: E402
+
 RESPONSE_COLORS = {"CR": "#3b75af", "NR": "#c8453c"}
 
 
@@ -278,8 +280,6 @@ def scorecard_figure(card: pd.DataFrame) -> plt.Figure:
     """One panel per kind of measure (gene-set shift, gene shift, PROGENy activity shift, hazard ratio, AUC): each
     claim's measured value with its 95% CI, coloured by verdict, against the kind's null (0, 1 or 0.5); the study's
     AUCs as stars. Rows without a value (not testable, not applicable) are listed with their verdict."""
-    from helpers.claims import claim_by_label
-
     colors = {"reproduced": "#2e8b57", "not reproduced": "#c8453c"}
     kinds = {"set": ("gene-set score shift NR - CR (z)", 0.0), "gene": ("gene shift NR - CR (log2 CPM)", 0.0),
              "progeny": ("PROGENy activity shift NR - CR", 0.0), "survival": ("hazard ratio per SD", 1.0),

@@ -107,8 +107,6 @@ def scorecard_row(claim: Claim, rec: dict | None, alpha: float = ALPHA) -> dict:
     row = {"claim": claim.label, "study_value": claim.study, "verdict": verdict(claim, rec, alpha),
            "rule": claim.rule(alpha), "note": (rec or {}).get("note", "")}
     if not rec or is_not_testable(rec) or rec.get("effect") is None:
-        if not rec and claim.kind == "survival":
-            row["rule"] += "; no bulk cohort"
         return row
     p_column = "permutation_p" if claim.kind == "auc" else "p"
     return {**row, "reproduced": rec["effect"], "ci_low": rec.get("ci_low"), "ci_high": rec.get("ci_high"),
