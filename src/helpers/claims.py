@@ -142,7 +142,7 @@ class NotTestable(ValueError):
 # - classifier: the study's random forest on its 34 NF-kB genes (data/genesets/nfkb_panel_34.csv), cross-validated
 #   in marrow; the top-8 model with its selection inside every fold; the top-8 model applied unchanged to blood.
 INFLAMMATION_SET = "HALLMARK_INFLAMMATORY_RESPONSE"
-_AUC_TEST = "label-permutation p of the whole pipeline ({})"
+_AUC_TEST = "whole-pipeline label-permutation ({})"  # the rule reads "the <test> p < 0.05"
 CLAIMS = {c.name: c for c in [
     Claim("inflammatory_bme", "NR marrow is pro-inflammatory: Hallmark inflammatory response up in immune cells",
           "immune", "set", INFLAMMATION_SET, "up", "inflammation", "03",
