@@ -37,24 +37,15 @@ min_cells = 10
 # %%
 import pandas as pd
 
+from helpers.analysis import findings as fd
 from helpers.analysis.communication import interaction_matrix, liana_by_sample
-from helpers.analysis.findings import (
-    describe,
-    is_not_testable,
-    measure_claim,
-    measure_set_score,
-    not_testable,
-    open_finding,
-    patient_responses,
-    score_grid,
-)
 from helpers.analysis.stats import compare_groups
 from helpers.claims import CLAIMS, IMMUNE_COMPARTMENTS, resolve_claim_cells
 from helpers.data.genesets import gene_set
 from helpers.io import save_figure, write_json, write_table
 from helpers.report import plots
 
-C, bm, min_cells = open_finding(cohort, root, min_cells)  # the cohort, its marrow cells (no 'unassigned'), min_cells
+C, bm, min_cells = fd.open_finding(cohort, root, min_cells)  # the cohort, its marrow cells (no 'unassigned'), min_cells
 IMMUNE = IMMUNE_COMPARTMENTS
 immune_types, _ = resolve_claim_cells(bm, CLAIMS["inflammatory_bme"])  # every immune cell type here
 SETS = {s: gene_set(s) for s in ["HALLMARK_INFLAMMATORY_RESPONSE", "HALLMARK_TNFA_SIGNALING_VIA_NFKB",
@@ -65,7 +56,7 @@ SETS = {s: gene_set(s) for s in ["HALLMARK_INFLAMMATORY_RESPONSE", "HALLMARK_TNF
 # ## Inflammatory scores per cell type, NR vs CR
 
 # %%
-grid = score_grid(bm, immune_types, SETS, C, min_cells=min_cells)  # cell types too rare to test are left out
+grid = fd.score_grid(bm, immune_types, SETS, C, min_cells=min_cells)  # cell types too rare to test are left out
 write_table(grid, C.results_dir / "tables" / "03_inflammation_by_celltype.csv")
 if len(grid):
     fig = plots.effect_heatmap(grid, row="cell_type", col="gene_set", title=f"{C.test_group} minus {C.reference_group}: "
@@ -79,16 +70,16 @@ grid.sort_values("p").head(10)
 # %%
 claims, controls, pooled = {}, {}, {}
 for name in ["inflammatory_bme", "inflammatory_bme_cytokine_signalling"]:
-    pooled[name], claims[name] = measure_claim(bm, name, C, min_cells)  # helpers.claims defines each
+    pooled[name], claims[name] = fd.measure_claim(bm, name, C, min_cells)  # helpers.claims defines each
 for name, (types, set_name) in {
     "oxphos_bme": (immune_types, "HALLMARK_OXIDATIVE_PHOSPHORYLATION"),
     "inflammation_erythroid": (["erythroid"], "HALLMARK_INFLAMMATORY_RESPONSE"),
 }.items():
-    _, controls[name] = measure_set_score(bm, types, set_name, C, f"{set_name} in "
+    _, controls[name] = fd.measure_set_score(bm, types, set_name, C, f"{set_name} in "
                                           f"{types if len(types) < 3 else 'pooled immune cells'} (control)", min_cells)
 panels = {k: (v, None) for k, v in pooled.items() if v is not None}
 if panels:
-    save_figure(plots.patient_points(panels, patient_responses(bm.obs), C.groups, claims), C.figures_dir,
+    save_figure(plots.patient_points(panels, fd.patient_responses(bm.obs), C.groups, claims), C.figures_dir,
                 "03_inflammation_patients")
 pd.DataFrame({**claims, **controls}).T
 
@@ -103,7 +94,7 @@ lr = liana_by_sample(bm, "compartment", pairs=pairs, ligands=ligands, min_cells=
 wide = interaction_matrix(lr, bm.obs, value="magnitude")
 communication = None
 if wide.shape[1]:
-    lr_stats = compare_groups(wide, patient_responses(bm.obs), C.reference_group, C.test_group,
+    lr_stats = compare_groups(wide, fd.patient_responses(bm.obs), C.reference_group, C.test_group,
                               method="liana rank_aggregate magnitude per sample, Hodges-Lehmann, Mann-Whitney, BH")
     lr_stats = lr_stats.rename(columns={"feature": "interaction"}).sort_values("p")
     write_table(lr_stats, C.results_dir / "tables" / "03_communication.csv")
@@ -115,9 +106,9 @@ if wide.shape[1]:
                      "top_up": lr_stats[lr_stats.effect > 0].head(5)["interaction"].tolist()}
     display(lr_stats.head(10))
 else:
-    communication = not_testable(f"no inflammatory ligand-receptor interaction between immune senders with >= {min_cells} "
+    communication = fd.not_testable(f"no inflammatory ligand-receptor interaction between immune senders with >= {min_cells} "
                                  "cells per sample is expressed in half of the patients")
-    print(describe(communication))
+    print(fd.describe(communication))
 
 # %%
 findings = {
@@ -137,10 +128,10 @@ from IPython.display import Markdown
 
 g = findings["celltype_grid"]
 text = (f"Hallmark inflammatory response of the immune microenvironment, {C.test_group} vs {C.reference_group}: "
-        f"{describe(claims['inflammatory_bme'], ' z')}; Reactome cytokine signalling (secondary) "
-        f"{describe(claims['inflammatory_bme_cytokine_signalling'], ' z')}. Across cell types, {g['n_q_below_0.05_up']} of {g['n_tests']} "
+        f"{fd.describe(claims['inflammatory_bme'], ' z')}; Reactome cytokine signalling (secondary) "
+        f"{fd.describe(claims['inflammatory_bme_cytokine_signalling'], ' z')}. Across cell types, {g['n_q_below_0.05_up']} of {g['n_tests']} "
         f"cell-type x set scores are higher in {C.test_group} at q < 0.05 and {g['n_q_below_0.05_down']} lower. ")
 text += (f"{communication['n_up_q_below_0.05']} inflammatory ligand-receptor interactions are stronger in {C.test_group} at "
-         f"q < 0.05 ({communication['n_down_q_below_0.05']} weaker)." if not is_not_testable(communication)
-         else f"Ligand-receptor communication {describe(communication)}.")
+         f"q < 0.05 ({communication['n_down_q_below_0.05']} weaker)." if not fd.is_not_testable(communication)
+         else f"Ligand-receptor communication {fd.describe(communication)}.")
 Markdown(text)

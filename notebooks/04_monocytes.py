@@ -38,22 +38,14 @@ min_cells = 10
 # %%
 import pandas as pd
 
+from helpers.analysis import findings as fd
 from helpers.analysis.de import deseq2, enrichment_ulm
-from helpers.analysis.findings import (
-    attempt,
-    describe,
-    measure_claim,
-    measure_set_score,
-    open_finding,
-    patient_responses,
-    with_enrichment,
-)
 from helpers.claims import CLAIMS, NFKB_SET, PHAGOCYTOSIS_SET, testable_pseudobulk
 from helpers.data.genesets import gene_set
 from helpers.io import save_figure, write_json, write_table
 from helpers.report import plots
 
-C, bm, min_cells = open_finding(cohort, root, min_cells)  # the cohort, its marrow cells (no 'unassigned'), min_cells
+C, bm, min_cells = fd.open_finding(cohort, root, min_cells)  # the cohort, its marrow cells (no 'unassigned'), min_cells
 SUBSETS = ["mono_classical", "mono_nonclassical", "mono_IFN"]
 PHAGO = PHAGOCYTOSIS_SET
 NFKB = NFKB_SET
@@ -67,10 +59,10 @@ covariates = C.analysis("de_covariates", [])
 # %%
 de, enr, de_untestable = {}, [], {}
 for ct in SUBSETS:
-    pb, untestable = attempt(testable_pseudobulk, bm, [ct], C.groups, min_cells)
+    pb, untestable = fd.attempt(testable_pseudobulk, bm, [ct], C.groups, min_cells)
     if untestable is not None:  # absent subset, or fewer than two patients per group with min_cells cells
         de_untestable[ct] = untestable
-        print(f"{ct}: {describe(untestable)}")
+        print(f"{ct}: {fd.describe(untestable)}")
         continue
     res = deseq2(pb, C.reference_group, C.test_group, covariates=covariates)
     de[ct] = res
@@ -97,18 +89,18 @@ CLAIM_ULM = {"classical_mono_phagocytosis": PHAGO, "nonclassical_mono_phagocytos
 CONTROLS = {"ifn_mono_phagocytosis": ("mono_IFN", PHAGO), "cdc_phagocytosis": ("cDC", PHAGO)}
 claims, controls, panels = {}, {}, {}
 for name, ulm_set in CLAIM_ULM.items():
-    values, rec = measure_claim(bm, name, C, min_cells)
-    claims[name] = with_enrichment(rec, enr, CLAIMS[name].cells[0], ulm_set)
+    values, rec = fd.measure_claim(bm, name, C, min_cells)
+    claims[name] = fd.with_enrichment(rec, enr, CLAIMS[name].cells[0], ulm_set)
     if values is not None:
         panels[name] = (values, None)
 for name, (ct, set_name) in CONTROLS.items():
-    values, rec = measure_set_score(bm, [ct], set_name, C, f"{set_name} score per patient in {ct} (pseudobulk "
+    values, rec = fd.measure_set_score(bm, [ct], set_name, C, f"{set_name} score per patient in {ct} (pseudobulk "
                                     "z-scored log CPM), Hodges-Lehmann, Mann-Whitney", min_cells, genes=SETS[set_name])
-    controls[name] = with_enrichment(rec, enr, ct, set_name)
+    controls[name] = fd.with_enrichment(rec, enr, ct, set_name)
     if values is not None:
         panels[name] = (values, None)
 if panels:
-    save_figure(plots.patient_points(panels, patient_responses(bm.obs), C.groups, {**claims, **controls}), C.figures_dir,
+    save_figure(plots.patient_points(panels, fd.patient_responses(bm.obs), C.groups, {**claims, **controls}), C.figures_dir,
                 "04_patients")
 findings = {"claims": claims, "controls": controls,
             "de_genes_padj_below_0.05": {ct: int((r.padj < 0.05).sum()) for ct, r in de.items()},
@@ -126,7 +118,7 @@ from IPython.display import Markdown
 
 def line(k, label):
     r = {**claims, **controls}[k]
-    return (f"- {label}: {describe(r, ' z')}" + (f"; ULM on DE statistics {r['ulm_score']:+.1f} (p = {r['ulm_p']:.2g})"
+    return (f"- {label}: {fd.describe(r, ' z')}" + (f"; ULM on DE statistics {r['ulm_score']:+.1f} (p = {r['ulm_p']:.2g})"
                                                   if "ulm_score" in r else ""))
 
 Markdown("\n".join([

@@ -40,24 +40,12 @@ gene = "FCGR3A"
 # %%
 import pandas as pd
 
-from helpers.analysis.findings import (
-    claim,
-    correlation,
-    describe,
-    is_not_testable,
-    measure_claim,
-    measure_gene,
-    not_testable,
-    open_finding,
-    patient_responses,
-    protein_column,
-    protein_per_patient,
-)
+from helpers.analysis import findings as fd
 from helpers.claims import CLAIMS, resolve_claim_cells
 from helpers.io import save_figure, write_json, write_table
 from helpers.report import plots
 
-C, bm, min_cells = open_finding(cohort, root, min_cells)  # the cohort, its marrow cells (no 'unassigned'), min_cells
+C, bm, min_cells = fd.open_finding(cohort, root, min_cells)  # the cohort, its marrow cells (no 'unassigned'), min_cells
 split = bm.uns.get("nk_cd54_split", {})  # the annotation's verdict on the CD54 split (optional)
 claim_types, split_note = resolve_claim_cells(bm, CLAIMS["nk_cd54dim_cd16"])  # CD54dim NK, or all CD56dim NK
 NK = {"NK_CD56dim_CD54dim": ("claim", claim_types), "NK_CD56dim_CD54bright": ("control", ["NK_CD56dim_CD54bright"]),
@@ -67,12 +55,12 @@ print(f"claim measured in {claim_types}" + (f": {split_note}" if split_note else
 
 # %%
 tables, claims, controls, panels = [], {}, {}, {}
-resp = patient_responses(bm.obs)
+resp = fd.patient_responses(bm.obs)
 for ct, (kind, types) in NK.items():
-    t, recs = measure_gene(bm, types, gene, C, f"per patient in {'+'.join(types)} (pseudobulk), Hodges-Lehmann, "
+    t, recs = fd.measure_gene(bm, types, gene, C, f"per patient in {'+'.join(types)} (pseudobulk), Hodges-Lehmann, "
                            "Mann-Whitney", min_cells)
     if split_note and ct == "NK_CD56dim_CD54bright":  # no CD54bright cells by construction: say why
-        recs = {m: not_testable(f"{split_note.split(':')[0]}" + (f" ({split['reason']})" if split.get("reason") else ""))
+        recs = {m: fd.not_testable(f"{split_note.split(':')[0]}" + (f" ({split['reason']})" if split.get("reason") else ""))
                 for m in recs}
     if t is not None:
         t.insert(0, "cell_type", ct)
@@ -84,10 +72,10 @@ for ct, (kind, types) in NK.items():
             continue  # the claim's log2 CPM is recorded below from the shared definition
         (claims if kind == "claim" else controls)[f"{ct}_{gene}_{measure}"] = rec
 per_patient = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=["cell_type", "patient_id", "log2_cpm"])
-_, claims["nk_cd54dim_cd16"] = measure_claim(bm, "nk_cd54dim_cd16", C, min_cells)  # defined in helpers.claims
-protein = protein_column(bm, "CD16")
+_, claims["nk_cd54dim_cd16"] = fd.measure_claim(bm, "nk_cd54dim_cd16", C, min_cells)  # defined in helpers.claims
+protein = fd.protein_column(bm, "CD16")
 if protein is not None:  # CITE-seq antibody counts: CD16 protein in the same NK cells
-    claims["nk_cd16_protein"] = {**claim(protein_per_patient(bm, protein, claim_types, min_cells), resp, C,
+    claims["nk_cd16_protein"] = {**fd.claim(fd.protein_per_patient(bm, protein, claim_types, min_cells), resp, C,
                                          f"CD16 antibody counts ({protein}), CLR across cells, per-patient mean in "
                                          f"{'+'.join(claim_types)}, Hodges-Lehmann, Mann-Whitney"), "measured_in": claim_types}
 write_table(per_patient, C.results_dir / "tables" / "05_nk_per_patient.csv")
@@ -105,18 +93,18 @@ findings = {"claims": claims, "controls": controls, "claim_cells": {"measured_in
 flow_path = C.processed_dir / "flow_cytometry.csv"
 if flow_path.exists():
     flow = pd.read_csv(flow_path).set_index("patient_id")["pct_cd16_of_cd56dim_nk"]
-    findings["claims"]["flow_pct_cd16"] = claim(flow, resp, C, "% CD16+ of CD56dim NK by flow cytometry, Hodges-Lehmann, "
+    findings["claims"]["flow_pct_cd16"] = fd.claim(flow, resp, C, "% CD16+ of CD56dim NK by flow cytometry, Hodges-Lehmann, "
                                                 "Mann-Whitney")
     rna = per_patient[per_patient.cell_type == "NK_CD56dim_CD54dim"].set_index("patient_id")["log2_cpm"]
     both = pd.concat({"rna": rna.astype(float), "flow": flow}, axis=1, join="inner").dropna()
-    findings["flow_vs_rna"] = corr = correlation(both["rna"], both["flow"], f"flow % CD16+ and {gene} RNA in "
+    findings["flow_vs_rna"] = corr = fd.correlation(both["rna"], both["flow"], f"flow % CD16+ and {gene} RNA in "
                                                  f"{'+'.join(claim_types)}")
-    if not is_not_testable(corr):
+    if not fd.is_not_testable(corr):
         save_figure(plots.scatter_by_group(both["rna"], both["flow"], resp, C.groups, f"{gene} log2 CPM in "
                                            f"{'+'.join(claim_types)} (RNA)", "% CD16+ CD56dim NK (flow)", corr),
                     C.figures_dir, "05_flow")
 else:
-    findings["flow_vs_rna"] = findings["claims"]["flow_pct_cd16"] = not_testable(
+    findings["flow_vs_rna"] = findings["claims"]["flow_pct_cd16"] = fd.not_testable(
         "no flow cytometry table (flow_cytometry.csv) for this cohort")
 write_json(findings, C.results_dir / "findings" / "05.json")
 
@@ -127,13 +115,13 @@ write_json(findings, C.results_dir / "findings" / "05.json")
 from IPython.display import Markdown
 
 where = "CD54dim NK" if not split_note else "CD56dim NK (CD54 split not separable)"
-lines = [f"- {where}, {gene} log2 CPM: {describe(claims['nk_cd54dim_cd16'])}",
-         f"- {where}, fraction {gene}+ cells: {describe(claims[f'NK_CD56dim_CD54dim_{gene}_fraction_positive'])}",
-         f"- control CD54bright NK: {describe(controls[f'NK_CD56dim_CD54bright_{gene}_log2cpm'])}",
-         f"- control CD56bright NK: {describe(controls[f'NK_CD56bright_{gene}_log2cpm'])}"]
+lines = [f"- {where}, {gene} log2 CPM: {fd.describe(claims['nk_cd54dim_cd16'])}",
+         f"- {where}, fraction {gene}+ cells: {fd.describe(claims[f'NK_CD56dim_CD54dim_{gene}_fraction_positive'])}",
+         f"- control CD54bright NK: {fd.describe(controls[f'NK_CD56dim_CD54bright_{gene}_log2cpm'])}",
+         f"- control CD56bright NK: {fd.describe(controls[f'NK_CD56bright_{gene}_log2cpm'])}"]
 if "nk_cd16_protein" in claims:
-    lines.append(f"- {where}, CD16 protein (CITE-seq, CLR): {describe(claims['nk_cd16_protein'])}")
+    lines.append(f"- {where}, CD16 protein (CITE-seq, CLR): {fd.describe(claims['nk_cd16_protein'])}")
 f = findings["flow_vs_rna"]
-lines.append("- flow % CD16+ vs RNA: " + (describe(f) if is_not_testable(f) else
+lines.append("- flow % CD16+ vs RNA: " + (fd.describe(f) if fd.is_not_testable(f) else
              f"Spearman {f['rho']:.2f} (95% CI {f['ci_low']:.2f} to {f['ci_high']:.2f}), n = {f['n']}"))
 Markdown("\n".join(lines))

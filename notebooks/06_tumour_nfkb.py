@@ -41,17 +41,7 @@ min_cells = 10
 import anndata as ad
 import pandas as pd
 
-from helpers.analysis.findings import (
-    correlation,
-    describe,
-    is_not_testable,
-    measure_claim,
-    measure_prognosis,
-    measure_scores,
-    measure_set_score,
-    not_testable,
-    open_finding,
-)
+from helpers.analysis import findings as fd
 from helpers.analysis.pseudobulk import log_cpm
 from helpers.analysis.survival import km_curves
 from helpers.claims import CLAIMS, resolve_claim_cells, testable_progeny, testable_set_score
@@ -59,7 +49,7 @@ from helpers.data.genesets import gene_set
 from helpers.io import save_figure, write_json, write_table
 from helpers.report import plots
 
-C, bm, min_cells = open_finding(cohort, root, min_cells)  # the cohort, its marrow cells (no 'unassigned'), min_cells
+C, bm, min_cells = fd.open_finding(cohort, root, min_cells)  # the cohort, its marrow cells (no 'unassigned'), min_cells
 
 # %% [markdown]
 # ## NF-kB activity of malignant plasma cells, NR vs CR
@@ -68,8 +58,8 @@ C, bm, min_cells = open_finding(cohort, root, min_cells)  # the cohort, its marr
 m = "per patient in malignant plasma cells (pseudobulk), Hodges-Lehmann, Mann-Whitney"
 TRRUST = "TRRUST_NFKB_family_targets_union"
 nfkb, claims = {}, {}
-nfkb["tumour_nfkb_progeny"], claims["tumour_nfkb_progeny"] = measure_claim(bm, "tumour_nfkb_progeny", C, min_cells)
-scores, records = measure_scores(bm, ["malignant_PC"], C, {
+nfkb["tumour_nfkb_progeny"], claims["tumour_nfkb_progeny"] = fd.measure_claim(bm, "tumour_nfkb_progeny", C, min_cells)
+scores, records = fd.measure_scores(bm, ["malignant_PC"], C, {
     "tumour_nfkb_targets": ("TRRUST NF-kB target score " + m, lambda pb: testable_set_score(log_cpm(pb), gene_set(TRRUST), TRRUST)),
     "tumour_progeny_estrogen": ("PROGENy Estrogen (control) " + m, lambda pb: testable_progeny(log_cpm(pb), "Estrogen")),
     "tumour_progeny_androgen": ("PROGENy Androgen (control) " + m, lambda pb: testable_progeny(log_cpm(pb), "Androgen")),
@@ -91,12 +81,12 @@ pd.DataFrame({**claims, **controls}).T
 
 # %%
 immune, _ = resolve_claim_cells(bm, CLAIMS["inflammatory_bme"])
-infl, infl_rec = measure_set_score(bm, immune, CLAIMS["inflammatory_bme"].feature, C, "immune inflammatory score",
+infl, infl_rec = fd.measure_set_score(bm, immune, CLAIMS["inflammatory_bme"].feature, C, "immune inflammatory score",
                                    min_cells)
-missing = [r["reason"] for r in (claims["tumour_nfkb_progeny"], infl_rec) if is_not_testable(r)]
-corr = (not_testable("; ".join(missing)) if missing else
-        correlation(scores["tumour_nfkb_progeny"], infl, "a tumour NF-kB activity and an immune inflammatory score"))
-if not is_not_testable(corr):
+missing = [r["reason"] for r in (claims["tumour_nfkb_progeny"], infl_rec) if fd.is_not_testable(r)]
+corr = (fd.not_testable("; ".join(missing)) if missing else
+        fd.correlation(scores["tumour_nfkb_progeny"], infl, "a tumour NF-kB activity and an immune inflammatory score"))
+if not fd.is_not_testable(corr):
     both = pd.concat({"tumour_nfkb": scores["tumour_nfkb_progeny"], "bme_inflammation": infl}, axis=1).dropna()
     save_figure(plots.scatter_by_group(both["tumour_nfkb"], both["bme_inflammation"], scores["response"], C.groups,
                                        "tumour PROGENy NFkB activity", "immune Hallmark inflammatory score (z)", corr),
@@ -109,9 +99,9 @@ corr
 # %%
 bulk_path = C.processed_dir / "bulk.h5ad"
 bulk = ad.read_h5ad(bulk_path) if bulk_path.exists() else None
-bulk_nfkb, claims["prognosis"] = measure_prognosis(bulk)  # the prognosis claim (helpers.claims)
-_, controls["prognosis_progeny_estrogen"] = measure_prognosis(bulk, "Estrogen")
-if bulk_nfkb is not None and not is_not_testable(claims["prognosis"]):
+bulk_nfkb, claims["prognosis"] = fd.measure_prognosis(bulk)  # the prognosis claim (helpers.claims)
+_, controls["prognosis_progeny_estrogen"] = fd.measure_prognosis(bulk, "Estrogen")
+if bulk_nfkb is not None and not fd.is_not_testable(claims["prognosis"]):
     curves = km_curves(bulk_nfkb, bulk.obs["pfs_months"], bulk.obs["pfs_event"])
     save_figure(plots.km_figure(curves, claims["prognosis"], "tumour NF-kB (PROGENy) in the bulk cohort"),
                 C.figures_dir, "06_survival")
@@ -127,15 +117,15 @@ write_json(findings, C.results_dir / "findings" / "06.json")
 # %%
 from IPython.display import Markdown
 
-text = (f"Tumour PROGENy NFkB activity, {C.test_group} vs {C.reference_group}: {describe(claims['tumour_nfkb_progeny'])}. "
+text = (f"Tumour PROGENy NFkB activity, {C.test_group} vs {C.reference_group}: {fd.describe(claims['tumour_nfkb_progeny'])}. "
         "Correlation with the immune Hallmark inflammatory score: " +
-        (describe(corr) if is_not_testable(corr) else f"Spearman {corr['rho']:.2f} (95% CI {corr['ci_low']:.2f} to "
+        (fd.describe(corr) if fd.is_not_testable(corr) else f"Spearman {corr['rho']:.2f} (95% CI {corr['ci_low']:.2f} to "
          f"{corr['ci_high']:.2f}), p = {corr['p']:.2g}, {corr['n']} patients") + ".")
 surv = claims["prognosis"]
-if not is_not_testable(surv):
+if not fd.is_not_testable(surv):
     text += (f" Bulk cohort ({surv['n']} patients, {surv['n_events']} events): HR per SD of NF-kB activity "
              f"{surv['effect']:.2f} (95% CI {surv['ci_low']:.2f} to {surv['ci_high']:.2f}), Cox p = "
              f"{surv['p']:.2g}; median split log-rank p = {surv['logrank_p']:.2g}.")
 else:
-    text += f" Prognosis {describe(surv)}."
+    text += f" Prognosis {fd.describe(surv)}."
 Markdown(text)

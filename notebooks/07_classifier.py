@@ -69,11 +69,13 @@
 cohort = "ifm2017_sim"  # a folder under data/cohorts/
 root = None  # the project root; None finds it from the working directory (or $DR_ROOT)
 seed = None  # None: the cohort's seed (cohort.yaml); a number reruns with another seed
-n_perm = 500
-perm_repeats = 1
+min_cells = 10  # a patient enters the model only with at least this many cells of the classifier's cell types
+# the model: repeated patient-grouped cross-validation, top-k genes selected inside each fold
 n_repeats = 5
 top_k = 8
-min_cells = 10
+# the whole-pipeline label-permutation test of every AUC row
+n_perm = 500
+perm_repeats = 1  # cross-validation repeats per permutation
 
 # %%
 import os
