@@ -14,24 +14,31 @@
 # ---
 
 # %% [markdown]
-# # 08 · Resistance-mechanism atlas: efflux, epigenetics, DNA repair, therapy targets, microenvironment, clonal heterogeneity
+# # 08 · Resistance-mechanism atlas: target loss, complement inhibitors, cereblon, efflux, epigenetics, niche, clones
 #
 # **Question:** beyond the study's findings, which of the mechanisms behind myeloma treatment resistance
 # (genetic heterogeneity, protective microenvironment signals, drug-efflux pumps, epigenetic change, therapy
-# targets; `../shared/seeds/resistance_overview.txt`) differ between non-responders and complete responders?
+# targets; `../shared/seeds/resistance_overview.txt`, and daratumumab's and lenalidomide's own targets) differ
+# between non-responders and complete responders?
 #
-# Each mechanism is measured per patient, as declared in `data/resistance_atlas.yaml` (edit it to add genes):
-# genes (log2 CPM) and gene sets (mean z-scored log2 CPM) in the pseudobulk of malignant plasma cells;
+# Each mechanism is declared in `data/resistance_atlas.yaml` (edit it to add genes) with the direction that means
+# resistance, and measured per patient: genes (log2 CPM) and gene sets in the pseudobulk of malignant plasma cells;
 # liana ligand-receptor `lr_means` per sample from stromal and myeloid senders to tumour cells; infercnvpy
-# copy-number burden and number of CNV subclones. NR vs CR: Hodges-Lehmann shift (95% CI) and Mann-Whitney p
-# per feature, **one Benjamini-Hochberg FDR over the whole atlas**; where ages vary, Spearman with age (own FDR).
-# On a simulated cohort the features that carry no planted effect must come out non-significant.
+# copy-number burden and number of CNV subclones. The test has two stages, fixed in advance:
+# 1. **mechanisms**: one signed score per mechanism (mean z-score of its features, sign by its direction, so > 0
+#    points toward resistance), NR vs CR (Hodges-Lehmann shift, 95% CI, Mann-Whitney p), one BH FDR over mechanisms;
+# 2. **features** of the mechanisms significant in stage 1 only, BH within each mechanism.
+# The feature table also keeps one exploratory FDR over every feature, and the age correlation where ages vary.
+# On a simulated cohort the planted mechanisms (`truth.json` `resistance`: CD38 loss, CD55/CD59 up, CRBN loss,
+# ABCB1 in one subclone, an epigenetic programme, each in a share of NR tumours) should be found and no unplanted one;
+# the power of this design for each is measured on `power_reps` cohorts drawn from the same simulator.
 # Every mechanism is measured in tumour cells or towards them: a cohort without malignant plasma cells (or with
 # fewer than two patients per group with `min_cells` of them) records the atlas as not testable; too few tumour
 # cells for infercnvpy (`genetic_heterogeneity.min_cells`) records the CNV features as not testable.
 #
-# Outputs: `results/<cohort>/findings/08.json`, table `08_atlas.csv` (every feature, effect, CI, p, q),
-# `08_atlas_values.csv` (patients x features), figure `08_atlas`.
+# Outputs: `results/<cohort>/findings/08.json`, tables `08_mechanisms.csv` (stage 1), `08_atlas.csv` (every
+# feature: effect, CI, p, q within mechanism, stage 2, exploratory q), `08_atlas_values.csv` (patients x features),
+# `08_mechanism_scores.csv`, `08_mechanism_power.csv` (simulated cohorts), figures `08_mechanisms`, `08_atlas`.
 
 # %% tags=["parameters"]
 cohort = "ifm2017_sim"  # a folder under data/cohorts/
@@ -39,6 +46,7 @@ root = None  # the project root; None finds it from the working directory (or $D
 seed = None  # None: the cohort's seed (cohort.yaml); a number reruns with another seed
 min_cells = 10
 atlas_file = ""  # path to another atlas YAML, empty for data/resistance_atlas.yaml
+power_reps = 100  # simulated cohorts per kind (planted, null) for the design's power; cohort analysis.power_reps wins
 
 # %%
 import json
@@ -46,56 +54,80 @@ import json
 import pandas as pd
 
 from helpers.analysis import atlas
-from helpers.analysis.findings import attempt, describe, open_finding, patient_responses
+from helpers.analysis import findings as fd
 from helpers.claims import testable_pseudobulk
 from helpers.io import save_figure, write_json, write_table
 from helpers.report import plots
 
-C, bm, min_cells = open_finding(cohort, root, min_cells)  # the cohort, its marrow cells (no 'unassigned'), min_cells
+C, bm, min_cells = fd.open_finding(cohort, root, min_cells)  # the cohort, its marrow cells (no 'unassigned'), min_cells
 bm = bm.copy()
 seed = C.seed if seed is None else seed
 spec = atlas.load_atlas(C.resolve(atlas_file) if atlas_file else None)
-resp = patient_responses(bm.obs)
+resp = fd.patient_responses(bm.obs)
 ages = bm.obs.drop_duplicates("patient_id").set_index("patient_id")["age"]
 n_tumour = int((bm.obs["cell_type"] == atlas.TUMOUR).sum())
 # every mechanism is measured in tumour cells or towards them: without enough of them the atlas is not testable
-_, untestable = attempt(testable_pseudobulk, bm, [atlas.TUMOUR], C.groups, min_cells)
+_, untestable = fd.attempt(testable_pseudobulk, bm, [atlas.TUMOUR], C.groups, min_cells)
 print(f"{bm.n_obs:,} {C.discovery_tissue} cells, {len(resp)} patients; {n_tumour:,} malignant plasma cells"
-      + (f"; atlas {describe(untestable)}" if untestable else ""))
+      + (f"; atlas {fd.describe(untestable)}" if untestable else ""))
 
 # %% [markdown]
-# ## The atlas: tumour-intrinsic mechanisms, protective microenvironment, genetic heterogeneity
+# ## The atlas: stage 1 (mechanisms) and stage 2 (their features)
 # `atlas.run_atlas`: tumour expression features (malignant plasma-cell pseudobulk), liana interactions from
-# stromal and myeloid senders to tumour cells, CNV burden and subclones (infercnvpy), then one FDR over all of them.
+# stromal and myeloid senders to tumour cells, CNV burden and subclones (infercnvpy); the signed mechanism scores and
+# their test; then every feature's test, stage 2 within the significant mechanisms.
 
 # %%
 result = (atlas.run_atlas(bm, spec, resp, C.reference_group, C.test_group, min_cells=min_cells, seed=seed, ages=ages)
           if untestable is None else None)
 if result is not None:
-    meta, table = result["meta"], result["table"]
-    print(f"{int(meta['measured'].sum())} of {len(meta)} features measured; "
-          f"{int((meta['kind'] == 'interaction').sum())} interactions expressed in at least half of the patients"
-          + (f"; CNV features {describe(result['cnv_untestable'])}" if result["cnv_untestable"] else ""))
+    meta, table, mech = result["meta"], result["table"], result["mechanisms"]
+    print(f"{len(mech)} mechanisms scored, {int(mech['significant'].sum())} at q < 0.05; "
+          f"{int(meta['measured'].sum())} of {len(meta)} features measured"
+          + (f"; CNV features {fd.describe(result['cnv_untestable'])}" if result["cnv_untestable"] else ""))
+    display(result["mechanism_info"][~result["mechanism_info"]["measured"]][["mechanism", "note"]])
     display(meta[~meta["measured"].astype(bool)][["feature", "mechanism", "note"]])
 
 # %% [markdown]
-# ## One FDR over the atlas, and (simulated cohorts) the planted truth
-# A feature is "planted" when one of its genes carries a planted effect in the cells it is measured in
-# (e.g. tumour NF-kB genes, or a cytokine ligand planted in the myeloid sender). Unplanted features should not
-# reach q < 0.05; CNV subclone counts are compared with the planted clones.
+# ## Against the planted truth (simulated cohorts), and the power of this design
+# A mechanism is "planted" when a gene its score uses carries a planted effect in tumour cells (a resistance
+# mechanism, or one of the study's effects such as tumour NF-kB) or, for the microenvironment, in the sender. The
+# power: `power_reps` cohorts of this design drawn from the same simulator with new patients (tumour pseudobulk drawn
+# directly: no QC, annotation or CNV step), planted and with every resistance strength at zero (the null).
 
 # %%
 truth_path = C.processed_dir / "truth.json"
 truth = json.loads(truth_path.read_text()) if truth_path.exists() else None
 n_patients = {g: int((resp == g).sum()) for g in C.groups}
 findings = atlas.atlas_findings(result, n_patients, untestable, truth)
+power = None
+if truth is not None and result is not None and C.kind == "simulated":
+    reps = int(C.analysis("power_reps", power_reps))
+    design = C.samples[C.samples["tissue"] == C.discovery_tissue]
+    null_sim = {**C.simulation, "resistance": {k: {**v, "strength": 0.0} for k, v in C.simulation["resistance"].items()}}
+    power = pd.concat([atlas.mechanism_power(design, sim, seed, spec, reps, C.reference_group, C.test_group,
+                                             min_cells=min_cells).assign(cohorts=kind)
+                       for kind, sim in (("planted", C.simulation), ("null", null_sim))], ignore_index=True)
+    findings["power"] = {"n_reps": reps, "design": n_patients, "method": "stage 1 on simulated tumour pseudobulks of "
+                         "this design; BH over the expression mechanisms", "per_mechanism": {
+                             m: {k: float(d.loc[d.cohorts == k, "rate_found"].iloc[0]) for k in ("planted", "null")}
+                             for m, d in power.groupby("mechanism")}}
+    resistance = pd.DataFrame(truth["resistance"]).T[["direction", "strength_log2", "prevalence_in_nr", "clone"]]
+    display(resistance)
+    display(power.pivot(index="mechanism", columns="cohorts", values="rate_found"))
 write_json(findings, C.results_dir / "findings" / "08.json")
 if result is not None:
+    write_table(mech, C.results_dir / "tables" / "08_mechanisms.csv")
     write_table(table.sort_values("p"), C.results_dir / "tables" / "08_atlas.csv")
     write_table(result["values"].rename_axis("patient_id").reset_index(), C.results_dir / "tables" / "08_atlas_values.csv")
+    write_table(result["scores"].rename_axis("patient_id").reset_index(), C.results_dir / "tables" / "08_mechanism_scores.csv")
     write_table(meta.drop(columns=["genes"]), C.results_dir / "tables" / "08_atlas_features.csv")
+    if power is not None:
+        write_table(power, C.results_dir / "tables" / "08_mechanism_power.csv")
+    save_figure(plots.mechanism_forest(mech, None if power is None else power[power.cohorts == "planted"]),
+                C.figures_dir, "08_mechanisms")
     save_figure(plots.atlas_heatmap(result["values"], table, resp, C.groups), C.figures_dir, "08_atlas")
-    display(atlas.mechanism_summary(table))
+    display(mech)
     if "truth" in findings:
         display(pd.Series(findings["truth"]))
 
@@ -106,20 +138,31 @@ if result is not None:
 from IPython.display import Markdown
 
 if untestable is not None:
-    text = f"Resistance atlas {describe(untestable)}: every mechanism is measured in malignant plasma cells or towards them."
+    text = f"Resistance atlas {fd.describe(untestable)}: every mechanism is measured in malignant plasma cells or towards them."
 else:
-    top = table.nsmallest(3, "p")
-    text = (f"Across {findings['n_features']} atlas features in {len(resp)} patients, {findings['n_significant_q005']} differ "
-            f"between {C.test_group} and {C.reference_group} at q < 0.05 (one FDR over the atlas). Smallest p: " +
-            "; ".join(f"{r.feature} ({r.mechanism}) shift {r.effect:+.2f} [{r.ci_low:+.2f}, {r.ci_high:+.2f}], p = {r.p:.2g}, "
-                      f"q = {r.q:.2g}" for r in top.itertuples()) + ". ")
+    sig = mech[mech["significant"]]
+    text = (f"Stage 1: {len(sig)} of {len(mech)} mechanisms differ between {C.test_group} and {C.reference_group} "
+            "at q < 0.05 (signed score, BH over mechanisms)" +
+            (": " + "; ".join(f"{r.mechanism} shift {r.effect:+.2f} [{r.ci_low:+.2f}, {r.ci_high:+.2f}] "
+                              f"({'toward' if r.effect > 0 else 'away from'} resistance), q = {r.q:.2g}"
+                              for r in sig.itertuples()) if len(sig) else "") + ". "
+            f"Stage 2: {len(findings['stage2'])} features of these mechanisms at q < 0.05 within their mechanism"
+            + (" (" + ", ".join(r["feature"] for r in findings["stage2"][:8]) + ")" if findings["stage2"] else "")
+            + f". Exploratory FDR over all {findings['n_features']} features: {findings['n_significant_q005']} at q < 0.05. ")
     if result["cnv_untestable"] is not None:
-        text += f"CNV burden and subclones {describe(result['cnv_untestable'])}. "
+        text += f"CNV burden and subclones {fd.describe(result['cnv_untestable'])}. "
 if "truth" in findings:
     t = findings["truth"]
-    text += (f"Against the simulated truth: {t['n_unplanted_significant']} of {findings['n_features'] - t['n_planted_features']} "
-             f"unplanted features reach q < 0.05, {t['n_planted_significant']} of {t['n_planted_features']} planted ones do"
-             + (f"; CNV subclone counts match the planted clones (those of at least 10% of tumour cells) in "
-                f"{t['subclones_exact_agreement']:.0%} of {t['subclones_n_patients']} patients."
-                if t["subclones_exact_agreement"] is not None else "."))
+    text += (f"Against the simulated truth: {t['n_planted_significant']} of {t['n_planted_mechanisms']} planted mechanisms "
+             f"are found ({', '.join(t['planted_significant']) or 'none'}), {t['n_unplanted_significant']} of "
+             f"{t['n_mechanisms'] - t['n_planted_mechanisms']} unplanted ones reach q < 0.05"
+             + (f" ({', '.join(t['unplanted_significant'])})" if t["unplanted_significant"] else "")
+             + f"; stage 2 keeps {t['stage2_n_planted_features']} planted and {t['stage2_n_unplanted_features']} "
+             "unplanted features"
+             + (f"; CNV subclone counts match the planted clones in {t['subclones_exact_agreement']:.0%} of "
+                f"{t['subclones_n_patients']} patients." if t["subclones_exact_agreement"] is not None else "."))
+if power is not None:
+    pw = findings["power"]["per_mechanism"]
+    text += (f" Power of this design ({findings['power']['n_reps']} simulated cohorts each): " +
+             "; ".join(f"{m} {v['planted']:.0%} (null {v['null']:.0%})" for m, v in pw.items()) + ".")
 Markdown(text)

@@ -74,6 +74,22 @@ def load_planted() -> dict[str, Any]:
 
 
 @lru_cache(maxsize=None)
+def load_resistance() -> dict[str, Any]:
+    """The resistance mechanisms planted in NR tumour cells (data/simulation/resistance_programs.yaml)."""
+    path = simulation_dir() / "resistance_programs.yaml"
+    mechanisms = yaml.safe_load(path.read_text()) or {}
+    for name, m in mechanisms.items():
+        if ("genes" in m) == ("pathway" in m):
+            raise ValueError(f"{path}: mechanism '{name}' needs either 'genes' or 'pathway'")
+        if m.setdefault("clone", "all") not in ("all", "one"):
+            raise ValueError(f"{path}: mechanism '{name}' has clone '{m['clone']}' (allowed: all, one)")
+        m.setdefault("sign", 1)
+        m.setdefault("disjoint_from", [])
+        m["cell_types"] = ["malignant_PC"]
+    return mechanisms
+
+
+@lru_cache(maxsize=None)
 def load_nuisance() -> dict[str, Any]:
     """Nuisance programmes with their gene lists resolved (a named ``gene_set`` becomes its genes)."""
     from helpers.data.genesets import gene_set
@@ -418,8 +434,10 @@ def tested_genes() -> frozenset[str]:
     return frozenset(genes)
 
 
-def draw_effect_weights(gm: GeneModel, seed: int, planting: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """Per planted effect, its genes and their weights, drawn per cohort seed.
+def draw_effect_weights(gm: GeneModel, seed: int, planting: dict[str, Any],
+                        effects: dict[str, Any] | None = None) -> dict[str, dict[str, float]]:
+    """Per planted effect (``effects``: the study's, :func:`load_planted`, by default; or the resistance mechanisms,
+    :func:`load_resistance`), its genes and their weights, drawn per cohort seed.
 
     A pathway effect touches a random share (uniform in ``planting.pathway_fraction``) of its pathway's genes in the
     universe, avoiding the genes of the effects it must be disjoint from, plus ``planting.outside_ratio`` as many
@@ -431,7 +449,7 @@ def draw_effect_weights(gm: GeneModel, seed: int, planting: dict[str, Any]) -> d
                   if det and g not in tested and not g.startswith("MT-"))
     lo, hi = knob(planting, "pathway_fraction")
     out: dict[str, dict[str, float]] = {}
-    for name, eff in load_planted().items():
+    for name, eff in (load_planted() if effects is None else effects).items():
         rng = np.random.default_rng([seed, stable_int("weights", name)])
         if "genes" in eff:
             genes = [g for g in eff["genes"] if g in universe]
@@ -509,24 +527,60 @@ def draw_patients(samples: pd.DataFrame, sim: dict[str, Any], seed: int) -> dict
         n_clones = int(rng.integers(1, 4))
         clones = [{"events": trunk}]
         pool = [ev for ev in CNV_EVENTS if ev not in trunk]
+        # each subclone adds subclonal arm-level events to the trunk (clones.extra_events, uniform): its first from
+        # the patient's stream, further ones from their own stream so the other patient draws stay as they were
+        crng = np.random.default_rng([seed, stable_int("subclone_events", pid)])
+        lo, hi = (int(v) for v in knob(sim, "clones.extra_events"))
         for _ in range(n_clones - 1):
             if not pool:
                 break
-            extra = pool.pop(int(rng.integers(len(pool))))
-            clones.append({"events": trunk + [extra]})
+            extra = [pool.pop(int(rng.integers(len(pool))))]
+            for _ in range(int(crng.integers(lo, hi + 1)) - 1):
+                if pool:
+                    extra.append(pool.pop(int(crng.integers(len(pool)))))
+            clones.append({"events": trunk + extra})
         fr = rng.dirichlet(np.full(len(clones), 3.0))
         for c, f in zip(clones, fr):
             c["fraction"] = float(np.round(f, 4))
         # nuisance, independent of response: drawn from a separate stream so effects and designs do not move them
         nrng = np.random.default_rng([seed, stable_int("nuisance", pid)])
+        resistance = draw_resistance(pid, nr, len(clones), sim, seed)
         out[pid] = {
             "response": row["response"], "activation": acts, "latent_z": {k: round(float(v), 4) for k, v in z.items()},
             "interferon_log2": round(float(nrng.normal(0, ifn_sd)), 4),
             "cycling_fraction": round(float(nrng.beta(cyc["a"], cyc["b"])), 4),
             "malignant_fraction": round(frac, 4),
             "light_chain": light, "light_v": str(v), "heavy_constant": str(heavy), "heavy_v": str(hv),
-            "translocation_group": str(tgroup), "clones": clones,
+            "translocation_group": str(tgroup), "clones": clones, "resistance": resistance,
         }
+    return out
+
+
+def draw_resistance(pid: str, nr: bool, n_clones: int, sim: dict[str, Any], seed: int) -> dict[str, dict[str, Any]]:
+    """One patient's resistance mechanisms (:func:`load_resistance`), from their own stream: an NR patient carries
+    each independently with probability ``resistance.<name>.prevalence``; the activation (log2) is the strength in a
+    carrier plus ``spread`` x a standard normal in every patient; ``clones``: the tumour clones that express it."""
+    rng = np.random.default_rng([seed, stable_int("resistance", pid)])
+    out = {}
+    for name, m in load_resistance().items():
+        k = knob(sim, f"resistance.{name}")
+        carrier = bool(nr and rng.random() < float(k["prevalence"]))
+        act = float(k["strength"]) * carrier + float(k["spread"]) * rng.standard_normal()
+        out[name] = {"carrier": carrier, "activation": round(act, 4),
+                     "clones": list(range(n_clones)) if m["clone"] == "all" else [n_clones - 1]}
+    return out
+
+
+def resistance_log2(model: "CohortModel", patient: dict[str, Any], clone: int) -> np.ndarray:
+    """log2 changes of the resistance mechanisms in one tumour clone of one patient (zero outside its clones)."""
+    gm = model.genes
+    out = np.zeros(len(gm.genes))
+    for name, m in load_resistance().items():
+        r = patient["resistance"][name]
+        if clone not in r["clones"]:
+            continue
+        w = model.resistance_weights[name]
+        out[gm.genes.get_indexer(list(w))] += m["sign"] * r["activation"] * np.fromiter(w.values(), float)
     return out
 
 
@@ -654,7 +708,7 @@ def sample_profiles(model: "CohortModel", row: pd.Series, patient: dict[str, Any
                 prof[gidx[g]] = cp * 1e-4
             for k, clone in enumerate(patient["clones"]):
                 fac, _ = cnv_factors(gm.genes, clone["events"])
-                profiles[f"malignant_PC|{k}"] = _norm(prof * fac)
+                profiles[f"malignant_PC|{k}"] = _norm(prof * fac * np.exp2(resistance_log2(model, patient, k)))
                 state_props[f"malignant_PC|{k}"] = p * clone["fraction"]
             continue
         if t == "normal_PC":  # polyclonal: kappa and lambda cells
@@ -971,6 +1025,7 @@ class CohortModel:
     profiles: pd.DataFrame
     weights: dict[str, dict[str, float]]
     modules: Modules
+    resistance_weights: dict[str, dict[str, float]]
 
 
 def cohort_model(sim: dict[str, Any], seed: int) -> CohortModel:
@@ -978,7 +1033,8 @@ def cohort_model(sim: dict[str, Any], seed: int) -> CohortModel:
     gm = build_gene_model(int(knob(sim, "n_genes")), seed, float(knob(sim, "dispersion_scale")))
     return CohortModel(genes=gm, profiles=cell_type_profiles(gm, seed, knob(sim, "programmes")),
                        weights=draw_effect_weights(gm, seed, knob(sim, "planting")),
-                       modules=draw_modules(len(gm.genes), knob(sim, "modules"), seed))
+                       modules=draw_modules(len(gm.genes), knob(sim, "modules"), seed),
+                       resistance_weights=draw_effect_weights(gm, seed, knob(sim, "planting"), load_resistance()))
 
 
 def simulate_cohort(samples: pd.DataFrame, sim: dict[str, Any], seed: int, n_jobs: int = 1,
@@ -1028,6 +1084,7 @@ def simulate_cohort(samples: pd.DataFrame, sim: dict[str, Any], seed: int, n_job
             for name, eff in planted.items()
         },
         "claims_tested_set_planted": tested_set_fractions(model.weights, gm.genes),
+        "resistance": resistance_truth(model, patients, sim),
         "pb_effect_scale": float(knob(sim, "pb_effect_scale")),
         "tumour_inflammation_correlation": float(knob(sim, "tumour_inflammation_correlation")),
         "patients": patients,
@@ -1035,6 +1092,24 @@ def simulate_cohort(samples: pd.DataFrame, sim: dict[str, Any], seed: int, n_job
         "n_genes": int(len(gm.genes)),
     }
     return adata, truth
+
+
+def resistance_truth(model: CohortModel, patients: dict[str, dict[str, Any]], sim: dict[str, Any]) -> dict[str, Any]:
+    """truth.json's record of the planted resistance mechanisms: genes and weights, direction, strength, spread,
+    prevalence, and per patient whether it carries the mechanism, its activation and the clones that express it."""
+    out = {}
+    for name, m in load_resistance().items():
+        k = knob(sim, f"resistance.{name}")
+        w = model.resistance_weights[name]
+        out[name] = {
+            "mechanism": m["mechanism"], "pathway": m.get("pathway"), "genes": list(w), "gene_weights": w,
+            "fraction_of_pathway_planted": _pathway_fraction(m, w, model.genes.genes),
+            "cell_types": m["cell_types"], "direction": "down" if m["sign"] < 0 else "up", "clone": m["clone"],
+            "strength_log2": float(k["strength"]), "spread_log2": float(k["spread"]),
+            "prevalence_in_nr": float(k["prevalence"]),
+            "carriers": sorted(p for p, pt in patients.items() if pt["resistance"][name]["carrier"]),
+        }
+    return out
 
 
 def _pathway_fraction(effect: dict[str, Any], weights: dict[str, float], genes: pd.Index) -> float | None:

@@ -310,6 +310,34 @@ def scorecard_figure(card: pd.DataFrame) -> plt.Figure:
     return fig
 
 
+def mechanism_forest(mech: pd.DataFrame, power: pd.DataFrame | None = None, alpha: float = 0.05) -> plt.Figure:
+    """Stage 1 of the atlas: per mechanism, the NR-minus-CR shift of its signed score (positive = toward resistance)
+    with its 95% CI and q; filled markers for q < ``alpha``; with a ``planted`` column (simulated cohorts), planted
+    mechanisms in red; with ``power`` (per mechanism ``rate_found``), the design's power beside each label."""
+    m = mech.dropna(subset=["effect"]).sort_values("effect")
+    fig, ax = plt.subplots(figsize=(7.5, 0.38 * len(m) + 1.6))
+    y = np.arange(len(m))
+    planted = m["planted"].to_numpy(bool) if "planted" in m else np.zeros(len(m), bool)
+    colour = np.where(planted, "#c0392b", "#34495e")
+    pw = power.set_index("mechanism")["rate_found"] if power is not None and len(power) else pd.Series(dtype=float)
+    for i, r in enumerate(m.itertuples()):
+        ax.plot([r.ci_low, r.ci_high], [i, i], color=colour[i], lw=1.5)
+        ax.scatter(r.effect, i, s=40, color=colour[i] if r.q < alpha else "white", edgecolor=colour[i], zorder=3)
+        ax.annotate(f"q = {r.q:.2g}", (max(r.ci_high, r.effect), i), xytext=(4, -3), textcoords="offset points",
+                    fontsize=7)
+    labels = [f"{r.mechanism}" + (f"  (power {pw[r.mechanism]:.0%})" if r.mechanism in pw.index else "")
+              for r in m.itertuples()]
+    ax.set_yticks(y, labels, fontsize=8)
+    ax.axvline(0, color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("NR minus CR, signed mechanism score (Hodges-Lehmann, 95% CI; > 0 = toward resistance)")
+    title = "stage 1: one signed score per mechanism, BH over mechanisms (filled: q < 0.05)"
+    if planted.any():
+        title += "\nred: planted in the simulated truth"
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def atlas_heatmap(values: pd.DataFrame, table: pd.DataFrame, responses: pd.Series, groups: list[str],
                   n_interactions: int = 12) -> plt.Figure:
     """Mechanism x patient overview: each feature z-scored across patients, patients ordered by response,
