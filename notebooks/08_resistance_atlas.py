@@ -50,6 +50,7 @@ power_reps = 100  # simulated cohorts per kind (planted, null) for the design's 
 
 # %%
 import json
+import os
 
 import pandas as pd
 
@@ -105,8 +106,9 @@ if truth is not None and result is not None and C.kind == "simulated":
     reps = int(C.analysis("power_reps", power_reps))
     design = C.samples[C.samples["tissue"] == C.discovery_tissue]
     null_sim = {**C.simulation, "resistance": {k: {**v, "strength": 0.0} for k, v in C.simulation["resistance"].items()}}
+    n_jobs = int(os.environ.get("DR_THREADS", "2"))
     power = pd.concat([atlas.mechanism_power(design, sim, seed, spec, reps, C.reference_group, C.test_group,
-                                             min_cells=min_cells).assign(cohorts=kind)
+                                             min_cells=min_cells, n_jobs=n_jobs).assign(cohorts=kind)
                        for kind, sim in (("planted", C.simulation), ("null", null_sim))], ignore_index=True)
     findings["power"] = {"n_reps": reps, "design": n_patients, "method": "stage 1 on simulated tumour pseudobulks of "
                          "this design; BH over the expression mechanisms", "per_mechanism": {
