@@ -120,3 +120,34 @@ def test_scrublet_same_result_any_n_jobs(tiny_sim):
     assert d1.equals(d2)
     assert d1.loc[a.obs["truth_quality"] == "doublet", "doublet_score"].mean() > \
         d1.loc[a.obs["truth_quality"] == "good", "doublet_score"].mean()
+
+
+def test_hvg_retries_a_singular_loess_with_a_wider_span(monkeypatch):
+    """scikit-misc's loess can be singular on a small sample (seen in a calibration cohort); select_hvg then retries
+    with a wider span, records it and warns; any other error is raised unchanged."""
+    import scanpy as sc
+
+    rng = np.random.default_rng(5)
+    a = ad.AnnData(sp.csr_matrix(rng.poisson(2.0, (60, 40)).astype(np.float32)),
+                   obs=pd.DataFrame({"sample_id": ["s1"] * 30 + ["s2"] * 30}, index=[f"c{i}" for i in range(60)]),
+                   var=pd.DataFrame(index=[f"G{i}" for i in range(40)]))
+    a.layers["counts"] = a.X.copy()
+    real, spans = sc.pp.highly_variable_genes, []
+
+    def flaky(adata, **kw):
+        spans.append(kw["span"])
+        if kw["span"] < 0.5:
+            raise ValueError("b'reciprocal condition number  5.5721e-15'")
+        return real(adata, **kw)
+
+    monkeypatch.setattr(sc.pp, "highly_variable_genes", flaky)
+    with pytest.warns(UserWarning, match="singular"):
+        hvg = integrate.select_hvg(a, n_top=10)
+    assert spans == [0.3, 0.5] and a.uns["hvg_loess_span"] == 0.5 and len(hvg) == 10
+
+    def broken(adata, **kw):
+        raise ValueError("something else")
+
+    monkeypatch.setattr(sc.pp, "highly_variable_genes", broken)
+    with pytest.raises(ValueError, match="something else"):
+        integrate.select_hvg(a, n_top=10)

@@ -3,17 +3,39 @@ Leiden and UMAP, plus mixing metrics that show what integration did."""
 
 from __future__ import annotations
 
+import warnings
+
 import anndata as ad
 import numpy as np
 import pandas as pd
 
+HVG_SPANS = (0.3, 0.5, 1.0)  # scanpy's default loess span first; wider spans only when its fit is singular
 
-def select_hvg(adata: ad.AnnData, n_top: int = 2000, batch_key: str | None = "sample_id") -> pd.Index:
-    """Seurat v3 highly variable genes on raw counts with the sample as batch (needs scikit-misc)."""
+
+def seurat_v3_hvg(adata: ad.AnnData, **kwargs):
+    """``sc.pp.highly_variable_genes(flavor="seurat_v3", **kwargs)`` with a fallback: the mean-variance loess of a
+    small sample can be numerically singular ("reciprocal condition number", a known scikit-misc failure with few
+    cells per batch); the fit is then retried with a wider span (``HVG_SPANS``, smoother trend) and a warning. The
+    span used is recorded in ``adata.uns["hvg_loess_span"]``. Returns what scanpy returns."""
     import scanpy as sc
 
-    sc.pp.highly_variable_genes(adata, flavor="seurat_v3", n_top_genes=min(n_top, adata.n_vars - 1),
-                                layer="counts", batch_key=batch_key, subset=False)
+    for span in HVG_SPANS:
+        try:
+            out = sc.pp.highly_variable_genes(adata, flavor="seurat_v3", span=span, **kwargs)
+            break
+        except ValueError as e:
+            if "reciprocal condition number" not in str(e) or span == HVG_SPANS[-1]:
+                raise
+            warnings.warn(f"highly variable genes: the loess fit with span {span} is singular ({e}); retrying with a "
+                          "wider span", stacklevel=2)
+    adata.uns["hvg_loess_span"] = span
+    return out
+
+
+def select_hvg(adata: ad.AnnData, n_top: int = 2000, batch_key: str | None = "sample_id") -> pd.Index:
+    """Seurat v3 highly variable genes on raw counts with the sample as batch (needs scikit-misc;
+    :func:`seurat_v3_hvg`)."""
+    seurat_v3_hvg(adata, n_top_genes=min(n_top, adata.n_vars - 1), layer="counts", batch_key=batch_key, subset=False)
     return adata.var_names[adata.var["highly_variable"].to_numpy()]
 
 

@@ -39,6 +39,7 @@ import scipy.sparse as sp
 
 from helpers.analysis.pseudobulk import sum_rows_by_key
 from helpers.data.cohort import Cohort, InputError
+from helpers.preprocessing.integrate import seurat_v3_hvg
 
 # --------------------------------------------------------------------------------------------- where it runs
 
@@ -224,10 +225,8 @@ class SampleQC:
 def seurat_v3_variances(adata: ad.AnnData, layer: str = "counts") -> pd.Series:
     """Seurat-v3 normalised (loess-regularised, clipped) variance of each gene in one batch, as computed by
     scanpy's ``highly_variable_genes(flavor="seurat_v3")`` for each batch."""
-    import scanpy as sc
-
-    df = sc.pp.highly_variable_genes(adata, flavor="seurat_v3", layer=layer, n_top_genes=min(2000, adata.n_vars - 1),
-                                     batch_key=None, inplace=False, check_values=False)
+    df = seurat_v3_hvg(adata, layer=layer, n_top_genes=min(2000, adata.n_vars - 1), batch_key=None, inplace=False,
+                       check_values=False)
     return pd.Series(df["variances_norm"].to_numpy(), index=adata.var_names, name="variances_norm")
 
 
