@@ -41,19 +41,30 @@
 # interpolated over the simulated effect scales to the scale at which it reaches the study's 0.96 (notebook 07
 # gives the binormal separation d for the same question).
 #
-# Repetitions: `n_reps` per design (10 inside `make all`; power CIs are exact binomial CIs, so they show how
-# coarse that is). For a full run set `analysis: {power_reps: 200}` in the cohort's `cohort.yaml` (about 20x the
-# run time), or change `n_reps` in JupyterLab.
+# **Reading the curves.** Each point is the observed share of significant cohorts at one design, with its exact
+# (Clopper-Pearson) 95% CI; with `n_reps` cohorts per point these are coarse and need not be monotone. The line is
+# a smooth curve fitted to all cohorts of a test and effect scale at once (`power.fit_power_curve`): a logistic
+# regression of each cohort's hit on log(n per group), by Firth's bias-reduced likelihood (finite when every cohort
+# or none is a hit), with a pointwise 95% band (Wald on the linear predictor, mapped through the logistic). It is
+# monotone in n by construction, increasing only where the fitted slope is positive: a flat or decreasing fit
+# (e.g. an effect the test does not see) is reported as such (`trend`), not forced up. The smallest n for 80%
+# power is read off the fitted curve, with the range read off its band.
 #
-# Outputs: `results/<cohort>/findings/09.json`, tables `09_power.csv` (summary) and `09_power_raw.csv`
-# (every simulated cohort), figure `09_power`.
+# Repetitions: `n_reps` per design and effect scale (20 inside `make all`: about 6-7 minutes on two free cores).
+# For a full run set `analysis: {power_reps: 200}` in the cohort's `cohort.yaml` (about 10x the run time; the
+# cohort's files are inputs of every notebook, so `make all` then reruns the chain), or run this notebook alone
+# with `-p n_reps 200` (papermill) or change `n_reps` in JupyterLab.
+#
+# Outputs: `results/<cohort>/findings/09.json`, tables `09_power.csv` (summary per design, observed and fitted
+# power), `09_power_fit.csv` (the fitted curves at every n from 4 to 32, observed where simulated) and
+# `09_power_raw.csv` (every simulated cohort), figure `09_power`.
 
 # %% tags=["parameters"]
 cohort = "ifm2017_sim"  # a folder under data/cohorts/
 root = None  # the project root; None finds it from the working directory (or $DR_ROOT)
 seed = None  # None: the cohort's seed (cohort.yaml); a number reruns with another seed
-n_reps = 10
-group_sizes = [4, 6, 8, 12, 16, 24, 32]
+n_reps = 20  # cohorts per design and effect scale; the cohort's analysis.power_reps wins
+group_sizes = [4, 5, 6, 8, 10, 12, 16, 24, 32]
 effect_scales = [0.5, 1.0, 1.5]
 n_genes = 4000
 n_jobs = 2
@@ -103,15 +114,25 @@ raw = power.power_grid(sim, seed, designs, effect_scales, n_reps, panel=panel, c
                        n_jobs=n_jobs, min_cells=min_cells)
 seconds = time.time() - t0
 summary = power.summarise_power(raw)
+# the fitted curves: at every group size in the simulated range, and at the simulated designs (in the summary)
+fit = power.fit_power_curve(raw, n_grid=range(min(group_sizes), max(group_sizes) + 1))
+fit_cols = ["fitted_power", "fitted_ci_low", "fitted_ci_high", "slope", "slope_ci_low", "slope_ci_high", "trend",
+            "separated"]
+summary = summary.merge(fit.loc[fit["n_cohorts"].notna(), ["n_per_group", "effect_scale", "test"] + fit_cols],
+                        on=["n_per_group", "effect_scale", "test"], how="left")
 # one_cohort's classifier CI is a bootstrap of out-of-fold predictions without refitting: labelled as such
 raw = raw.rename(columns={"ci_low": "auc_oof_bootstrap_low", "ci_high": "auc_oof_bootstrap_high"})
 write_table(raw, C.results_dir / "tables" / "09_power_raw.csv")
 write_table(summary, C.results_dir / "tables" / "09_power.csv")
-print(f"{raw[['n_cr', 'n_nr', 'effect_scale', 'rep']].drop_duplicates().shape[0]} simulated cohorts in {seconds:.0f} s")
-summary[summary["effect_scale"] == 1.0].pivot(index="test", columns="n_per_group", values="power").round(2)
+write_table(fit, C.results_dir / "tables" / "09_power_fit.csv")
+n_cohorts = raw[["n_cr", "n_nr", "effect_scale", "rep"]].drop_duplicates().shape[0]
+print(f"{n_cohorts} simulated cohorts in {seconds:.0f} s ({seconds / max(n_reps, 1):.1f} s per repetition)")
+at1 = summary[(summary["effect_scale"] == 1.0) & (summary["test"] != "classifier_auc")]
+pd.concat({"observed": at1.pivot(index="test", columns="n_per_group", values="power"),
+           "fitted": at1.pivot(index="test", columns="n_per_group", values="fitted_power")}, axis=1).round(2)
 
 # %%
-save_figure(plots.power_figure(summary), C.figures_dir, "09_power")
+save_figure(plots.power_figure(summary, fit=fit), C.figures_dir, "09_power")
 
 # %% [markdown]
 # ## Classifier at this cohort's design: power by the permutation rule, and the effect scale behind the study's AUC
@@ -152,13 +173,21 @@ clf = summary[(summary["test"] == "classifier_auc") & (summary["effect_scale"] =
 findings = {
     "simulator": sim_source.name, "n_reps": n_reps, "group_sizes": group_sizes, "effect_scales": effect_scales, "n_genes_simulated": sim["n_genes"],
     "default_design": {"n_cr": default[0], "n_nr": default[1],
-                       "power": {t: {"power": float(r.power), "ci_low": float(r.power_ci_low), "ci_high": float(r.power_ci_high)}
+                       "power": {t: {"power": float(r.power), "ci_low": float(r.power_ci_low), "ci_high": float(r.power_ci_high),
+                                     "fitted_power": float(r.fitted_power), "fitted_ci_low": float(r.fitted_ci_low),
+                                     "fitted_ci_high": float(r.fitted_ci_high)}
                                  for t, r in dflt.iterrows() if t != "classifier_auc"},
                        "classifier_mean_auc": float(dflt.loc["classifier_auc", "mean_auc"]) if "classifier_auc" in dflt.index else None,
                        "auc_power_method": (f"share of simulated cohorts whose CV AUC has permutation p < 0.05 and "
                                             f"AUC > 0.5 against a {n_null_perm}-permutation null of one simulated "
                                             "cohort of the design")},
-    "smallest_n_for_80pct_power": power.smallest_n_for_power(summary, 0.8, 1.0),
+    "smallest_n_for_80pct_power": power.smallest_n_for_power(summary, 0.8, 1.0),  # the observed points
+    "smallest_n_for_80pct_power_fitted": power.smallest_n_from_fit(fit, 0.8, 1.0),  # the fitted curve and its band
+    "power_fit": {"method": power.FIT_METHOD,
+                  "curves": {t: {f"{sc:g}": {k: (bool(v) if k == "separated" else v if k == "trend" else float(v))
+                                             for k, v in g[fit_cols[3:]].iloc[0].items()}
+                                 for sc, g in d.groupby("effect_scale")}
+                             for t, d in fit.groupby("test", sort=False)}},
     "classifier": {str(n): {"mean_auc": float(r.mean_auc), "auc_q025": float(r.auc_q025), "auc_q975": float(r.auc_q975),
                             "mean_hanley_mcneil_ci_width": float(r.mean_ci_width)} for n, r in clf.iterrows()},
     "study_auc_calibration": calibration,
@@ -166,7 +195,8 @@ findings = {
 if auc_power:
     findings["default_design"]["power"]["auc_bm_34"] = auc_power
 write_json(findings, C.results_dir / "findings" / "09.json")
-write_json({"power_seconds": round(seconds, 1)}, C.results_dir / "timings" / "09_power.json")  # not a result
+write_json({"power_seconds": round(seconds, 1), "n_reps": n_reps, "n_cohorts": n_cohorts},
+           C.results_dir / "timings" / "09_power.json")  # not a result
 pd.DataFrame(findings["default_design"]["power"]).T
 
 # %% [markdown]
@@ -175,25 +205,45 @@ pd.DataFrame(findings["default_design"]["power"]).T
 # %%
 from IPython.display import Markdown
 
-need = findings["smallest_n_for_80pct_power"]
+need = findings["smallest_n_for_80pct_power_fitted"]
 pw = findings["default_design"]["power"]
 small = {k: v for k, v in findings["classifier"].items() if k in ("4", "8", "32")}
 cal = findings["study_auc_calibration"]
 scale = cal["effect_scale_for_study_auc"]
 by_scale = ", ".join(f"{float(k):g}x: {v:.2f}" for k, v in cal["mean_cv_auc_by_effect_scale"].items())
+
+
+def n_text(v):
+    """'6 (band 5 to 8)': the fitted curve's smallest n for 80% power and the range its 95% band allows."""
+    def fmt(n):
+        return f"> {v['max_n']}" if n is None else f"<= {n}" if n == v["min_n"] else str(n)
+
+    trend = "" if v["trend"] == "increasing" else f"; fitted curve {v['trend']}"
+    return f"{fmt(v['n'])} (band {fmt(v['n_low'])} to {fmt(v['n_high'])}{trend})"
+
+
+def pw_text(k, v):
+    """'name 70% [35%, 93%]; fitted 68% [45%, 85%]': observed power with its exact CI, and the fitted curve's."""
+    f = v.get("fitted_power")
+    fitted = (f"; fitted {f:.0%} [{v['fitted_ci_low']:.0%}, {v['fitted_ci_high']:.0%}]"
+              if f is not None and np.isfinite(f) else "")
+    return f"{k.replace('_', ' ')} {v['power']:.0%} [{v['ci_low']:.0%}, {v['ci_high']:.0%}]{fitted}"
+
+
 Markdown(
-    "With the configured effects, 80% power needs " +
-    ", ".join(f"{k.replace('_', ' ')}: {v if v is not None else '> ' + str(max(group_sizes))}" for k, v in need.items()
-              if k != "classifier_auc") +
-    f" patients per group. At this cohort's own design ({default[0]} vs {default[1]}) the power is " +
-    ", ".join(f"{k.replace('_', ' ')} {v['power']:.0%}" for k, v in pw.items()) +
-    f" ({n_reps} simulated cohorts each, exact CIs in the table; the AUC's power by the permutation rule). The "
-    f"classifier's expected cross-validated AUC is " +
+    "With the configured effects (1x), the smallest group size whose fitted power reaches 80% is " +
+    "; ".join(f"{k.replace('_', ' ')}: {n_text(v)}" for k, v in need.items()) +
+    f" patients per group (the curve fitted to {n_reps} simulated cohorts per design; the band's range is where its "
+    f"upper and lower 95% edges reach 80%; n = {min(group_sizes)}-{max(group_sizes)} simulated). "
+    f"At this cohort's own design ({default[0]} vs {default[1]}) the observed power [exact 95% CI] is " +
+    "; ".join(pw_text(k, v) for k, v in pw.items()) +
+    (" (the AUC's power by the permutation rule, observed only)" if "auc_bm_34" in pw else "") +
+    ". The classifier's expected cross-validated AUC is " +
     ", ".join(f"{v['mean_auc']:.2f} (over cohorts {v['auc_q025']:.2f}-{v['auc_q975']:.2f}; mean Hanley-McNeil CI width "
               f"{v['mean_hanley_mcneil_ci_width']:.2f}) at {k} per group" for k, v in small.items()) +
     f". At {default[0]} vs {default[1]} its mean AUC by effect scale is {by_scale}: the study's "
     f"{cal['study_auc']:.2f} is " +
     (f"expected at {scale:.2f}x the planted effects" if scale is not None
      else f"not reached at any simulated scale (up to {max(effect_scales):g}x)") +
-    f". {len(raw[['n_cr', 'n_nr', 'effect_scale', 'rep']].drop_duplicates())} cohorts took {seconds:.0f} s."
+    f". {n_cohorts} cohorts took {seconds:.0f} s."
 )

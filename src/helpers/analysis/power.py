@@ -175,3 +175,142 @@ def smallest_n_for_power(summary: pd.DataFrame, target: float = 0.8, scale: floa
         ok = d[d["power"] >= target]
         out[test] = int(ok["n_per_group"].min()) if len(ok) else None
     return out
+
+
+# -- a smooth power curve fitted to the simulated cohorts --------------------------------------------------------------
+
+def harmonic_n(n_cr, n_nr):
+    """The design axis of the fitted curve: the harmonic mean of the two group sizes (n for a balanced n vs n design;
+    a two-group test's precision scales with it, so an unbalanced design sits where its balanced equivalent does)."""
+    a, b = np.asarray(n_cr, dtype=float), np.asarray(n_nr, dtype=float)
+    return 2.0 / (1.0 / a + 1.0 / b)
+
+
+def firth_logistic(k: np.ndarray, m: np.ndarray, X: np.ndarray, max_iter: int = 200,
+                   tol: float = 1e-9) -> tuple[np.ndarray, np.ndarray]:
+    """Firth's (1993) bias-reduced logistic regression of ``k`` successes out of ``m`` trials on the design matrix
+    ``X``: coefficients and their covariance (inverse Fisher information at the estimate).
+
+    Computed in its pseudo-data form: the maximum-likelihood binomial GLM (statsmodels, logit link) of k + h/2
+    successes out of m + h trials, h the leverages of the fit (hat diagonal of W^1/2 X with W = m p (1 - p)),
+    iterated to its fixed point, where the score equals Firth's penalised score. Unlike the plain maximum-likelihood
+    fit it is finite when every cohort is (or none is) significant and when hits and misses are separated by n
+    (Heinze & Schemper 2002), which happens at strong effects with few repetitions."""
+    import warnings
+
+    import statsmodels.api as sm
+    from statsmodels.tools.sm_exceptions import PerfectSeparationWarning
+
+    k, m, X = np.asarray(k, float), np.asarray(m, float), np.asarray(X, float)
+    h = np.full(len(k), X.shape[1] / len(k))
+    beta = None
+    for _ in range(max_iter):
+        endog = np.column_stack([k + h / 2, m - k + h / 2])
+        with warnings.catch_warnings():  # fitted values near 0 or 1 are expected here; the pseudo-data keep it finite
+            warnings.simplefilter("ignore", PerfectSeparationWarning)
+            res = sm.GLM(endog, X, family=sm.families.Binomial()).fit(start_params=beta)
+        new = np.asarray(res.params, float)
+        p = 1.0 / (1.0 + np.exp(-(X @ new)))
+        xw = X * np.sqrt(m * p * (1 - p))[:, None]
+        cov = np.linalg.pinv(xw.T @ xw)
+        h = np.einsum("ij,jk,ik->i", xw, cov, xw)
+        if beta is not None and np.max(np.abs(new - beta)) < tol:
+            return new, cov
+        beta = new
+    raise RuntimeError(f"Firth logistic regression did not converge in {max_iter} iterations")
+
+
+def _separated(x: np.ndarray, k: np.ndarray, m: np.ndarray) -> bool:
+    """True when the plain maximum-likelihood logistic fit on one covariate does not exist: no hit, no miss, or all
+    misses at or below (above) every hit's x (quasi-complete separation)."""
+    hit_x, miss_x = x[k > 0], x[k < m]
+    if not len(hit_x) or not len(miss_x):
+        return True
+    return bool(miss_x.max() <= hit_x.min() or hit_x.max() <= miss_x.min())
+
+
+FIT_METHOD = ("per test and effect scale, logistic regression of each simulated cohort's hit (p < 0.05 in the "
+              "study's direction) on log(n per group) (harmonic mean of the two groups for an unbalanced design), "
+              "fitted by Firth's bias-reduced likelihood (finite when every or no cohort is a hit, or hits and misses "
+              "are separated by n); band: pointwise 95% Wald interval of the linear predictor mapped through the "
+              "logistic (inside 0-1). The curve is monotone in n, increasing only when the fitted slope is positive "
+              "(trend 'increasing': its 95% CI above 0; 'flat': the CI includes 0; 'decreasing': below 0).")
+
+
+def fit_power_curve(raw: pd.DataFrame, n_grid=None, alpha: float = 0.05) -> pd.DataFrame:
+    """A smooth power curve per test and effect scale, fitted to the simulated cohorts (``raw``, as from
+    :func:`power_grid`; the classifier's rows are left out): see ``FIT_METHOD``.
+
+    One row per test, effect scale and design: the simulated designs (``n_per_group`` as in ``raw``, the observed
+    power with its exact 95% CI as in :func:`summarise_power`) and, with ``n_grid``, balanced group sizes where
+    the curve is only predicted (observed columns NA). Columns: test, effect_scale, n_per_group, n_eff (the design
+    axis), n_cohorts, n_significant, power, power_ci_low, power_ci_high (observed), fitted_power, fitted_ci_low,
+    fitted_ci_high, slope (log-odds per unit log n), slope_ci_low, slope_ci_high, trend, separated (the plain
+    maximum-likelihood fit would not exist)."""
+    from scipy.special import expit
+
+    d = raw[raw["test"] != "classifier_auc"].copy()
+    d = d[d["significant"].notna()]
+    d["hit"] = d["significant"].astype(bool).astype(int)
+    z = sstats.norm.ppf(1 - alpha / 2)
+    rows = []
+    for (test, scale), g in d.groupby(["test", "effect_scale"], sort=False):
+        obs = (g.groupby(["n_cr", "n_nr"], sort=True)
+               .agg(n_per_group=("n_per_group", "first"), n_cohorts=("hit", "size"), n_significant=("hit", "sum"))
+               .reset_index())
+        obs["n_eff"] = harmonic_n(obs["n_cr"], obs["n_nr"])
+        ci = [clopper_pearson(k, n, alpha) for k, n in zip(obs["n_significant"], obs["n_cohorts"])]
+        obs["power"] = obs["n_significant"] / obs["n_cohorts"]
+        obs["power_ci_low"], obs["power_ci_high"] = [c[0] for c in ci], [c[1] for c in ci]
+        have = {int(v) for v in obs["n_per_group"] if isinstance(v, (int, np.integer))}
+        extra = [int(n) for n in (n_grid if n_grid is not None else []) if int(n) not in have]
+        pred = pd.concat([obs, pd.DataFrame({"n_per_group": extra, "n_cr": extra, "n_nr": extra,
+                                             "n_eff": np.asarray(extra, dtype=float)})], ignore_index=True)
+        x = np.log(obs["n_eff"].to_numpy(float))
+        k, m = obs["n_significant"].to_numpy(float), obs["n_cohorts"].to_numpy(float)
+        fit = {"fitted_power": np.nan, "fitted_ci_low": np.nan, "fitted_ci_high": np.nan, "slope": np.nan,
+               "slope_ci_low": np.nan, "slope_ci_high": np.nan, "trend": "one design: no curve",
+               "separated": _separated(x, k, m)}
+        if len(np.unique(x)) >= 2:
+            beta, cov = firth_logistic(k, m, np.column_stack([np.ones_like(x), x]))
+            X0 = np.column_stack([np.ones(len(pred)), np.log(pred["n_eff"].to_numpy(float))])
+            eta = X0 @ beta
+            se = np.sqrt(np.einsum("ij,jk,ik->i", X0, cov, X0))
+            s_se = float(np.sqrt(cov[1, 1]))
+            lo, hi = beta[1] - z * s_se, beta[1] + z * s_se
+            fit.update(fitted_power=expit(eta), fitted_ci_low=expit(eta - z * se), fitted_ci_high=expit(eta + z * se),
+                       slope=float(beta[1]), slope_ci_low=float(lo), slope_ci_high=float(hi),
+                       trend="increasing" if lo > 0 else "decreasing" if hi < 0 else "flat")
+        pred = pred.assign(test=test, effect_scale=scale, **fit)
+        rows.append(pred.sort_values("n_eff"))
+    cols = ["test", "effect_scale", "n_per_group", "n_cr", "n_nr", "n_eff", "n_cohorts", "n_significant", "power",
+            "power_ci_low", "power_ci_high", "fitted_power", "fitted_ci_low", "fitted_ci_high", "slope",
+            "slope_ci_low", "slope_ci_high", "trend", "separated"]
+    if not rows:
+        return pd.DataFrame(columns=cols)
+    out = pd.concat(rows, ignore_index=True)[cols]
+    for c in ("n_cohorts", "n_significant"):
+        out[c] = out[c].astype("Int64")
+    return out
+
+
+def smallest_n_from_fit(fit: pd.DataFrame, target: float = 0.8, scale: float = 1.0) -> dict[str, dict[str, Any]]:
+    """Per test, the smallest balanced group size whose fitted power reaches ``target`` at ``scale`` (``n``), and
+    the same read off the 95% band: ``n_low`` where its upper edge reaches the target (the optimistic end) and
+    ``n_high`` where its lower edge does. Only group sizes in ``fit`` (its ``n_grid``) are read: None means not
+    reached within them; ``n`` equal to ``min_n`` means at or below the smallest size fitted. With the fit's
+    ``trend`` and ``slope``."""
+    f = fit[(fit["effect_scale"] == scale) & fit["n_per_group"].map(lambda v: isinstance(v, (int, np.integer)))]
+    out = {}
+
+    def first(d: pd.DataFrame, col: str) -> int | None:
+        ok = d.loc[d[col] >= target, "n_per_group"]
+        return int(ok.iloc[0]) if len(ok) else None
+
+    for test, d in f.groupby("test", sort=False):
+        d = d.sort_values("n_eff")
+        out[test] = {"n": first(d, "fitted_power"), "n_low": first(d, "fitted_ci_high"),
+                     "n_high": first(d, "fitted_ci_low"),
+                     "min_n": int(d["n_per_group"].min()), "max_n": int(d["n_per_group"].max()),
+                     "trend": str(d["trend"].iloc[0]), "slope": float(d["slope"].iloc[0])}
+    return out

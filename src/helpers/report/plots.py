@@ -364,10 +364,16 @@ def atlas_heatmap(values: pd.DataFrame, table: pd.DataFrame, responses: pd.Serie
     return fig
 
 
-def power_figure(summary: pd.DataFrame, target: float = 0.8) -> plt.Figure:
-    """Power curves (one panel per test, one line per effect scale, exact 95% CI as bars) and the classifier's
-    expected AUC (band: 2.5-97.5% of simulated cohorts) and mean Hanley-McNeil 95% CI width against group size."""
-    s = summary[summary["n_per_group"].map(lambda v: isinstance(v, (int, np.integer)))].copy()
+def power_figure(summary: pd.DataFrame, target: float = 0.8, fit: pd.DataFrame | None = None) -> plt.Figure:
+    """Power curves (one panel per test, one colour per effect scale: the observed share of significant cohorts
+    with its exact 95% CI as bars) and the classifier's expected AUC (band: 2.5-97.5% of simulated cohorts) and mean
+    Hanley-McNeil 95% CI width against group size. With ``fit`` (:func:`helpers.analysis.power.fit_power_curve`,
+    best on a dense ``n_grid``) each scale's fitted curve is drawn with its 95% band and the observed points are
+    not joined; without it, the observed points are joined by lines."""
+    def balanced(df: pd.DataFrame) -> pd.DataFrame:
+        return df[df["n_per_group"].map(lambda v: isinstance(v, (int, np.integer)))]
+
+    s = balanced(summary).copy()
     tests = [t for t in s["test"].unique() if t != "classifier_auc"]
     has_clf = (s["test"] == "classifier_auc").any()
     n_pan = len(tests) + (2 if has_clf else 0)
@@ -376,13 +382,20 @@ def power_figure(summary: pd.DataFrame, target: float = 0.8) -> plt.Figure:
     fig, axes = plt.subplots(nrow, ncol, figsize=(3.2 * ncol, 2.7 * nrow), squeeze=False)
     scales = sorted(s["effect_scale"].unique())
     cmap = plt.get_cmap("viridis", len(scales) + 1)
+    f = balanced(fit) if fit is not None else None
     for ax, t in zip(axes.flat, tests):
         d = s[s["test"] == t]
         for i, sc in enumerate(scales):
             e = d[d["effect_scale"] == sc].sort_values("n_per_group")
-            x = e["n_per_group"].astype(float)
+            x = e["n_per_group"].astype(float) * 2 ** (0.04 * (i - (len(scales) - 1) / 2))  # dodged: bars apart
+            c = f[(f["test"] == t) & (f["effect_scale"] == sc)].sort_values("n_eff") if f is not None else None
+            joined = c is None or c["fitted_power"].isna().all()
             ax.errorbar(x, e["power"], yerr=[e["power"] - e["power_ci_low"], e["power_ci_high"] - e["power"]],
-                        marker="o", ms=3, lw=1, capsize=2, color=cmap(i), label=f"x{sc:g}")
+                        marker="o", ms=3, lw=1 if joined else 0, elinewidth=0.8, capsize=2, color=cmap(i),
+                        alpha=1 if joined else 0.8, label=f"x{sc:g}")
+            if not joined:
+                ax.plot(c["n_eff"], c["fitted_power"], color=cmap(i), lw=1.3)
+                ax.fill_between(c["n_eff"], c["fitted_ci_low"], c["fitted_ci_high"], color=cmap(i), alpha=0.15, lw=0)
         ax.axhline(target, color="grey", ls=":", lw=0.8)
         ax.set_xscale("log", base=2)
         ax.set_ylim(-0.02, 1.02)
@@ -391,6 +404,9 @@ def power_figure(summary: pd.DataFrame, target: float = 0.8) -> plt.Figure:
         ax.set_ylabel("power (p < 0.05)", fontsize=7)
     if tests:
         axes.flat[0].legend(title="planted effect", fontsize=6, title_fontsize=6)
+    if f is not None:
+        fig.suptitle("points: observed power (exact 95% CI); lines: fitted logistic curve in log n (95% band)",
+                     fontsize=8)
     if has_clf:
         d = s[s["test"] == "classifier_auc"].sort_values("n_per_group")
         ax = axes.flat[len(tests)]
