@@ -58,3 +58,37 @@ def test_not_testable_summary_printed_when_written_by_this_run(tmp_path, capsys)
     os.utime(tmp_path / NOT_TESTABLE_FILE, (t0 - 100, t0 - 100))  # left by an earlier run: not repeated
     print_not_testable(tmp_path, since=t0)
     assert capsys.readouterr().out == ""
+
+
+def test_kernel_that_dies_at_start_up_is_restarted_but_cell_errors_are_not(monkeypatch):
+    import helpers.runner as runner
+
+    monkeypatch.setattr(runner.time, "sleep", lambda s: None)
+    calls = []
+
+    def dies_twice(*args, **kwargs):
+        calls.append((args, kwargs))
+        if len(calls) < 3:
+            raise RuntimeError("Kernel died before replying to kernel_info")
+        return "executed"
+
+    assert runner.execute_with_kernel_retry(dies_twice, "in.ipynb", "out.ipynb", kernel_name="python3") == "executed"
+    assert len(calls) == 3 and all(c == (("in.ipynb", "out.ipynb"), {"kernel_name": "python3"}) for c in calls)
+
+    def always_dies(*args, **kwargs):
+        calls.append(1)
+        raise RuntimeError("Kernel died before replying to kernel_info")
+
+    calls.clear()
+    with pytest.raises(RuntimeError, match="kernel_info"):
+        runner.execute_with_kernel_retry(always_dies, attempts=3)
+    assert len(calls) == 3  # gives up after the last attempt
+
+    def other_error(*args, **kwargs):
+        calls.append(1)
+        raise RuntimeError("a cell failed")
+
+    calls.clear()
+    with pytest.raises(RuntimeError, match="a cell failed"):
+        runner.execute_with_kernel_retry(other_error)
+    assert len(calls) == 1  # anything else is not retried

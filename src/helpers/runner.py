@@ -78,8 +78,8 @@ def run_notebook(cohort_name: str, notebook: str | Path, kernel: str = "python3"
     t0 = time.time()
     with atomic_path(final) as tmp:
         try:
-            pm.execute_notebook(str(nb), str(tmp), parameters=params, kernel_name=kernel, cwd=str(nb.parent),
-                                progress_bar=False, log_output=log_output)
+            execute_with_kernel_retry(pm.execute_notebook, str(nb), str(tmp), parameters=params, kernel_name=kernel,
+                                      cwd=str(nb.parent), progress_bar=False, log_output=log_output)
         except pm.PapermillExecutionError as e:
             os.replace(tmp, failed)
             if e.ename in INPUT_ERRORS:  # the user's input is wrong, not the code: a named error and exit 2
@@ -99,6 +99,26 @@ def run_notebook(cohort_name: str, notebook: str | Path, kernel: str = "python3"
     print(f"[runner] {name} ({cohort_name}) done in {seconds:.0f} s -> {final.relative_to(root)}")
     print_not_testable(cohort.results_dir, since=t0)
     return final
+
+
+# jupyter_client picks the kernel's ports, closes them and hands them to the kernel; when several kernels start at
+# once (calibration runs cohorts in parallel) another process can take a port in between and the kernel dies at
+# start-up ("Address already in use"). No cell has run then, so starting a fresh kernel is safe.
+KERNEL_START_FAILURES = ("Kernel died before replying to kernel_info", "Kernel didn't respond in")
+KERNEL_START_ATTEMPTS = 3
+
+
+def execute_with_kernel_retry(execute, *args, attempts: int = KERNEL_START_ATTEMPTS, **kwargs):
+    """Call ``execute(*args, **kwargs)`` (papermill's ``execute_notebook``), starting a new kernel up to
+    ``attempts`` times when the kernel dies before it answered; any other error, and a cell's error, propagate."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return execute(*args, **kwargs)
+        except RuntimeError as e:
+            if not any(m in str(e) for m in KERNEL_START_FAILURES) or attempt == attempts:
+                raise
+            print(f"[runner] kernel failed to start ({e}); attempt {attempt + 1} of {attempts}", file=sys.stderr)
+            time.sleep(2 * attempt)
 
 
 def print_not_testable(results_dir: Path, since: float) -> None:
