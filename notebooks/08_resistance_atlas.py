@@ -161,8 +161,10 @@ if "truth" in findings:
              + (f" ({', '.join(t['unplanted_significant'])})" if t["unplanted_significant"] else "")
              + f"; stage 2 keeps {t['stage2_n_planted_features']} planted and {t['stage2_n_unplanted_features']} "
              "unplanted features"
-             + (f"; CNV subclone counts match the planted clones in {t['subclones_exact_agreement']:.0%} of "
-                f"{t['subclones_n_patients']} patients." if t["subclones_exact_agreement"] is not None else "."))
+             + (f"; the CNV subclone count equals the planted one in {t['subclones_exact_agreement']:.0%} of the "
+                f"{t['subclones_n_detectable']} patients whose clones meet the detectability rule "
+                f"({t['subclones_rule']}; {t['subclones_agreement_all']:.0%} of all {t['subclones_n_patients']})."
+                if t["subclones_exact_agreement"] is not None else "."))
 if power is not None:
     pw = findings["power"]["per_mechanism"]
     text += (f" Power of this design ({findings['power']['n_reps']} simulated cohorts each): " +

@@ -14,18 +14,6 @@ from helpers.data.cohort import load_cohort
 from helpers.data.simulate import make_design
 
 
-def test_count_subclones_separates_clear_structure():
-    rng = np.random.default_rng(0)
-    one = rng.normal(0, 0.1, (200, 60))
-    assert atlas.count_subclones(one, seed=0) == 1
-    centres = rng.normal(0, 1, (3, 60))
-    three = np.vstack([c + rng.normal(0, 0.1, (80, 60)) for c in centres])
-    assert atlas.count_subclones(three, seed=0) == 3
-    # a 3% minority is below min_fraction: not called a subclone
-    small = np.vstack([centres[0] + rng.normal(0, 0.1, (194, 60)), centres[1] + rng.normal(0, 0.1, (6, 60))])
-    assert atlas.count_subclones(small, seed=0) == 1
-
-
 def test_expression_features_report_unmeasured_genes():
     rng = np.random.default_rng(1)
     L = pd.DataFrame(rng.normal(6, 1, (6, 30)), columns=[f"G{i}" for i in range(30)])
@@ -177,8 +165,9 @@ def test_atlas_against_truth_counts():
                                           "carriers": ["p2"]},
                             "cereblon_loss": {"strength_log2": 1.0, "cell_types": ["malignant_PC"], "genes": ["CRBN"],
                                               "carriers": []}},  # no carrier: not planted
-             "patients": {"p1": {"clones": [{"fraction": 0.95}, {"fraction": 0.05}]},
-                          "p2": {"clones": [{"fraction": 0.5}, {"fraction": 0.5}]}}}
+             "patients": {"p1": {"clones": [{"events": ["1q_gain"]}, {"events": ["1q_gain", "13_loss", "6q_loss"]}]},
+                          "p2": {"clones": [{"events": ["1q_gain"]}, {"events": ["1q_gain", "13_loss"]}]},
+                          "p3": {"clones": [{"events": ["1q_gain"]}]}}}
     meta = pd.DataFrame([{"feature": "NFKBIA", "mechanism": "nfkb", "kind": "gene", "genes": ["NFKBIA"]},
                          {"feature": "CD38", "mechanism": "cd38_loss", "kind": "gene", "genes": ["CD38"]},
                          {"feature": "CRBN", "mechanism": "crbn", "kind": "gene", "genes": ["CRBN"]},
@@ -189,14 +178,19 @@ def test_atlas_against_truth_counts():
                          "toward_resistance": [True, True, False, True]})
     table = pd.DataFrame({"feature": ["CD38", "NFKBIA", "CRBN", "MVP"], "q": [0.01, 0.01, 0.01, 0.5],
                           "stage2": [True, False, True, False]})
-    cnv = pd.DataFrame({"cnv_subclones": [1.0, 1.0]}, index=["p1", "p2"])
+    cnv = pd.DataFrame({"cnv_subclones": [1.0, 1.0, 1.0]}, index=["p1", "p2", "p3"])
+    # p1's two clones differ by 2 events and hold >= 30 cells each: detectable; p2's differ by one event: not;
+    # p3 has one clone: detectable
+    cells = pd.DataFrame({"patient_id": ["p1"] * 70 + ["p2"] * 70 + ["p3"] * 40,
+                          "truth_clone": [0] * 35 + [1] * 35 + [0] * 35 + [1] * 35 + [0] * 40})
     pm = atlas.planted_mechanisms(info, meta, truth)
     assert pm.set_index("mechanism")["planted"].to_dict() == {"nfkb": True, "cd38_loss": True, "crbn": False,
                                                                "efflux": False}
     assert pm.set_index("mechanism").at["cd38_loss", "planted_by"] == ["resistance:cd38_loss"]
-    planted, s = atlas.atlas_against_truth(mech, pm, table, meta, cnv, truth)
+    planted, s = atlas.atlas_against_truth(mech, pm, table, meta, cnv, truth, cells)
     assert planted.tolist() == [True, True, False, False]
     assert s["n_planted_significant"] == 1 and s["planted_significant"] == ["cd38_loss"]
     assert s["n_unplanted_significant"] == 1 and s["unplanted_significant"] == ["crbn"]  # significant either way
     assert s["stage2_n_planted_features"] == 1 and s["stage2_unplanted_features"] == ["CRBN"]
-    assert s["subclones_exact_agreement"] == 0.5
+    assert s["subclones_n_detectable"] == 2 and s["subclones_exact_agreement"] == 0.5  # p3 right, p1 wrong
+    assert s["subclones_n_patients"] == 3 and s["subclones_agreement_all"] == 1 / 3

@@ -24,12 +24,13 @@ import pandas as pd
 from joblib import Parallel, delayed
 from tqdm.auto import tqdm
 
+from helpers.analysis import subclones
 from helpers.analysis.power import clopper_pearson, simulate_pseudobulks
 from helpers.analysis.pseudobulk import log_cpm, pseudobulk_by_patient, set_score
 from helpers.analysis.stats import bh_fdr, compare_two_groups, spearman_ci
 from helpers.claims import not_testable
 from helpers.data.cohort import project_root
-from helpers.data.genesets import gene_set
+from helpers.data.genesets import centromeres, gene_set
 from helpers.data.simulate import cohort_model, knob, load_planted, load_resistance
 
 TUMOUR = "malignant_PC"
@@ -181,35 +182,13 @@ def microenvironment_features(adata: ad.AnnData, spec: dict[str, Any], min_cells
     return W, pd.DataFrame(meta)
 
 
-def count_subclones(X: np.ndarray, max_k: int = 4, seed: int = 0, min_silhouette: float = 0.25,
-                    min_fraction: float = 0.1, n_pcs: int = 10) -> int:
-    """Number of CNV subclones among one patient's tumour cells: k-means on the first PCs of the CNV profiles
-    for k = 2..max_k; the k with the best silhouette is accepted when its silhouette is at least
-    ``min_silhouette`` and every cluster holds ``min_fraction`` of the cells, otherwise 1 clone."""
-    from sklearn.cluster import KMeans
-    from sklearn.decomposition import PCA
-    from sklearn.metrics import silhouette_score
-
-    X = np.asarray(X, dtype=float)
-    if X.shape[0] < 20:
-        return 1
-    Z = PCA(n_components=min(n_pcs, X.shape[0] - 1, X.shape[1]), random_state=seed).fit_transform(X)
-    best_k, best_s = 1, -1.0
-    for k in range(2, max_k + 1):
-        lab = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(Z)
-        if np.bincount(lab, minlength=k).min() < min_fraction * len(lab):
-            continue
-        s = silhouette_score(Z, lab, random_state=seed)
-        if s > best_s:
-            best_k, best_s = k, s
-    return best_k if best_s >= min_silhouette else 1
-
-
 def cnv_features(adata: ad.AnnData, spec: dict[str, Any], seed: int = 0, label: str = "cell_type",
-                 compartment: str = "compartment", patient: str = "patient_id") -> pd.DataFrame:
-    """Per patient: CNV burden (mean |infercnv score| of tumour cells minus that of the patient's reference
-    cells) and number of CNV subclones (:func:`count_subclones`); patients with fewer than ``min_cells``
-    tumour cells get NaN."""
+                 compartment: str = "compartment", patient: str = "patient_id") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """infercnvpy on the tumour cells against the T/NK/myeloid cells, without the dynamic noise threshold (see
+    :mod:`helpers.analysis.subclones`). Per patient: CNV burden (mean |CNV score| of the tumour cells minus that of
+    the patient's reference cells) and number of CNV subclones (:func:`~helpers.analysis.subclones.call_subclones`
+    on arm-level scores); patients with fewer than ``min_cells`` tumour cells get NaN. Also returns one row per
+    analysed tumour cell: its patient, called clone and, in a simulated cohort, planted clone (``truth_clone``)."""
     import scipy.sparse as sp
 
     from helpers.annotation.malignant import infer_cnv
@@ -220,24 +199,35 @@ def cnv_features(adata: ad.AnnData, spec: dict[str, Any], seed: int = 0, label: 
     ref = adata.obs[compartment].astype(str).isin(["T", "NK", "myeloid"]).to_numpy()
     if query.sum() < min_cells:
         raise ValueError(f"only {int(query.sum())} '{TUMOUR}' cells: cannot infer copy numbers")
-    cnv = infer_cnv(adata, query, ref, seed=seed)
+    window_size = int(gh.get("window_size", 100))
+    cnv = infer_cnv(adata, query, ref, seed=seed, window_size=window_size, dynamic_threshold=None)
     X = cnv.obsm["X_cnv"]
     X = X.toarray() if sp.issparse(X) else np.asarray(X)
+    arms = subclones.window_arms(cnv.var, cnv.uns["cnv"]["chr_pos"], X.shape[1], centromeres()["centromere_mb"],
+                                 window_size=window_size)
+    A = subclones.arm_scores(X, arms).to_numpy()
     obs = cnv.obs
-    absx = np.abs(X).mean(1)
+    # burden as infercnvpy scores it: scores within 1.5 SD of zero are noise
+    absx = np.where(np.abs(X) < 1.5 * X.std(), 0.0, np.abs(X)).mean(1)
+    is_query = (obs["cnv_group"] == "query").to_numpy()
+    called = pd.Series(-1, index=obs.index, name="called_clone")
     rows = {}
     for p in sorted(obs[patient].astype(str).unique()):
         m = (obs[patient].astype(str) == p).to_numpy()
-        q = m & (obs["cnv_group"] == "query").to_numpy()
-        r = m & (obs["cnv_group"] == "reference").to_numpy()
+        q, r = m & is_query, m & ~is_query
         if q.sum() < min_cells:
             rows[p] = {"cnv_burden": np.nan, "cnv_subclones": np.nan, "n_tumour_cells": int(q.sum())}
             continue
-        base = absx[r].mean() if r.sum() >= 10 else absx[(obs["cnv_group"] == "reference").to_numpy()].mean()
-        rows[p] = {"cnv_burden": float(absx[q].mean() - base),
-                   "cnv_subclones": float(count_subclones(X[q], int(gh.get("max_subclones", 4)), seed)),
+        labels = subclones.call_subclones(A[q], max_clones=int(gh.get("max_subclones", 4)), min_cells=min_cells,
+                                          seed=seed)
+        called[q] = labels
+        base = absx[r].mean() if r.sum() >= 10 else absx[~is_query].mean()
+        rows[p] = {"cnv_burden": float(absx[q].mean() - base), "cnv_subclones": float(labels.max() + 1),
                    "n_tumour_cells": int(q.sum())}
-    return pd.DataFrame(rows).T.rename_axis(patient)
+    cells = obs.loc[is_query, [patient]].astype(str).join(called)
+    if "truth_clone" in obs:
+        cells["truth_clone"] = obs.loc[is_query, "truth_clone"].astype(int)
+    return pd.DataFrame(rows).T.rename_axis(patient), cells
 
 
 def atlas_table(values: pd.DataFrame, meta: pd.DataFrame, groups: pd.Series, reference: str, test: str,
@@ -329,26 +319,22 @@ def planted_mechanisms(info: pd.DataFrame, meta: pd.DataFrame, truth: dict[str, 
     return pd.DataFrame(rows, columns=["mechanism", "planted", "n_planted_features", "n_features", "planted_by"])
 
 
-def subclone_truth(truth: dict[str, Any], min_clone_fraction: float = 0.1) -> pd.Series:
-    """Per patient, the planted number of clones holding at least ``min_clone_fraction`` of its tumour cells."""
-    return pd.Series({p: sum(c["fraction"] >= min_clone_fraction for c in v["clones"])
-                      for p, v in truth["patients"].items()}, name="planted")
-
-
 def atlas_against_truth(mechanisms: pd.DataFrame, planted_mech: pd.DataFrame, table: pd.DataFrame,
                         meta: pd.DataFrame, cnv: pd.DataFrame, truth: dict[str, Any],
-                        min_clone_fraction: float = 0.1) -> tuple[pd.Series, dict[str, Any]]:
+                        cnv_cells: pd.DataFrame | None = None) -> tuple[pd.Series, dict[str, Any]]:
     """Simulated cohorts: stage 1 against the planted mechanisms (:func:`planted_mechanisms`): how many planted
     ones are significant toward resistance, how many unplanted ones are significant at all; stage 2 against the
     planted features (:func:`planted_features`, returned aligned to ``table``); and how often the CNV subclone count
-    equals the planted number of clones of at least ``min_clone_fraction`` of the tumour cells."""
+    equals the planted number of clones (:func:`~helpers.analysis.subclones.subclone_agreement`), among the patients
+    whose clones meet the detectability rule in the analysed cells (``cnv_cells``, from :func:`cnv_features`)."""
     pm = planted_mech.set_index("mechanism")["planted"]
     mt = mechanisms.assign(planted=mechanisms["mechanism"].map(pm).fillna(False).astype(bool))
     found = mt["significant"] & mt["toward_resistance"]
     planted = planted_features(meta, truth).reindex(table["feature"]).fillna(False).astype(bool).to_numpy()
     st2 = table["stage2"].to_numpy(bool)
-    both = (cnv["cnv_subclones"].dropna().astype(int).to_frame("called")
-            .join(subclone_truth(truth, min_clone_fraction), how="inner"))
+    cells = cnv_cells if cnv_cells is not None else pd.DataFrame(columns=["patient_id", "truth_clone"])
+    agreement = subclones.subclone_agreement(cnv["cnv_subclones"] if "cnv_subclones" in cnv else pd.Series(dtype=float),
+                                             subclones.subclone_truth(truth, cells))
     summary = {
         "n_mechanisms": int(len(mt)),
         "n_planted_mechanisms": int(mt["planted"].sum()),
@@ -361,8 +347,7 @@ def atlas_against_truth(mechanisms: pd.DataFrame, planted_mech: pd.DataFrame, ta
         "stage2_n_unplanted_features": int((st2 & ~planted).sum()),
         "stage2_unplanted_features": table.loc[st2 & ~planted, "feature"].tolist(),
         "exploratory_n_unplanted_q005": int(((table["q"] < 0.05).to_numpy() & ~planted).sum()),
-        "subclones_exact_agreement": float((both["called"] == both["planted"]).mean()) if len(both) else None,
-        "subclones_n_patients": int(len(both)),
+        **agreement,
     }
     return pd.Series(planted, index=table.index, name="planted"), summary
 
@@ -378,7 +363,7 @@ def run_atlas(adata: ad.AnnData, spec: dict[str, Any], groups: pd.Series, refere
 
     Returns ``values`` (patients x features), ``meta`` (one row per feature, measured or not, with a note),
     ``scores`` (patients x mechanisms), ``mechanism_info``, ``mechanisms`` (stage 1), ``table`` (features),
-    ``cnv`` (per patient) and ``cnv_untestable`` (None, or the not-testable record of the CNV features)."""
+    ``cnv`` (per patient), ``cnv_cells`` (per analysed tumour cell) and ``cnv_untestable`` (None, or the not-testable record of the CNV features)."""
     logcpm = tumour_logcpm(adata, min_cells=min_cells)
     expr, expr_meta = expression_features(logcpm, spec)
     me, me_meta = microenvironment_features(adata, spec, min_cells=min_cells)
@@ -386,8 +371,8 @@ def run_atlas(adata: ad.AnnData, spec: dict[str, Any], groups: pd.Series, refere
     cnv_min = int(spec.get("genetic_heterogeneity", {}).get("min_cells", 30))  # infercnvpy's minimum of tumour cells
     cnv_untestable = (not_testable(f"only {n_tumour} malignant plasma cells (infercnvpy needs {cnv_min})")
                       if n_tumour < cnv_min else None)
-    cnv = (cnv_features(adata, spec, seed=seed) if cnv_untestable is None
-           else pd.DataFrame(columns=CNV_FEATURES, dtype=float))
+    cnv, cnv_cells = (cnv_features(adata, spec, seed=seed) if cnv_untestable is None
+                      else (pd.DataFrame(columns=CNV_FEATURES, dtype=float), None))
     cnv_meta = pd.DataFrame({"feature": CNV_FEATURES, "mechanism": "genetic_heterogeneity", "kind": "cnv",
                              "genes": [[], []], "measured": cnv_untestable is None,
                              "note": "" if cnv_untestable is None else cnv_untestable["reason"]})
@@ -402,7 +387,7 @@ def run_atlas(adata: ad.AnnData, spec: dict[str, Any], groups: pd.Series, refere
                         significant_mechanisms=mechanisms.loc[mechanisms["significant"], "mechanism"].tolist(),
                         alpha=alpha)
     return {"values": values, "meta": meta, "scores": scores, "mechanism_info": info, "mechanisms": mechanisms,
-            "table": table, "cnv": cnv, "cnv_untestable": cnv_untestable}
+            "table": table, "cnv": cnv, "cnv_cells": cnv_cells, "cnv_untestable": cnv_untestable}
 
 
 def atlas_findings(result: dict[str, Any] | None, n_patients: dict[str, int], untestable: dict | None = None,
@@ -439,7 +424,8 @@ def atlas_findings(result: dict[str, Any] | None, n_patients: dict[str, int], un
         pm = planted_mechanisms(info, meta, truth)
         mech["planted"] = mech["mechanism"].map(pm.set_index("mechanism")["planted"]).fillna(False).astype(bool)
         mech["planted_by"] = mech["mechanism"].map(pm.set_index("mechanism")["planted_by"].map(", ".join))
-        table["planted"], findings["truth"] = atlas_against_truth(mech, pm, table, meta, result["cnv"], truth)
+        table["planted"], findings["truth"] = atlas_against_truth(mech, pm, table, meta, result["cnv"], truth,
+                                                                 result.get("cnv_cells"))
         for m, rec in findings["mechanisms"].items():
             rec["planted"] = bool(mech.set_index("mechanism").at[m, "planted"])
     return findings

@@ -40,10 +40,11 @@ def add_gene_positions(adata: ad.AnnData) -> None:
 
 
 def infer_cnv(adata: ad.AnnData, query: np.ndarray, reference: np.ndarray, seed: int = 0, n_ref_max: int = 3000,
-              window_size: int = 100) -> ad.AnnData:
+              window_size: int = 100, dynamic_threshold: float | None = 1.5) -> ad.AnnData:
     """infercnvpy on the ``query`` cells (e.g. plasma cells) against ``reference`` cells (T/NK/myeloid, a
     seeded subsample of at most ``n_ref_max``), genes placed by the committed GRCh38 table. Returns the
-    subset AnnData with ``obsm['X_cnv']`` and ``obs['cnv_group']`` (query / reference)."""
+    subset AnnData with ``obsm['X_cnv']`` and ``obs['cnv_group']`` (query / reference). ``dynamic_threshold``
+    (infercnvpy's default 1.5) zeroes scores within that many standard deviations of the noise; None keeps them."""
     import infercnvpy as cnv
 
     rng = np.random.default_rng(seed)
@@ -56,7 +57,7 @@ def infer_cnv(adata: ad.AnnData, query: np.ndarray, reference: np.ndarray, seed:
     add_gene_positions(sub)
     sub = sub[:, sub.var["chromosome"].notna().to_numpy()].copy()
     cnv.tl.infercnv(sub, reference_key="cnv_group", reference_cat=["reference"], window_size=window_size,
-                    n_jobs=1, calculate_gene_values=False)
+                    n_jobs=1, calculate_gene_values=False, dynamic_threshold=dynamic_threshold)
     return sub
 
 

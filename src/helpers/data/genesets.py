@@ -91,6 +91,13 @@ def _gene_positions(folder: str) -> pd.DataFrame:
     return df.drop_duplicates("symbol").set_index("symbol")
 
 
+@lru_cache(maxsize=1)
+def centromeres() -> pd.DataFrame:
+    """GRCh38 centromere midpoints and chromosome lengths (Mb), indexed by chromosome ('chr1', ...): where the p arm
+    ends, for simulated arm-level copy-number events and for arm-level CNV scores (read once; do not modify)."""
+    return pd.read_csv(genesets_dir() / "centromeres_grch38.tsv", sep="\t").set_index("chromosome")
+
+
 def as_network(sets: dict[str, list[str]]) -> pd.DataFrame:
     """{set: genes} to a long source/target/weight table (weight 1) as decoupler expects."""
     rows = [(s, g, 1.0) for s, genes in sets.items() for g in genes]

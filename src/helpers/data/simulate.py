@@ -31,6 +31,7 @@ import scipy.sparse as sp
 import yaml
 
 from helpers.data.cohort import Cohort, project_root
+from helpers.data.genesets import centromeres
 
 # --------------------------------------------------------------------------------------------------
 # static inputs
@@ -112,11 +113,6 @@ def knob(sim: dict[str, Any], path: str) -> Any:
                            "'base: ifm2017_sim' inherits them)")
         cur = cur[key]
     return cur
-
-
-@lru_cache(maxsize=None)
-def centromeres() -> pd.DataFrame:
-    return pd.read_csv(simulation_dir() / "centromeres_grch38.tsv", sep="\t").set_index("chromosome")
 
 
 # --------------------------------------------------------------------------------------------------
