@@ -212,31 +212,13 @@ cal = findings["study_auc_calibration"]
 scale = cal["effect_scale_for_study_auc"]
 by_scale = ", ".join(f"{float(k):g}x: {v:.2f}" for k, v in cal["mean_cv_auc_by_effect_scale"].items())
 
-
-def n_text(v):
-    """'6 (band 5 to 8)': the fitted curve's smallest n for 80% power and the range its 95% band allows."""
-    def fmt(n):
-        return f"> {v['max_n']}" if n is None else f"<= {n}" if n == v["min_n"] else str(n)
-
-    trend = "" if v["trend"] == "increasing" else f"; fitted curve {v['trend']}"
-    return f"{fmt(v['n'])} (band {fmt(v['n_low'])} to {fmt(v['n_high'])}{trend})"
-
-
-def pw_text(k, v):
-    """'name 70% [35%, 93%]; fitted 68% [45%, 85%]': observed power with its exact CI, and the fitted curve's."""
-    f = v.get("fitted_power")
-    fitted = (f"; fitted {f:.0%} [{v['fitted_ci_low']:.0%}, {v['fitted_ci_high']:.0%}]"
-              if f is not None and np.isfinite(f) else "")
-    return f"{k.replace('_', ' ')} {v['power']:.0%} [{v['ci_low']:.0%}, {v['ci_high']:.0%}]{fitted}"
-
-
 Markdown(
     "With the configured effects (1x), the smallest group size whose fitted power reaches 80% is " +
-    "; ".join(f"{k.replace('_', ' ')}: {n_text(v)}" for k, v in need.items()) +
+    "; ".join(f"{k.replace('_', ' ')}: {power.describe_smallest_n(v)}" for k, v in need.items()) +
     f" patients per group (the curve fitted to {n_reps} simulated cohorts per design; the band's range is where its "
     f"upper and lower 95% edges reach 80%; n = {min(group_sizes)}-{max(group_sizes)} simulated). "
     f"At this cohort's own design ({default[0]} vs {default[1]}) the observed power [exact 95% CI] is " +
-    "; ".join(pw_text(k, v) for k, v in pw.items()) +
+    "; ".join(power.describe_power(k, v) for k, v in pw.items()) +
     (" (the AUC's power by the permutation rule, observed only)" if "auc_bm_34" in pw else "") +
     ". The classifier's expected cross-validated AUC is " +
     ", ".join(f"{v['mean_auc']:.2f} (over cohorts {v['auc_q025']:.2f}-{v['auc_q975']:.2f}; mean Hanley-McNeil CI width "

@@ -191,7 +191,7 @@ def cnv_features(adata: ad.AnnData, spec: dict[str, Any], seed: int = 0, label: 
     analysed tumour cell: its patient, called clone and, in a simulated cohort, planted clone (``truth_clone``)."""
     import scipy.sparse as sp
 
-    from helpers.annotation.malignant import infer_cnv
+    from helpers.annotation.malignant import DYNAMIC_THRESHOLD, infer_cnv
 
     gh = spec.get("genetic_heterogeneity", {})
     min_cells = int(gh.get("min_cells", 30))
@@ -207,8 +207,8 @@ def cnv_features(adata: ad.AnnData, spec: dict[str, Any], seed: int = 0, label: 
                                  window_size=window_size)
     A = subclones.arm_scores(X, arms).to_numpy()
     obs = cnv.obs
-    # burden as infercnvpy scores it: scores within 1.5 SD of zero are noise
-    absx = np.where(np.abs(X) < 1.5 * X.std(), 0.0, np.abs(X)).mean(1)
+    # burden on the thresholded scores, as infercnvpy would give them (the subclones need the unthresholded ones)
+    absx = np.where(np.abs(X) < DYNAMIC_THRESHOLD * X.std(), 0.0, np.abs(X)).mean(1)
     is_query = (obs["cnv_group"] == "query").to_numpy()
     called = pd.Series(-1, index=obs.index, name="called_clone")
     rows = {}
@@ -333,8 +333,7 @@ def atlas_against_truth(mechanisms: pd.DataFrame, planted_mech: pd.DataFrame, ta
     planted = planted_features(meta, truth).reindex(table["feature"]).fillna(False).astype(bool).to_numpy()
     st2 = table["stage2"].to_numpy(bool)
     cells = cnv_cells if cnv_cells is not None else pd.DataFrame(columns=["patient_id", "truth_clone"])
-    agreement = subclones.subclone_agreement(cnv["cnv_subclones"] if "cnv_subclones" in cnv else pd.Series(dtype=float),
-                                             subclones.subclone_truth(truth, cells))
+    agreement = subclones.subclone_agreement(cnv["cnv_subclones"], subclones.subclone_truth(truth, cells))
     summary = {
         "n_mechanisms": int(len(mt)),
         "n_planted_mechanisms": int(mt["planted"].sum()),
@@ -363,7 +362,8 @@ def run_atlas(adata: ad.AnnData, spec: dict[str, Any], groups: pd.Series, refere
 
     Returns ``values`` (patients x features), ``meta`` (one row per feature, measured or not, with a note),
     ``scores`` (patients x mechanisms), ``mechanism_info``, ``mechanisms`` (stage 1), ``table`` (features),
-    ``cnv`` (per patient), ``cnv_cells`` (per analysed tumour cell) and ``cnv_untestable`` (None, or the not-testable record of the CNV features)."""
+    ``cnv`` (per patient), ``cnv_cells`` (per analysed tumour cell) and ``cnv_untestable`` (None, or the
+    not-testable record of the CNV features)."""
     logcpm = tumour_logcpm(adata, min_cells=min_cells)
     expr, expr_meta = expression_features(logcpm, spec)
     me, me_meta = microenvironment_features(adata, spec, min_cells=min_cells)

@@ -166,10 +166,15 @@ def summarise_power(raw: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def is_balanced(n_per_group: pd.Series) -> pd.Series:
+    """Which designs are balanced: ``n_per_group`` is an int (n vs n) for those, a string ('11/10') otherwise."""
+    return n_per_group.map(lambda v: isinstance(v, (int, np.integer)))
+
+
 def smallest_n_for_power(summary: pd.DataFrame, target: float = 0.8, scale: float = 1.0) -> dict[str, Any]:
     """Per test, the smallest balanced group size reaching ``target`` power at ``scale`` (None if none does)."""
     s = summary[(summary["effect_scale"] == scale) & summary["power"].notna()]
-    s = s[s["n_per_group"].map(lambda v: isinstance(v, (int, np.integer)))]
+    s = s[is_balanced(s["n_per_group"])]
     out = {}
     for test, d in s.groupby("test"):
         ok = d[d["power"] >= target]
@@ -249,9 +254,9 @@ def fit_power_curve(raw: pd.DataFrame, n_grid=None, alpha: float = 0.05) -> pd.D
     maximum-likelihood fit would not exist)."""
     from scipy.special import expit
 
+    observed = summarise_power(raw)[["n_per_group", "effect_scale", "test", "power", "power_ci_low", "power_ci_high"]]
     d = raw[raw["test"] != "classifier_auc"].copy()
-    d = d[d["significant"].notna()]
-    d["hit"] = d["significant"].astype(bool).astype(int)
+    d["hit"] = d["significant"].eq(True).astype(int)  # as in summarise_power: a cohort not tested is not a hit
     z = sstats.norm.ppf(1 - alpha / 2)
     rows = []
     for (test, scale), g in d.groupby(["test", "effect_scale"], sort=False):
@@ -259,10 +264,9 @@ def fit_power_curve(raw: pd.DataFrame, n_grid=None, alpha: float = 0.05) -> pd.D
                .agg(n_per_group=("n_per_group", "first"), n_cohorts=("hit", "size"), n_significant=("hit", "sum"))
                .reset_index())
         obs["n_eff"] = harmonic_n(obs["n_cr"], obs["n_nr"])
-        ci = [clopper_pearson(k, n, alpha) for k, n in zip(obs["n_significant"], obs["n_cohorts"])]
-        obs["power"] = obs["n_significant"] / obs["n_cohorts"]
-        obs["power_ci_low"], obs["power_ci_high"] = [c[0] for c in ci], [c[1] for c in ci]
-        have = {int(v) for v in obs["n_per_group"] if isinstance(v, (int, np.integer))}
+        obs = obs.merge(observed[(observed["test"] == test) & (observed["effect_scale"] == scale)]
+                        .drop(columns=["test", "effect_scale"]), on="n_per_group", how="left")
+        have = {int(v) for v in obs.loc[is_balanced(obs["n_per_group"]), "n_per_group"]}
         extra = [int(n) for n in (n_grid if n_grid is not None else []) if int(n) not in have]
         pred = pd.concat([obs, pd.DataFrame({"n_per_group": extra, "n_cr": extra, "n_nr": extra,
                                              "n_eff": np.asarray(extra, dtype=float)})], ignore_index=True)
@@ -300,7 +304,7 @@ def smallest_n_from_fit(fit: pd.DataFrame, target: float = 0.8, scale: float = 1
     ``n_high`` where its lower edge does. Only group sizes in ``fit`` (its ``n_grid``) are read: None means not
     reached within them; ``n`` equal to ``min_n`` means at or below the smallest size fitted. With the fit's
     ``trend`` and ``slope``."""
-    f = fit[(fit["effect_scale"] == scale) & fit["n_per_group"].map(lambda v: isinstance(v, (int, np.integer)))]
+    f = fit[(fit["effect_scale"] == scale) & is_balanced(fit["n_per_group"])]
     out = {}
 
     def first(d: pd.DataFrame, col: str) -> int | None:
@@ -314,3 +318,22 @@ def smallest_n_from_fit(fit: pd.DataFrame, target: float = 0.8, scale: float = 1
                      "min_n": int(d["n_per_group"].min()), "max_n": int(d["n_per_group"].max()),
                      "trend": str(d["trend"].iloc[0]), "slope": float(d["slope"].iloc[0])}
     return out
+
+
+def describe_smallest_n(v: dict[str, Any]) -> str:
+    """'6 (band 5 to 8)': one test's entry of :func:`smallest_n_from_fit` as text (with the trend unless
+    increasing)."""
+    def fmt(n):
+        return f"> {v['max_n']}" if n is None else f"<= {n}" if n == v["min_n"] else str(n)
+
+    trend = "" if v["trend"] == "increasing" else f"; fitted curve {v['trend']}"
+    return f"{fmt(v['n'])} (band {fmt(v['n_low'])} to {fmt(v['n_high'])}{trend})"
+
+
+def describe_power(test: str, v: dict[str, Any]) -> str:
+    """'name 70% [35%, 93%]; fitted 68% [45%, 85%]': observed power at a design with its exact CI, and the fitted
+    curve's (notebook 09's ``default_design.power`` entries)."""
+    f = v.get("fitted_power")
+    fitted = (f"; fitted {f:.0%} [{v['fitted_ci_low']:.0%}, {v['fitted_ci_high']:.0%}]"
+              if f is not None and np.isfinite(f) else "")
+    return f"{test.replace('_', ' ')} {v['power']:.0%} [{v['ci_low']:.0%}, {v['ci_high']:.0%}]{fitted}"

@@ -15,13 +15,13 @@ the least favourable unimodal one, so it is conservative: a unimodal cloud split
 clones. The most significant split among the current groups is made first, until none passes or ``max_clones`` is
 reached.
 
-How it was chosen: on a development cohort simulated with another design seed (4242; 30 patients, truth-labelled
-tumour and reference cells, infercnvpy as here), among k-means or mixture splits on 3, 5 or 10 PCs, projections on
-the centroid difference or the LDA direction, per-arm or per-PC dip tests and MAD-scaled or raw arm scores; a
-Gaussian-calibrated dip was rejected because it split single-clone tumours. Measured there with this code: the count
-equals the planted one in 17 of the 20 patients meeting the rule, and 1 of the 9 single-clone tumours is split.
-(A bug in the prototype's window-to-arm mapping was found afterwards; the comparison between variants was made with
-it, the numbers above without it.) The default cohort's agreement is measured by notebook 08, not used to choose.
+How it was chosen: on a development cohort simulated with its own design seed (30 patients, truth-labelled tumour
+and reference cells; :mod:`helpers.validation.subclone_benchmark`), among k-means or mixture splits on 3, 5 or 10
+PCs, projections on the centroid difference or the LDA direction, per-arm or per-PC dip tests and MAD-scaled or raw
+arm scores; a Gaussian-calibrated dip was rejected because it split single-clone tumours. That comparison was made
+with a prototype whose window-to-arm mapping was wrong (found afterwards); this code's agreement on the development
+cohort is in ``validation/subclone_development.json`` (``python -m helpers.validation.subclone_benchmark``). The
+default cohort's agreement is measured by notebook 08 and was not used to choose.
 """
 
 from __future__ import annotations

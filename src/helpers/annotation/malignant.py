@@ -39,12 +39,15 @@ def add_gene_positions(adata: ad.AnnData) -> None:
     adata.var["end"] = pos["end"].to_numpy()
 
 
+DYNAMIC_THRESHOLD = 1.5  # infercnvpy's default: scores within this many SD of zero are noise
+
+
 def infer_cnv(adata: ad.AnnData, query: np.ndarray, reference: np.ndarray, seed: int = 0, n_ref_max: int = 3000,
-              window_size: int = 100, dynamic_threshold: float | None = 1.5) -> ad.AnnData:
+              window_size: int = 100, dynamic_threshold: float | None = DYNAMIC_THRESHOLD) -> ad.AnnData:
     """infercnvpy on the ``query`` cells (e.g. plasma cells) against ``reference`` cells (T/NK/myeloid, a
     seeded subsample of at most ``n_ref_max``), genes placed by the committed GRCh38 table. Returns the
     subset AnnData with ``obsm['X_cnv']`` and ``obs['cnv_group']`` (query / reference). ``dynamic_threshold``
-    (infercnvpy's default 1.5) zeroes scores within that many standard deviations of the noise; None keeps them."""
+    (infercnvpy's default) zeroes scores within that many standard deviations of the noise; None keeps them."""
     import infercnvpy as cnv
 
     rng = np.random.default_rng(seed)

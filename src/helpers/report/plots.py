@@ -12,6 +12,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
+from helpers.analysis.power import is_balanced  # noqa: E402
 from helpers.claims import claim_by_label  # noqa: E402
 
 RESPONSE_COLORS = {"CR": "#3b75af", "NR": "#c8453c"}
@@ -370,10 +371,7 @@ def power_figure(summary: pd.DataFrame, target: float = 0.8, fit: pd.DataFrame |
     Hanley-McNeil 95% CI width against group size. With ``fit`` (:func:`helpers.analysis.power.fit_power_curve`,
     best on a dense ``n_grid``) each scale's fitted curve is drawn with its 95% band and the observed points are
     not joined; without it, the observed points are joined by lines."""
-    def balanced(df: pd.DataFrame) -> pd.DataFrame:
-        return df[df["n_per_group"].map(lambda v: isinstance(v, (int, np.integer)))]
-
-    s = balanced(summary).copy()
+    s = summary[is_balanced(summary["n_per_group"])].copy()
     tests = [t for t in s["test"].unique() if t != "classifier_auc"]
     has_clf = (s["test"] == "classifier_auc").any()
     n_pan = len(tests) + (2 if has_clf else 0)
@@ -382,7 +380,7 @@ def power_figure(summary: pd.DataFrame, target: float = 0.8, fit: pd.DataFrame |
     fig, axes = plt.subplots(nrow, ncol, figsize=(3.2 * ncol, 2.7 * nrow), squeeze=False)
     scales = sorted(s["effect_scale"].unique())
     cmap = plt.get_cmap("viridis", len(scales) + 1)
-    f = balanced(fit) if fit is not None else None
+    f = fit[is_balanced(fit["n_per_group"])] if fit is not None else None
     for ax, t in zip(axes.flat, tests):
         d = s[s["test"] == t]
         for i, sc in enumerate(scales):
