@@ -85,10 +85,10 @@ import pandas as pd
 
 from helpers.analysis import classifier as clf
 from helpers.analysis.findings import attempt, describe, load_annotated, not_testable
-from helpers.claims import CLAIMS, STUDY_AUC, STUDY_N_BM, verdict
+from helpers.claims import STUDY_AUC, STUDY_N_BM
 from helpers.data.cohort import CohortError, load_cohort
 from helpers.io import atomic_path, save_figure, write_json, write_table
-from helpers.report import plots
+from helpers.report import narrative, plots
 
 C = load_cohort(cohort, root=root)
 seed = C.seed if seed is None else seed
@@ -183,27 +183,8 @@ calibration["blood_design_from"] = D.name
 pd.DataFrame({k: v for k, v in calibration.items() if k.startswith("auc_")}).T
 
 # %%
-claims = {  # one record per AUC claim (helpers.claims): effect = AUC, CI Hanley-McNeil, p = permutation p
-    "auc_bm_34": clf.auc_record("auc_bm_34", res and res["bm_34"], bm_untestable),
-    "auc_bm_top8": clf.auc_record("auc_bm_top8", res and res["bm_top8"], bm_untestable),
-    "auc_pb_top8": clf.auc_record("auc_pb_top8", pb, pb_untestable),
-}
-findings = {
-    "claims": claims,
-    "auc_ci_method": clf.AUC_CI_METHOD,
-    "permutation": {"n_perm": int(n_perm), "perm_repeats": int(perm_repeats),
-                    "marrow": "whole cross-validation (in-fold top-k selection included) re-run on permuted "
-                              "marrow labels",
-                    "blood": "marrow labels permuted, top-k model refitted on marrow, applied to blood, scored on the "
-                             "true blood labels", "p": "(1 + #null >= observed) / (1 + n_perm)"},
-    "n_panel_genes": len(genes), "n_panel_genes_used": len(genes_used), "panel_missing_genes": panel_missing,
-    "top8_genes": top8, "selection_frequency": res["selection"].round(3).to_dict() if res else {},
-    "n_bm": {"CR": int((y_bm == 0).sum()), "NR": int(y_bm.sum())} if res else None,
-    "n_pb": {"CR": int((pb["y"] == 0).sum()), "NR": int(pb["y"].sum())} if pb is not None else None,
-    "cv": (f"repeated stratified {res['bm_34']['n_splits']}-fold x {n_repeats}, pooled out-of-fold AUC per repeat, "
-           f"mean over repeats; permutation null: {perm_repeats} repeat(s) per permutation") if res else None,
-    "study_calibration": calibration,
-}
+findings = clf.classifier_findings(res, pb, bm_untestable, pb_untestable, genes, genes_used, panel_missing, top8,
+                                  n_perm, perm_repeats, n_repeats, calibration)
 write_json(findings, C.results_dir / "findings" / "07.json")
 
 # %% [markdown]
@@ -212,45 +193,4 @@ write_json(findings, C.results_dir / "findings" / "07.json")
 # %%
 from IPython.display import Markdown
 
-
-def auc_text(key: str, label: str) -> str:
-    r = claims[key]
-    return (f"{label} AUC {r['effect']:.2f} (95% CI {r['ci_low']:.2f}-{r['ci_high']:.2f}, Hanley-McNeil; "
-            f"permutation p = {r['p']:.3g} over {r['n_permutations']} permutations; study {CLAIMS[key].study:.2f}): "
-            f"**{verdict(CLAIMS[key], r)}**")
-
-
-f = findings
-if res is None:
-    text = f"NF-kB classifier {describe(bm_untestable)}."
-else:
-    reduced = (f" (reduced panel: {f['n_panel_genes_used']} of {f['n_panel_genes']} genes; missing "
-               f"{', '.join(panel_missing)})" if panel_missing else "")
-    text = (auc_text("auc_bm_34", f"{len(genes_used)}-gene random forest{reduced}, marrow, cross-validated") + ". " +
-            auc_text("auc_bm_top8", f"Top-{top_k} model with in-fold selection,") +
-            f". Final top genes: {', '.join(top8)}.")
-text += (" " + auc_text("auc_pb_top8", f"Applied unchanged to {sum(f['n_pb'].values())} independent blood samples:")
-         + "."
-         if pb is not None else f" Blood validation {describe(pb_untestable)}.")
-cal = f["study_calibration"]
-s34, s8, spb = cal["auc_bm_34"], cal["auc_bm_top8"], cal["auc_pb_top8"]
-text += (f"\n\n**What the study's numbers imply.** Under the equal-variance binormal model the study's AUC "
-         f"{s34['study_auc']:.2f} needs a standardised CR-NR separation d = {s34['binormal_d']:.2f} (0.92: d = "
-         f"{s8['binormal_d']:.2f}; 0.77: d = {spb['binormal_d']:.2f}). At {s34['n_cr']} CR vs {s34['n_nr']} NR its "
-         f"Hanley-McNeil 95% CI is {s34['hanley_mcneil_ci_low']:.2f}-{s34['hanley_mcneil_ci_high']:.2f}, "
-         f"that of 0.92 is "
-         f"{s8['hanley_mcneil_ci_low']:.2f}-{s8['hanley_mcneil_ci_high']:.2f}")
-if spb["hanley_mcneil_ci_low"] is not None:
-    text += (f", and that of 0.77 at {spb['n_cr']} CR vs {spb['n_nr']} NR in blood ({cal['blood_design_from']}'s blood "
-             f"design; the study does not report its blood n) is {spb['hanley_mcneil_ci_low']:.2f}-"
-             f"{spb['hanley_mcneil_ci_high']:.2f}")
-text += "."
-if "blood_from_marrow" in cal:
-    b = cal["blood_from_marrow"]
-    fits = b["expected_in_study_blood_ci"]
-    text += (f" Scaling d by the blood effect scale {b['pb_effect_scale']:g} takes 0.92 to an expected blood AUC of "
-             f"{b['expected_blood_auc']:.2f} (study 0.77; the study's two AUCs imply a blood/marrow effect ratio of "
-             f"{b['implied_blood_scale']:.2f})" +
-             ("" if fits is None else f": {'inside' if fits else 'outside'} the CI of 0.77, so the drop from marrow to "
-              f"blood {'fits' if fits else 'does not fit'} the simulator's blood effect scale") + ".")
-Markdown(text)
+Markdown(narrative.classifier_conclusion(findings, top_k, bm_untestable, pb_untestable))

@@ -58,7 +58,7 @@ from helpers.analysis import atlas
 from helpers.analysis import findings as fd
 from helpers.claims import testable_pseudobulk
 from helpers.io import save_figure, write_json, write_table
-from helpers.report import plots
+from helpers.report import narrative, plots
 
 C, bm, min_cells = fd.open_finding(cohort, root, min_cells)  # the cohort, its marrow cells (no 'unassigned'), min_cells
 bm = bm.copy()
@@ -103,19 +103,11 @@ n_patients = {g: int((resp == g).sum()) for g in C.groups}
 findings = atlas.atlas_findings(result, n_patients, untestable, truth)
 power = None
 if truth is not None and result is not None and C.kind == "simulated":
-    reps = int(C.analysis("power_reps", power_reps))
     design = C.samples[C.samples["tissue"] == C.discovery_tissue]
-    null_sim = {**C.simulation, "resistance": {k: {**v, "strength": 0.0} for k, v in C.simulation["resistance"].items()}}
-    n_jobs = int(os.environ.get("DR_THREADS", "2"))
-    power = pd.concat([atlas.mechanism_power(design, sim, seed, spec, reps, C.reference_group, C.test_group,
-                                             min_cells=min_cells, n_jobs=n_jobs).assign(cohorts=kind)
-                       for kind, sim in (("planted", C.simulation), ("null", null_sim))], ignore_index=True)
-    findings["power"] = {"n_reps": reps, "design": n_patients, "method": "stage 1 on simulated tumour pseudobulks of "
-                         "this design; BH over the expression mechanisms", "per_mechanism": {
-                             m: {k: float(d.loc[d.cohorts == k, "rate_found"].iloc[0]) for k in ("planted", "null")}
-                             for m, d in power.groupby("mechanism")}}
-    resistance = pd.DataFrame(truth["resistance"]).T[["direction", "strength_log2", "prevalence_in_nr", "clone"]]
-    display(resistance)
+    reps, n_jobs = int(C.analysis("power_reps", power_reps)), int(os.environ.get("DR_THREADS", "2"))
+    power, findings["power"] = atlas.design_power(design, C.simulation, seed, spec, reps, C.reference_group,
+                                                  C.test_group, min_cells, n_jobs)
+    display(pd.DataFrame(truth["resistance"]).T[["direction", "strength_log2", "prevalence_in_nr", "clone"]])
     display(power.pivot(index="mechanism", columns="cohorts", values="rate_found"))
 write_json(findings, C.results_dir / "findings" / "08.json")
 if result is not None:
@@ -139,34 +131,5 @@ if result is not None:
 # %%
 from IPython.display import Markdown
 
-if untestable is not None:
-    text = f"Resistance atlas {fd.describe(untestable)}: every mechanism is measured in malignant plasma cells or towards them."
-else:
-    sig = mech[mech["significant"]]
-    text = (f"Stage 1: {len(sig)} of {len(mech)} mechanisms differ between {C.test_group} and {C.reference_group} "
-            "at q < 0.05 (signed score, BH over mechanisms)" +
-            (": " + "; ".join(f"{r.mechanism} shift {r.effect:+.2f} [{r.ci_low:+.2f}, {r.ci_high:+.2f}] "
-                              f"({'toward' if r.effect > 0 else 'away from'} resistance), q = {r.q:.2g}"
-                              for r in sig.itertuples()) if len(sig) else "") + ". "
-            f"Stage 2: {len(findings['stage2'])} features of these mechanisms at q < 0.05 within their mechanism"
-            + (" (" + ", ".join(r["feature"] for r in findings["stage2"][:8]) + ")" if findings["stage2"] else "")
-            + f". Exploratory FDR over all {findings['n_features']} features: {findings['n_significant_q005']} at q < 0.05. ")
-    if result["cnv_untestable"] is not None:
-        text += f"CNV burden and subclones {fd.describe(result['cnv_untestable'])}. "
-if "truth" in findings:
-    t = findings["truth"]
-    text += (f"Against the simulated truth: {t['n_planted_significant']} of {t['n_planted_mechanisms']} planted mechanisms "
-             f"are found ({', '.join(t['planted_significant']) or 'none'}), {t['n_unplanted_significant']} of "
-             f"{t['n_mechanisms'] - t['n_planted_mechanisms']} unplanted ones reach q < 0.05"
-             + (f" ({', '.join(t['unplanted_significant'])})" if t["unplanted_significant"] else "")
-             + f"; stage 2 keeps {t['stage2_n_planted_features']} planted and {t['stage2_n_unplanted_features']} "
-             "unplanted features"
-             + (f"; the CNV subclone count equals the planted one in {t['subclones_exact_agreement']:.0%} of the "
-                f"{t['subclones_n_detectable']} patients whose clones meet the detectability rule "
-                f"({t['subclones_rule']}; {t['subclones_agreement_all']:.0%} of all {t['subclones_n_patients']})."
-                if t["subclones_exact_agreement"] is not None else "."))
-if power is not None:
-    pw = findings["power"]["per_mechanism"]
-    text += (f" Power of this design ({findings['power']['n_reps']} simulated cohorts each): " +
-             "; ".join(f"{m} {v['planted']:.0%} (null {v['null']:.0%})" for m, v in pw.items()) + ".")
-Markdown(text)
+Markdown(narrative.atlas_conclusion(findings, mech if result is not None else None, untestable,
+                                    result and result["cnv_untestable"], C.test_group, C.reference_group))

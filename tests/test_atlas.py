@@ -194,3 +194,32 @@ def test_atlas_against_truth_counts():
     assert s["stage2_n_planted_features"] == 1 and s["stage2_unplanted_features"] == ["CRBN"]
     assert s["subclones_n_detectable"] == 2 and s["subclones_exact_agreement"] == 0.5  # p3 right, p1 wrong
     assert s["subclones_n_patients"] == 3 and s["subclones_agreement_all"] == 1 / 3
+
+
+def test_single_draw_odds_counts_cohorts_not_rows():
+    """Per cohort: a planted mechanism found toward resistance counts; a planted one significant away from
+    resistance does not; an unplanted significant one counts against the cohort whatever its direction."""
+    rows = [  # rep, mechanism, planted, significant, toward_resistance
+        (0, "a", True, True, True), (0, "b", False, False, False),   # found, clean
+        (1, "a", True, True, False), (1, "b", False, False, True),   # planted significant the wrong way: not found
+        (2, "a", True, False, True), (2, "b", False, True, False),   # unplanted significant
+        (3, "a", True, True, True), (3, "b", False, True, True),     # found, but an unplanted one too
+    ]
+    raw = pd.DataFrame(rows, columns=["rep", "mechanism", "planted", "significant", "toward_resistance"])
+    raw["found"] = raw["significant"] & raw["toward_resistance"]
+    odds = atlas.single_draw_odds(raw)
+    assert odds["n_cohorts"] == 4 and odds["mean_planted_found"] == 0.5
+    assert odds["p_any_planted_found"]["rate"] == 0.5
+    assert odds["p_any_unplanted_significant"]["rate"] == 0.5
+    assert odds["p_planted_found_and_no_unplanted"]["rate"] == 0.25
+    lo, hi = odds["p_any_planted_found"]["ci_low"], odds["p_any_planted_found"]["ci_high"]
+    assert 0 < lo < 0.5 < hi < 1
+
+
+def test_summarise_mechanism_power_rates():
+    raw = pd.DataFrame({"rep": [0, 1, 2, 3], "mechanism": "a", "planted": True, "effect": [1.0, 2.0, 3.0, -1.0],
+                        "significant": [True, True, False, True], "toward_resistance": [True, True, True, False]})
+    raw["found"] = raw["significant"] & raw["toward_resistance"]
+    s = atlas.summarise_mechanism_power(raw).iloc[0]
+    assert s["rate_found"] == 0.5 and s["rate_significant"] == 0.75 and s["median_effect"] == 1.5
+    assert s["ci_low"] < 0.5 < s["ci_high"]

@@ -431,15 +431,15 @@ def atlas_findings(result: dict[str, Any] | None, n_patients: dict[str, int], un
     return findings
 
 
-def mechanism_power(samples: pd.DataFrame, sim: dict[str, Any], seed: int, spec: dict[str, Any], n_reps: int,
-                    reference: str = "CR", test: str = "NR", model=None, min_cells: int = 10, alpha: float = 0.05,
-                    n_jobs: int = 1, progress: bool = True) -> pd.DataFrame:
-    """Stage 1's power at a design (``samples``: one tissue's sample sheet) for the expression mechanisms: ``n_reps``
-    cohorts drawn from the simulator with new patients (seed ``seed + r``; the tumour pseudobulk drawn directly,
+def mechanism_power_raw(samples: pd.DataFrame, sim: dict[str, Any], seed: int, spec: dict[str, Any], n_reps: int,
+                        reference: str = "CR", test: str = "NR", model=None, min_cells: int = 10,
+                        alpha: float = 0.05, n_jobs: int = 1, progress: bool = True) -> pd.DataFrame:
+    """Stage 1 on ``n_reps`` cohorts of a design (``samples``: one tissue's sample sheet) drawn from the simulator
+    with new patients (seed ``seed + 1 + r``; the tumour pseudobulk drawn directly,
     :func:`helpers.analysis.power.simulate_pseudobulks`), each scored and tested as in notebook 08 (BH over the
-    expression mechanisms: the microenvironment and CNV mechanisms need cells). Per mechanism: the share of cohorts
-    in which it is significant toward resistance (``rate_found``) and significant at all (``rate_significant``),
-    with exact 95% CIs. With every resistance strength at zero this is the mechanisms' false-positive rate."""
+    expression mechanisms: the microenvironment and CNV mechanisms need cells). One :func:`mechanism_table` row per
+    mechanism and cohort (column ``rep``), with ``planted`` (a gene of the mechanism carries a planted tumour effect
+    in these settings)."""
     model = model if model is not None else cohort_model(sim, seed)
     expr_spec = {"mechanisms": spec["mechanisms"]}
 
@@ -453,16 +453,76 @@ def mechanism_power(samples: pd.DataFrame, sim: dict[str, Any], seed: int, spec:
                                                                     disable=not progress))
     raw = pd.concat(reps, ignore_index=True)
     tumour_planted = planted_genes_by_type(model_truth(model, sim)).get(TUMOUR, set())
+    planted = {m: bool(set(mechanism_genes(spec["mechanisms"][m])) & tumour_planted) for m in raw["mechanism"].unique()}
+    raw["planted"] = raw["mechanism"].map(planted)
+    raw["found"] = raw["significant"] & raw["toward_resistance"]
+    return raw
+
+
+def summarise_mechanism_power(raw: pd.DataFrame) -> pd.DataFrame:
+    """Per mechanism of :func:`mechanism_power_raw`: the share of cohorts in which it is significant toward
+    resistance (``rate_found``, exact 95% CI) and significant at all (``rate_significant``); with every resistance
+    strength at zero these are the mechanisms' false-positive rates."""
     rows = []
     for m, d in raw.groupby("mechanism", sort=False):
-        found = int((d["significant"] & d["toward_resistance"]).sum())
-        sig = int(d["significant"].sum())
+        found = int(d["found"].sum())
         lo, hi = clopper_pearson(found, len(d))
-        genes = set(mechanism_genes(spec["mechanisms"][m]))
-        rows.append({"mechanism": m, "planted": bool(genes & tumour_planted), "n_cohorts": len(d),
+        rows.append({"mechanism": m, "planted": bool(d["planted"].iloc[0]), "n_cohorts": len(d),
                      "rate_found": found / len(d), "ci_low": lo, "ci_high": hi,
-                     "rate_significant": sig / len(d), "median_effect": float(d["effect"].median())})
+                     "rate_significant": float(d["significant"].mean()), "median_effect": float(d["effect"].median())})
     return pd.DataFrame(rows)
+
+
+def mechanism_power(samples: pd.DataFrame, sim: dict[str, Any], seed: int, spec: dict[str, Any], n_reps: int,
+                    reference: str = "CR", test: str = "NR", model=None, min_cells: int = 10, alpha: float = 0.05,
+                    n_jobs: int = 1, progress: bool = True) -> pd.DataFrame:
+    """Stage 1's power per mechanism at a design: :func:`summarise_mechanism_power` of
+    :func:`mechanism_power_raw`."""
+    return summarise_mechanism_power(mechanism_power_raw(samples, sim, seed, spec, n_reps, reference, test, model,
+                                                         min_cells, alpha, n_jobs, progress))
+
+
+def single_draw_odds(raw: pd.DataFrame) -> dict[str, Any]:
+    """What one cohort of the design shows, over the cohorts of :func:`mechanism_power_raw`: the share in which at
+    least one planted mechanism is found toward resistance (``p_any_planted_found``) and in which at least one
+    unplanted mechanism is significant (``p_any_unplanted_significant``), each with its exact 95% CI, and the mean
+    number of planted mechanisms found. This is the chance that a single draw (such as the default cohort) meets
+    "a planted mechanism found, no unplanted one"."""
+    per = raw.groupby("rep").apply(lambda d: pd.Series({
+        "planted_found": int((d["found"] & d["planted"]).sum()),
+        "unplanted_significant": int((d["significant"] & ~d["planted"]).sum())}), include_groups=False)
+    n = len(per)
+    out: dict[str, Any] = {"n_cohorts": int(n), "mean_planted_found": float(per["planted_found"].mean())}
+    for key, hit in (("p_any_planted_found", per["planted_found"] > 0),
+                     ("p_any_unplanted_significant", per["unplanted_significant"] > 0),
+                     ("p_planted_found_and_no_unplanted", (per["planted_found"] > 0) & (per["unplanted_significant"] == 0))):
+        k = int(hit.sum())
+        lo, hi = clopper_pearson(k, n)
+        out[key] = {"rate": k / n if n else float("nan"), "ci_low": lo, "ci_high": hi}
+    return out
+
+
+def design_power(samples: pd.DataFrame, sim: dict[str, Any], seed: int, spec: dict[str, Any], n_reps: int,
+                 reference: str = "CR", test: str = "NR", min_cells: int = 10, n_jobs: int = 1
+                 ) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Notebook 08's power of a simulated cohort's design: :func:`mechanism_power_raw` on ``n_reps`` cohorts with
+    the cohort's settings (``planted``) and with every resistance strength at zero (``null``; the study's effects
+    kept). Returns the per-mechanism table (:func:`summarise_mechanism_power`, column ``cohorts``) and the findings
+    record: per mechanism the planted and null ``rate_found``, and per kind :func:`single_draw_odds`."""
+    null_sim = {**sim, "resistance": {k: {**v, "strength": 0.0} for k, v in sim.get("resistance", {}).items()}}
+    tables, odds = [], {}
+    for kind, s in (("planted", sim), ("null", null_sim)):
+        raw = mechanism_power_raw(samples, s, seed, spec, n_reps, reference, test, min_cells=min_cells, n_jobs=n_jobs)
+        tables.append(summarise_mechanism_power(raw).assign(cohorts=kind))
+        odds[kind] = single_draw_odds(raw)
+    power = pd.concat(tables, ignore_index=True)
+    n_design = samples["response"].value_counts()
+    record = {"n_reps": int(n_reps), "design": {g: int(n_design.get(g, 0)) for g in (reference, test)},
+              "method": "stage 1 on simulated tumour pseudobulks of this design; BH over the expression mechanisms",
+              "per_mechanism": {m: {k: float(d.loc[d.cohorts == k, "rate_found"].iloc[0]) for k in ("planted", "null")}
+                                for m, d in power.groupby("mechanism", sort=False)},
+              "single_draw": odds}
+    return power, record
 
 
 def model_truth(model, sim: dict[str, Any]) -> dict[str, Any]:

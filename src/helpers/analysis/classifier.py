@@ -325,3 +325,37 @@ def scale_reaching_auc(scales: list[float], aucs: list[float], target: float) ->
     if i == 0:
         return float(x[0])
     return float(x[i - 1] + (target - a[i - 1]) * (x[i] - x[i - 1]) / (a[i] - a[i - 1]))
+
+
+PERMUTATION_SCHEME = {
+    "marrow": "whole cross-validation (in-fold top-k selection included) re-run on permuted marrow labels",
+    "blood": "marrow labels permuted, top-k model refitted on marrow, applied to blood, scored on the true blood labels",
+    "p": "(1 + #null >= observed) / (1 + n_perm)",
+}
+
+
+def classifier_findings(res: dict | None, pb: dict | None, bm_untestable: dict | None, pb_untestable: dict | None,
+                        genes: list[str], genes_used: list[str], panel_missing: list[str], top8: list[str],
+                        n_perm: int, perm_repeats: int, n_repeats: int, calibration: dict) -> dict:
+    """Notebook 07's findings record: one claim record per AUC (:func:`auc_record`), the CI method and
+    permutation scheme, the panel (``genes`` asked, ``genes_used`` modelled, ``panel_missing`` not in the data) and
+    the final top-k genes, the
+    selection frequencies, the group sizes, the cross-validation scheme and the study's AUCs' calibration
+    (:func:`study_auc_calibration`). ``res``: :func:`evaluate_marrow` (None when marrow is not testable), ``pb``:
+    :func:`evaluate_blood_permutation` (None when blood is not)."""
+    y_bm = np.asarray(res["bm_34"]["y"]) if res else None
+    return {
+        "claims": {"auc_bm_34": auc_record("auc_bm_34", res and res["bm_34"], bm_untestable),
+                   "auc_bm_top8": auc_record("auc_bm_top8", res and res["bm_top8"], bm_untestable),
+                   "auc_pb_top8": auc_record("auc_pb_top8", pb, pb_untestable)},
+        "auc_ci_method": AUC_CI_METHOD,
+        "permutation": {"n_perm": int(n_perm), "perm_repeats": int(perm_repeats), **PERMUTATION_SCHEME},
+        "n_panel_genes": len(genes), "n_panel_genes_used": len(genes_used),
+        "panel_missing_genes": list(panel_missing),
+        "top8_genes": list(top8), "selection_frequency": res["selection"].round(3).to_dict() if res else {},
+        "n_bm": {"CR": int((y_bm == 0).sum()), "NR": int(y_bm.sum())} if res else None,
+        "n_pb": {"CR": int((pb["y"] == 0).sum()), "NR": int(pb["y"].sum())} if pb is not None else None,
+        "cv": (f"repeated stratified {res['bm_34']['n_splits']}-fold x {n_repeats}, pooled out-of-fold AUC per repeat, "
+               f"mean over repeats; permutation null: {perm_repeats} repeat(s) per permutation") if res else None,
+        "study_calibration": calibration,
+    }
