@@ -188,7 +188,7 @@ def test_not_testable_rows_counted_and_listed(tmp_path):
     assert "not separable" in card.loc["CD54dim NK CD16 (down in NR)", "note"]
     assert card.loc["AUC 34 NF-kB genes, marrow", "note"] == "reduced panel (21 of 34 genes)"
     assert card.loc["AUC 34 NF-kB genes, marrow", "verdict"] == "reproduced"
-    assert pd.isna(card.loc["tumour NF-kB (up in NR)", "reproduced"])
+    assert pd.isna(card.loc["tumour NF-kB (up in NR)", "measured"])
     card = card.reset_index()
     assert verdict_counts(card) == {"reproduced": 4, "not applicable": 2, "not testable": 4}  # no 03.json, no nonclassical
     assert not_testable_rows(card)["AUC top-8, blood"] == "no PB samples in this cohort"

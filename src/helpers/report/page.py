@@ -58,11 +58,11 @@ def _num(v, fmt: str = ".3g") -> str:
 
 def effect_text(row: pd.Series, claim: Claim) -> str:
     """The measured effect with its 95% CI and p, in the claim's unit, or why there is none."""
-    if pd.isna(row.get("reproduced")):
+    if pd.isna(row.get("measured")):
         return html.escape(str(row["verdict"]))
     p_col = "permutation_p" if claim.kind == "auc" else "p"
     p_name = {"auc": "label-permutation p", "survival": "Cox p"}.get(claim.kind, "Mann-Whitney p")
-    return (f"{_num(row['reproduced'])} [{_num(row['ci_low'])}, {_num(row['ci_high'])}] {UNITS[claim.kind]}; "
+    return (f"{_num(row['measured'])} [{_num(row['ci_low'])}, {_num(row['ci_high'])}] {UNITS[claim.kind]}; "
             f"{p_name} = {_num(row[p_col], '.2g')}")
 
 

@@ -294,9 +294,9 @@ def scorecard_figure(card: pd.DataFrame) -> plt.Figure:
         rows = c[c["kind"] == k].iloc[::-1].reset_index(drop=True)
         label, null = kinds[k]
         for i, r in rows.iterrows():
-            if pd.isna(r["reproduced"]):
+            if pd.isna(r["measured"]):
                 continue
-            ax.errorbar(r["reproduced"], i, xerr=[[r["reproduced"] - r["ci_low"]], [r["ci_high"] - r["reproduced"]]],
+            ax.errorbar(r["measured"], i, xerr=[[r["measured"] - r["ci_low"]], [r["ci_high"] - r["measured"]]],
                         fmt="o", color=colors.get(r["verdict"], "grey"))
             if k == "auc" and isinstance(r["study_value"], (int, float)):
                 ax.plot(float(r["study_value"]), i, marker="*", color="k", ms=10)

@@ -1,5 +1,6 @@
-"""The reproduction scorecard: one row per study claim, the study's value, the reproduced value with its CI,
-the planted truth (simulated cohorts) and a verdict computed by rule (the report page: :mod:`helpers.report.page`).
+"""The reproduction scorecard: one row per study claim, the study's value, our measured value (column ``measured``)
+with its CI, the planted truth (simulated cohorts) and a verdict computed by rule (the report page:
+:mod:`helpers.report.page`).
 
 Verdicts: ``reproduced``, ``not reproduced``, ``not applicable`` (no findings file) or ``not testable: <reason>``
 (the cohort cannot measure the claim: a cell type, tissue, side table or panel genes absent, too few patients).
@@ -40,7 +41,7 @@ import pandas as pd
 from helpers.analysis.findings import not_testable_records
 from helpers.claims import ALPHA, NOT_TESTABLE, Claim, is_not_testable, scorecard_claims, verdict
 
-COLUMNS = ["claim", "study_value", "reproduced", "ci_low", "ci_high", "p", "permutation_p", "truth", "verdict",
+COLUMNS = ["claim", "study_value", "measured", "ci_low", "ci_high", "p", "permutation_p", "truth", "verdict",
            "study_value_in_ci", "power_at_design", "null_twin_verdict", "note", "rule"]
 VERDICTS = ["reproduced", "not reproduced", "not applicable", NOT_TESTABLE]
 NOT_TESTABLE_FILE = "not_testable.txt"  # results/<cohort>/not_testable.txt, printed by the runner after notebook 10
@@ -109,7 +110,7 @@ def scorecard_row(claim: Claim, rec: dict | None, alpha: float = ALPHA) -> dict:
     if not rec or is_not_testable(rec) or rec.get("effect") is None:
         return row
     p_column = "permutation_p" if claim.kind == "auc" else "p"
-    return {**row, "reproduced": rec["effect"], "ci_low": rec.get("ci_low"), "ci_high": rec.get("ci_high"),
+    return {**row, "measured": rec["effect"], "ci_low": rec.get("ci_low"), "ci_high": rec.get("ci_high"),
             p_column: rec.get("p")}
 
 
