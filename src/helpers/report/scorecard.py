@@ -164,6 +164,28 @@ def verdict_counts(card: pd.DataFrame) -> dict[str, int]:
     return {v: int((kind == v).sum()) for v in VERDICTS if (kind == v).any()}
 
 
+def verdict_summary(card: pd.DataFrame) -> str:
+    """One line of a scorecard's verdicts, e.g. '8 of 10 reproduced; 1 not reproduced (AUC top-8, blood);
+    1 not testable (IFN-monocyte NF-kB (up in NR): no mono_IFN cells)': the rows of the rarer verdicts are named
+    (reproduced and not reproduced when they are at most half of the rows; not testable always, with the reason).
+    The README quotes this line for the committed snapshots, and a test keeps it equal to them."""
+    counts, n = verdict_counts(card), len(card)
+    kind = card["verdict"].map(lambda v: NOT_TESTABLE if v.startswith(NOT_TESTABLE) else v)
+
+    def names(v: str) -> str:
+        rows = card.loc[(kind == v).to_numpy(), "claim"]
+        return f" ({'; '.join(rows)})" if 0 < len(rows) <= n / 2 else ""
+
+    parts = [f"{counts.get('reproduced', 0)} of {n} reproduced{names('reproduced')}"]
+    for v in ("not reproduced", "not applicable"):
+        if counts.get(v):
+            parts.append(f"{counts[v]} {v}{names(v)}")
+    if counts.get(NOT_TESTABLE):
+        reasons = "; ".join(f"{c}: {r}" for c, r in not_testable_rows(card).items())
+        parts.append(f"{counts[NOT_TESTABLE]} {NOT_TESTABLE} ({reasons})")
+    return "; ".join(parts)
+
+
 def not_testable_rows(card: pd.DataFrame) -> pd.Series:
     """The reason of every not-testable scorecard row, indexed by claim."""
     nt = card[card["verdict"].str.startswith(NOT_TESTABLE)]
