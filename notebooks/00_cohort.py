@@ -29,7 +29,7 @@
 cohort = "ifm2017_sim"  # a folder under data/cohorts/
 root = None  # the project root; None finds it from the working directory (or $DR_ROOT)
 n_jobs = 2
-engine = "memory"  # or "dask": a real cohort is ingested sample by sample (helpers.preprocessing.per_sample)
+engine = "memory"  # or "dask": built sample by sample on disk (a real cohort ingested, a simulated one drawn)
 dask_scheduler = ""  # a Dask scheduler address, or empty for a LocalCluster here
 
 # %%
@@ -46,6 +46,7 @@ from helpers.data.describe import (
     per_sample_summary,
 )
 from helpers.data.ingest import prepare_cohort
+from helpers.data.simulate import build_simulated_cohort_by_sample
 from helpers.io import read_json, save_figure, write_json, write_table
 from helpers.preprocessing import per_sample
 from helpers.report import plots
@@ -69,6 +70,9 @@ t0 = time.time()
 if engine == "dask" and C.kind == "real":  # one Dask task per sample; cells.h5ad assembled on disk
     with per_sample.dask_client(C.analysis("dask_scheduler", dask_scheduler) or None) as client:
         paths, summary = per_sample.ingest_by_sample(C, client)
+    adata = ad.read_h5ad(paths["cells"], backed="r")
+elif engine == "dask":  # simulated sample by sample into per-sample files, concatenated on disk
+    paths, summary = build_simulated_cohort_by_sample(C, n_jobs=n_jobs)
     adata = ad.read_h5ad(paths["cells"], backed="r")
 else:
     paths = prepare_cohort(C, n_jobs=n_jobs)

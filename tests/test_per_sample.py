@@ -139,9 +139,12 @@ def test_worker_errors_keep_their_type_and_message(tiny_cohort, tmp_path):
 
 
 @pytest.mark.slow
-def test_notebooks_01_02_with_the_dask_engine(tiny_cohort, tmp_path):
-    """The tiny cohort with ``analysis: {engine: dask}`` through make: notebook 01 runs the per-sample path on a
-    LocalCluster and 02 annotates the assembled file; both meet the same truth goals as the in-memory path."""
+def test_notebooks_01_02_with_the_dask_engine(tiny_cohort, tiny_sim, tmp_path):
+    """The tiny cohort with ``analysis: {engine: dask}`` through make: notebook 00 simulates it sample by sample to
+    disk (the same matrix as in memory), notebook 01 runs the per-sample path on a LocalCluster and 02 annotates the
+    assembled file; both meet the same truth goals as the in-memory path."""
+    from helpers.data.simulate import matrix_hash
+
     import json
     import shutil
     import subprocess
@@ -161,8 +164,10 @@ def test_notebooks_01_02_with_the_dask_engine(tiny_cohort, tmp_path):
     r = subprocess.run(["make", f"results/{name}/notebooks/02_annotation.ipynb", f"COHORT={name}"], cwd=root,
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
+    f00 = json.loads((root / "results" / name / "findings" / "00.json").read_text())
     f01 = json.loads((root / "results" / name / "findings" / "01.json").read_text())
     f02 = json.loads((root / "results" / name / "findings" / "02.json").read_text())
+    assert f00["matrix_sha256"] == matrix_hash(tiny_sim[0])  # sample by sample to disk = in memory
     assert f01["engine"] == "dask" and f01["n_hvg"] == 2000
     assert f01["good_kept_fraction"] > 0.85  # the goals themselves: checked last (below)
     assert f01["sample_entropy_after"] > f01["sample_entropy_before"]

@@ -16,10 +16,12 @@ from helpers.data.simulate import (
     build_gene_model,
     make_design,
     matrix_hash,
+    matrix_hash_file,
     reference_path,
     required_genes,
     simulate_bulk,
     simulate_cohort,
+    simulate_cohort_to_disk,
 )
 
 
@@ -32,6 +34,30 @@ def test_same_seed_same_matrix_any_n_jobs(tiny_cohort, tiny_sim):
     assert matrix_hash(a1) == matrix_hash(full_sub)  # a sample does not depend on which others are simulated
     a3, _ = simulate_cohort(sub, copy.deepcopy(tiny_cohort.simulation), tiny_cohort.seed + 1, progress=False)
     assert matrix_hash(a3) != matrix_hash(a1)
+
+
+def test_simulated_to_disk_sample_by_sample_equals_in_memory(tiny_cohort, tmp_path):
+    """The sample-by-sample build (bounded memory) writes the in-memory cohort: the same counts, layers, obs values,
+    var, truth and matrix hash (the on-disk digest read in chunks equals the in-memory one)."""
+    sub = tiny_cohort.samples.iloc[[0, 1, 6]]
+    sim = copy.deepcopy(tiny_cohort.simulation)
+    mem, truth_mem = simulate_cohort(sub, sim, tiny_cohort.seed, progress=False)
+    out = tmp_path / "cells.h5ad"
+    truth, summary = simulate_cohort_to_disk(sub, sim, tiny_cohort.seed, out, n_jobs=2, progress=False,
+                                             uns={"cohort": {"name": "x"}})
+    disk = ad.read_h5ad(out)
+    assert list(tmp_path.iterdir()) == [out]  # the per-sample files are gone
+    assert (disk.obs_names == mem.obs_names).all() and (disk.var_names == mem.var_names).all()
+    assert (disk.X != mem.X).nnz == 0 and (disk.layers["counts"] != mem.layers["counts"]).nnz == 0
+    pd.testing.assert_frame_equal(disk.var, mem.var)
+    for c in mem.obs.columns:
+        assert (disk.obs[c].astype(str).to_numpy() == mem.obs[c].astype(str).to_numpy()).all(), c
+        assert disk.obs[c].dtype.kind == mem.obs[c].dtype.kind or isinstance(disk.obs[c].dtype, pd.CategoricalDtype)
+    assert set(disk.obs["truth_cell_type"].cat.categories) >= set(mem.obs["truth_cell_type"].cat.categories)
+    assert truth["matrix_sha256"] == matrix_hash(mem) == matrix_hash_file(out, chunk=1000)
+    assert {k: v for k, v in truth.items() if k != "matrix_sha256"} == truth_mem
+    assert disk.uns["cohort"]["name"] == "x"
+    assert summary["sample_id"].tolist() == sorted(sub["sample_id"]) and summary["n_cells"].sum() == mem.n_obs
 
 
 def test_output_layout(tiny_sim):

@@ -19,19 +19,36 @@ Analysis code never reads the ``truth_*`` columns or ``truth.json``; only tests 
 from __future__ import annotations
 
 import hashlib
+import shutil
+import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import anndata as ad
+import h5py
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import yaml
+from anndata.experimental import concat_on_disk
+from joblib import Parallel, delayed
+from scipy import stats as sstats
+from tqdm.auto import tqdm
 
 from helpers.data.cohort import Cohort, project_root
-from helpers.data.genesets import centromeres
+from helpers.data.describe import per_sample_summary
+from helpers.data.genesets import (
+    _collection,
+    centromeres,
+    curated_sets,
+    gene_positions,
+    gene_set,
+    genesets_dir,
+    progeny_weights,
+)
+from helpers.io import atomic_path, write_h5ad, write_json, write_table
 
 # --------------------------------------------------------------------------------------------------
 # static inputs
@@ -93,7 +110,6 @@ def load_resistance() -> dict[str, Any]:
 @lru_cache(maxsize=None)
 def load_nuisance() -> dict[str, Any]:
     """Nuisance programmes with their gene lists resolved (a named ``gene_set`` becomes its genes)."""
-    from helpers.data.genesets import gene_set
 
     nuisance = yaml.safe_load((simulation_dir() / "nuisance_programs.yaml").read_text())
     for spec in nuisance.values():
@@ -164,7 +180,6 @@ def estimate_gene_parameters(counts: sp.spmatrix) -> tuple[np.ndarray, np.ndarra
 def required_genes() -> list[str]:
     """Genes the universe must hold: programme markers, immunoglobulins, translocation genes, planted genes and
     pathways, nuisance programmes, the analysis gene sets, PROGENy NFkB/TNFa/JAK-STAT targets and the resistance-atlas genes."""
-    from helpers.data.genesets import gene_set, progeny_weights
 
     progs = load_programs()
     required: list[str] = []
@@ -194,7 +209,6 @@ def build_gene_model(n_genes: int, seed: int, dispersion_scale: float = 1.0) -> 
     position table (below detection in the reference) until ``n_genes`` is reached; when ``n_genes`` is
     smaller than that, the least-expressed detected genes are dropped first (required genes always stay).
     """
-    from helpers.data.genesets import gene_positions
 
     ref = ad.read_h5ad(reference_path())
     ref.var_names_make_unique()
@@ -392,7 +406,6 @@ def stable_int(*parts: Any) -> int:
 
 def pathway_genes(effect: dict[str, Any]) -> list[str]:
     """The genes of an effect's pathway: a named gene set, or ``progeny:<pathway>`` (targets with positive weight)."""
-    from helpers.data.genesets import gene_set, progeny_weights
 
     pathway = effect["pathway"]
     if pathway.startswith("progeny:"):
@@ -408,12 +421,6 @@ def tested_genes() -> frozenset[str]:
     TRRUST and curated lists, every PROGENy pathway, the classifier panel, the resistance-atlas genes and the
     simulator's named programme genes. Planted genes "outside every tested set" avoid these. (The annotation's marker
     table is never read here: the simulator does not know how cells will be annotated.)"""
-    from helpers.data.genesets import (
-        _collection,
-        curated_sets,
-        genesets_dir,
-        progeny_weights,
-    )
 
     genes: set[str] = set()
     for coll in ("hallmark", "canonical"):
@@ -607,7 +614,6 @@ def _event_mask(genes: tuple[str, ...], ev: str) -> tuple[np.ndarray, float, flo
 
 @lru_cache(maxsize=4)
 def _positions(genes: tuple[str, ...]) -> pd.DataFrame:
-    from helpers.data.genesets import gene_positions
 
     return gene_positions().reindex(list(genes))
 
@@ -780,7 +786,6 @@ def expected_cell_profiles(prof: pd.DataFrame, state_props: dict[str, float], si
     for the pseudobulk shortcut of :mod:`helpers.analysis.power`. The continuum position is integrated over ``n_quantiles``
     quantiles of its distribution with the neighbours equally likely, as :func:`_continuum` draws them; the soup
     enters at its mean fraction (``ambient.fraction``)."""
-    from scipy import stats as sstats
 
     states = np.array(list(state_props))
     p = np.array(list(state_props.values()))
@@ -1033,37 +1038,33 @@ def cohort_model(sim: dict[str, Any], seed: int) -> CohortModel:
                        resistance_weights=draw_effect_weights(gm, seed, knob(sim, "planting"), load_resistance()))
 
 
-def simulate_cohort(samples: pd.DataFrame, sim: dict[str, Any], seed: int, n_jobs: int = 1,
-                    progress: bool = True) -> tuple[ad.AnnData, dict[str, Any]]:
-    """Simulate every sample of ``samples`` (cells.h5ad content) and return it with the truth record."""
-    from joblib import Parallel, delayed
-    from tqdm.auto import tqdm
+OBS_CATEGORIES = ("sample_id", "patient_id", "tissue", "response", "batch", "truth_cell_type", "truth_compartment",
+                  "truth_quality", "truth_doublet_partner", "truth_continuum_toward")
 
-    model = cohort_model(sim, seed)
+
+def finish_sample(part: ad.AnnData, gm: GeneModel) -> ad.AnnData:
+    """A simulated sample as cells.h5ad stores it: gene names and ``detected_in_reference`` in var, the raw counts
+    in X and in ``layers['counts']``."""
+    part.var_names = gm.genes
+    part.var["detected_in_reference"] = gm.detected_in_reference
+    part.layers["counts"] = part.X.copy()
+    return part
+
+
+def cohort_truth(model: CohortModel, patients: dict[str, dict[str, Any]], sim: dict[str, Any],
+                 seed: int) -> dict[str, Any]:
+    """truth.json's content (but the matrix hash): the planted effects with their genes and per-patient
+    activations, the resistance mechanisms, the patients and their CNV segments."""
     gm = model.genes
-    patients = draw_patients(samples, sim, seed)
-    rows = [r for _, r in samples.iterrows()]
-    it = tqdm(rows, desc="simulating samples", disable=not progress)
-    parts = Parallel(n_jobs=n_jobs)(
-        delayed(simulate_sample)(model, r, patients[r["patient_id"]], sim, seed) for r in it
-    )
-    adata = ad.concat(parts, join="outer", merge="same")
-    adata.var_names = gm.genes
-    adata.var["detected_in_reference"] = gm.detected_in_reference
-    adata.layers["counts"] = adata.X.copy()
-    for c in ("sample_id", "patient_id", "tissue", "response", "batch", "truth_cell_type",
-              "truth_compartment", "truth_quality", "truth_doublet_partner", "truth_continuum_toward"):
-        adata.obs[c] = adata.obs[c].astype("category")
-
     segs = {}
     for pid, pt in patients.items():
         for k, clone in enumerate(pt["clones"]):
-            _, s = cnv_factors(gm.genes, clone["events"])
-            segs[f"{pid}|{k}"] = s
+            _, seg = cnv_factors(gm.genes, clone["events"])
+            segs[f"{pid}|{k}"] = seg
     planted = load_planted()
     tested = tested_genes()
     effects = knob(sim, "effects")
-    truth = {
+    return {
         "seed": seed,
         "effects": {
             name: {
@@ -1087,7 +1088,92 @@ def simulate_cohort(samples: pd.DataFrame, sim: dict[str, Any], seed: int, n_job
         "cnv_segments": segs,
         "n_genes": int(len(gm.genes)),
     }
-    return adata, truth
+
+
+def simulate_cohort(samples: pd.DataFrame, sim: dict[str, Any], seed: int, n_jobs: int = 1,
+                    progress: bool = True) -> tuple[ad.AnnData, dict[str, Any]]:
+    """Simulate every sample of ``samples`` in memory and return the cohort (cells.h5ad content) with the truth
+    record. :func:`simulate_cohort_to_disk` writes the same cohort sample by sample without holding it."""
+
+    model = cohort_model(sim, seed)
+    patients = draw_patients(samples, sim, seed)
+    rows = [r for _, r in samples.iterrows()]
+    it = tqdm(rows, desc="simulating samples", disable=not progress)
+    parts = Parallel(n_jobs=n_jobs)(
+        delayed(simulate_sample)(model, r, patients[r["patient_id"]], sim, seed) for r in it
+    )
+    adata = finish_sample(ad.concat(parts, join="outer", merge="same"), model.genes)
+    for c in OBS_CATEGORIES:
+        adata.obs[c] = adata.obs[c].astype("category")
+    return adata, cohort_truth(model, patients, sim, seed)
+
+
+def _simulate_sample_file(model: CohortModel, row: pd.Series, patient: dict[str, Any], sim: dict[str, Any],
+                          seed: int, path: Path, categories: dict[str, list[str]]) -> tuple[str, pd.DataFrame]:
+    """One sample simulated and written to ``path`` (obs categories fixed to the cohort's, so that the files
+    concatenate to the in-memory cohort); returns the path and the sample's
+    :func:`helpers.data.describe.per_sample_summary` row."""
+
+    part = finish_sample(simulate_sample(model, row, patient, sim, seed), model.genes)
+    for c, cats in categories.items():
+        part.obs[c] = pd.Categorical(part.obs[c].astype(str), categories=cats)
+    write_h5ad(part, path, compression=None)
+    return str(path), per_sample_summary(part)
+
+
+def obs_categories(samples: pd.DataFrame, model: CohortModel) -> dict[str, list[str]]:
+    """The categories each categorical obs column of a simulated cohort can take, known before any cell is drawn
+    (design columns from the sample sheet, truth columns from the cell types), in the order pandas gives the
+    in-memory cohort (sorted)."""
+    types = sorted(load_programs()["types"])
+    compartments = sorted({t["compartment"] for t in load_programs()["types"].values()})
+    design = {c: sorted(samples[c].astype(str).unique()) for c in ("sample_id", "patient_id", "tissue", "response",
+                                                                   "batch")}
+    return {**design, "truth_cell_type": types, "truth_compartment": compartments,
+            "truth_quality": sorted(["good", "doublet", "low_quality"]),
+            "truth_doublet_partner": sorted(["", *types]), "truth_continuum_toward": sorted(["", *types])}
+
+
+def simulate_cohort_to_disk(samples: pd.DataFrame, sim: dict[str, Any], seed: int, out: str | Path,
+                            n_jobs: int = 1, progress: bool = True, uns: dict[str, Any] | None = None
+                            ) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Simulate the cohort sample by sample into ``out`` (cells.h5ad) without holding it in memory: each sample is
+    drawn (the same random streams as :func:`simulate_cohort`), written to its own file and the files are
+    concatenated on disk (``anndata.experimental.concat_on_disk``; ``uns`` written into the file). Peak memory is a
+    few samples (``n_jobs`` at a time), whatever the cohort's size. Returns the truth record, with ``matrix_sha256``
+    (:func:`matrix_hash_file`), and the per-sample summary (:func:`helpers.data.describe.per_sample_summary`).
+
+    The categorical obs columns hold every category the simulator can draw (:func:`obs_categories`), so a category
+    absent from this cohort (a cell type no sample drew) is kept as an unused category: the one difference from
+    :func:`simulate_cohort`, whose categories are those drawn."""
+
+
+
+    out = Path(out)
+    model = cohort_model(sim, seed)
+    patients = draw_patients(samples, sim, seed)
+    cats = obs_categories(samples, model)
+    rows = [r for _, r in samples.iterrows()]
+    tmp_dir = Path(tempfile.mkdtemp(prefix="samples_", dir=out.parent))
+    try:
+        it = tqdm(rows, desc="simulating samples to disk", disable=not progress)
+        done = Parallel(n_jobs=n_jobs)(
+            delayed(_simulate_sample_file)(model, r, patients[r["patient_id"]], sim, seed,
+                                           tmp_dir / f"{i:05d}.h5ad", cats) for i, r in enumerate(it))
+        with atomic_path(out, suffix=".h5ad") as tmp:
+            concat_on_disk([f for f, _ in done], str(tmp), join="outer", merge="same")
+            if uns:
+
+                with h5py.File(tmp, "r+") as f:
+                    if "uns" in f:
+                        del f["uns"]
+                    ad.io.write_elem(f, "uns", uns)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    truth = cohort_truth(model, patients, sim, seed)
+    truth["matrix_sha256"] = matrix_hash_file(out)
+    summary = pd.concat([d for _, d in done]).sort_values("sample_id", ignore_index=True)
+    return truth, summary
 
 
 def resistance_truth(model: CohortModel, patients: dict[str, dict[str, Any]], sim: dict[str, Any]) -> dict[str, Any]:
@@ -1115,35 +1201,79 @@ def _pathway_fraction(effect: dict[str, Any], weights: dict[str, float], genes: 
     return round(len(path & set(weights)) / len(path), 4) if path else None
 
 
+HASH_DTYPES = {"data": np.float64, "indices": np.int64, "indptr": np.int64}  # whatever dtypes a writer chose
+
+
 def matrix_hash(adata: ad.AnnData) -> str:
-    """SHA-256 of the count matrix (data, indices, indptr) and the obs names: a determinism fingerprint."""
+    """SHA-256 of the count matrix (CSR data, indices, indptr in :data:`HASH_DTYPES`) and the obs and var names:
+    a determinism fingerprint, equal to :func:`matrix_hash_file` of the same matrix written to disk."""
     X = sp.csr_matrix(adata.X)
+    X.sort_indices()
     h = hashlib.sha256()
-    for arr in (X.data, X.indices, X.indptr):
-        h.update(np.ascontiguousarray(arr).tobytes())
+    for key, dtype in HASH_DTYPES.items():
+        h.update(np.ascontiguousarray(getattr(X, key), dtype=dtype).tobytes())
     h.update("|".join(adata.obs_names).encode())
     h.update("|".join(adata.var_names).encode())
     return h.hexdigest()
 
 
-def build_simulated_cohort(cohort: Cohort, n_jobs: int = 2, progress: bool = True) -> dict[str, Path]:
-    """Simulate a cohort from its config and write data/processed/<cohort>/: cells.h5ad, truth.json,
-    bulk.h5ad, flow_cytometry.csv. Returns the written paths."""
-    from helpers.io import write_h5ad, write_json, write_table
+def matrix_hash_file(path: str | Path, chunk: int = 50_000_000) -> str:
+    """:func:`matrix_hash` of a cells.h5ad on disk (CSR X with sorted indices, as the simulator writes it), read in
+    chunks of ``chunk`` values: the same digest as the in-memory matrix's, without loading it."""
 
-    sim = cohort.simulation
-    adata, truth = simulate_cohort(cohort.samples, sim, cohort.seed, n_jobs=n_jobs, progress=progress)
+    h = hashlib.sha256()
+    with h5py.File(path, "r") as f:
+        X = f["X"]
+        if X.attrs.get("encoding-type") != "csr_matrix":
+            raise ValueError(f"{path}: X is {X.attrs.get('encoding-type')}, not a CSR matrix")
+        for key, dtype in HASH_DTYPES.items():
+            d = X[key]
+            for s0 in range(0, d.shape[0], chunk):
+                h.update(np.ascontiguousarray(d[s0:s0 + chunk], dtype=dtype).tobytes())
+        obs = ad.io.read_elem(f["obs"]).index
+        var = ad.io.read_elem(f["var"]).index
+    h.update("|".join(obs).encode())
+    h.update("|".join(var).encode())
+    return h.hexdigest()
+
+
+def build_simulated_cohort(cohort: Cohort, n_jobs: int = 2, progress: bool = True) -> dict[str, Path]:
+    """Simulate a cohort from its config in memory and write data/processed/<cohort>/: cells.h5ad, truth.json,
+    bulk.h5ad, flow_cytometry.csv. Returns the written paths (:func:`build_simulated_cohort_by_sample` for
+    cohorts too large to hold)."""
+
+    adata, truth = simulate_cohort(cohort.samples, cohort.simulation, cohort.seed, n_jobs=n_jobs, progress=progress)
     adata.uns["cohort"] = {"name": cohort.name, "kind": "simulated", "seed": cohort.seed}
-    model = cohort_model(sim, cohort.seed)
-    out = cohort.processed_dir
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"cells": write_h5ad(adata, out / "cells.h5ad")}
+    cohort.processed_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"cells": write_h5ad(adata, cohort.processed_dir / "cells.h5ad")}
     truth["matrix_sha256"] = matrix_hash(adata)
+    return {**paths, **write_side_tables(cohort, truth)}
+
+
+def build_simulated_cohort_by_sample(cohort: Cohort, n_jobs: int = 2, progress: bool = True
+                                     ) -> tuple[dict[str, Path], pd.DataFrame]:
+    """:func:`build_simulated_cohort` sample by sample (:func:`simulate_cohort_to_disk`): the same files, never
+    the whole cohort in memory. Returns (paths, per-sample summary), as
+    :func:`helpers.preprocessing.per_sample.ingest_by_sample` does for real cohorts."""
+    cohort.processed_dir.mkdir(parents=True, exist_ok=True)
+    cells = cohort.processed_dir / "cells.h5ad"
+    truth, summary = simulate_cohort_to_disk(cohort.samples, cohort.simulation, cohort.seed, cells, n_jobs=n_jobs,
+                                             progress=progress,
+                                             uns={"cohort": {"name": cohort.name, "kind": "simulated",
+                                                             "seed": cohort.seed}})
+    return {"cells": cells, **write_side_tables(cohort, truth)}, summary
+
+
+def write_side_tables(cohort: Cohort, truth: dict[str, Any]) -> dict[str, Path]:
+    """The simulated cohort's bulk prognosis cohort (when configured), flow cytometry and truth.json."""
+
+    sim, out, paths = cohort.simulation, cohort.processed_dir, {}
     if "bulk" in sim:
+        model = cohort_model(sim, cohort.seed)
         bulk = simulate_bulk(model.genes, model.profiles, model.weights, sim["bulk"], cohort.seed)
         truth["bulk"] = {k: v for k, v in sim["bulk"].items()}
         paths["bulk"] = write_h5ad(bulk, out / "bulk.h5ad")
-    flow = simulate_flow(cohort.samples, truth["patients"], sim, cohort.seed)
-    paths["flow"] = write_table(flow, out / "flow_cytometry.csv")
+    paths["flow"] = write_table(simulate_flow(cohort.samples, truth["patients"], sim, cohort.seed),
+                                out / "flow_cytometry.csv")
     paths["truth"] = write_json(truth, out / "truth.json")
     return paths
