@@ -268,3 +268,10 @@ def test_degraded_cohort_notebooks_complete(tiny_sim, tmp_path, monkeypatch, cap
     assert card.loc["AUC 34 NF-kB genes, marrow", "note"] == "reduced panel (22 of 34 genes)"
     summary = (res / NOT_TESTABLE_FILE).read_text()
     assert summary.startswith("Not testable on cohort 'zz_degraded': 5 of 10 scorecard claims") and summary in out
+
+
+def test_finding_notebooks_say_what_to_run_first(tmp_path):
+    from helpers.analysis.findings import load_annotated
+
+    with pytest.raises(FileNotFoundError, match="annotated.h5ad does not exist: notebook 02 writes it"):
+        load_annotated(tmp_path / "annotated.h5ad")

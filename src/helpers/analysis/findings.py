@@ -71,6 +71,9 @@ def not_testable_records(findings: Any, path: str = "") -> Iterator[tuple[str, d
 
 def load_annotated(path: str | Path) -> ad.AnnData:
     """The annotated cells without the ``unassigned`` ones (not a cell type: left out of every analysis)."""
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{path} does not exist: notebook 02 writes it; run `make all COHORT=<cohort>` (or "
+                                "notebooks 00-02 in order) before the finding notebooks")
     adata = ad.read_h5ad(path)
     keep = (adata.obs["cell_type"].astype(str) != UNASSIGNED).to_numpy()
     return adata if keep.all() else adata[keep].copy()
