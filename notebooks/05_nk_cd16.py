@@ -54,24 +54,11 @@ print(f"claim measured in {claim_types}" + (f": {split_note}" if split_note else
       + (f" (annotation: {split.get('reason')})" if split.get("reason") else ""))
 
 # %%
-tables, claims, controls, panels = [], {}, {}, {}
 resp = fd.patient_responses(bm.obs)
-for ct, (kind, types) in NK.items():
-    t, recs = fd.measure_gene(bm, types, gene, C, f"per patient in {'+'.join(types)} (pseudobulk), Hodges-Lehmann, "
-                           "Mann-Whitney", min_cells)
-    if split_note and ct == "NK_CD56dim_CD54bright":  # no CD54bright cells by construction: say why
-        recs = {m: fd.not_testable(f"{split_note.split(':')[0]}" + (f" ({split['reason']})" if split.get("reason") else ""))
-                for m in recs}
-    if t is not None:
-        t.insert(0, "cell_type", ct)
-        t.insert(1, "measured_in", "+".join(types))
-        tables.append(t)
-        panels[f"{ct}_{gene}_log2cpm"] = (t.set_index("patient_id")["log2_cpm"], f"{gene} log2 CPM")
-    for measure, rec in recs.items():
-        if kind == "claim" and measure == "log2cpm":
-            continue  # the claim's log2 CPM is recorded below from the shared definition
-        (claims if kind == "claim" else controls)[f"{ct}_{gene}_{measure}"] = rec
-per_patient = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=["cell_type", "patient_id", "log2_cpm"])
+# with the claim measured in all CD56dim NK cells there is no CD54bright subset: its records say why
+absent = ({"NK_CD56dim_CD54bright": split_note.split(":")[0] + (f" ({split['reason']})" if split.get("reason") else "")}
+          if split_note else {})
+per_patient, claims, controls, panels = fd.measure_gene_by_subset(bm, NK, gene, C, min_cells, absent)
 _, claims["nk_cd54dim_cd16"] = fd.measure_claim(bm, "nk_cd54dim_cd16", C, min_cells)  # defined in helpers.claims
 protein = fd.protein_column(bm, "CD16")
 if protein is not None:  # CITE-seq antibody counts: CD16 protein in the same NK cells

@@ -74,25 +74,13 @@ min_cells = 10
 # %%
 import time
 
-import numpy as np
 import pandas as pd
 
 from helpers.analysis import power
-from helpers.analysis.classifier import (
-    auc_reproduced,
-    cv_auc_null,
-    load_panel,
-    make_model,
-    permutation_p,
-    scale_reaching_auc,
-    standardise,
-)
-from helpers.analysis.pseudobulk import log_cpm
-from helpers.claims import STUDY_AUC
+from helpers.analysis.classifier import load_panel
 from helpers.data.cohort import load_cohort
-from helpers.data.simulate import make_design
 from helpers.io import save_figure, write_json, write_table
-from helpers.report import plots
+from helpers.report import narrative, plots
 
 C = load_cohort(cohort, root=root)
 seed = C.seed if seed is None else seed
@@ -116,10 +104,7 @@ seconds = time.time() - t0
 summary = power.summarise_power(raw)
 # the fitted curves: at every group size in the simulated range, and at the simulated designs (in the summary)
 fit = power.fit_power_curve(raw, n_grid=range(min(group_sizes), max(group_sizes) + 1))
-fit_cols = ["fitted_power", "fitted_ci_low", "fitted_ci_high", "slope", "slope_ci_low", "slope_ci_high", "trend",
-            "separated"]
-summary = summary.merge(fit.loc[fit["n_cohorts"].notna(), ["n_per_group", "effect_scale", "test"] + fit_cols],
-                        on=["n_per_group", "effect_scale", "test"], how="left")
+summary = power.with_fit(summary, fit)
 # one_cohort's classifier CI is a bootstrap of out-of-fold predictions without refitting: labelled as such
 raw = raw.rename(columns={"ci_low": "auc_oof_bootstrap_low", "ci_high": "auc_oof_bootstrap_high"})
 write_table(raw, C.results_dir / "tables" / "09_power_raw.csv")
@@ -138,62 +123,17 @@ save_figure(plots.power_figure(summary, fit=fit), C.figures_dir, "09_power")
 # ## Classifier at this cohort's design: power by the permutation rule, and the effect scale behind the study's AUC
 
 # %%
-# the permutation null of the all-gene CV AUC on one more simulated cohort of this design (planted effects at 1x)
-null_cohort = make_design(*default, seed=seed + 1)
-null_pb = power.simulate_pseudobulks(null_cohort, sim, seed + 1, {"all": power.claim_cell_groups()[power.ALL_CELLS]},
-                                     min_cells=min_cells)["all"]
-y_null = (null_pb.obs["response"] == "NR").astype(int).to_numpy()  # the simulator's groups
-null_auc = cv_auc_null(make_model(seed), standardise(log_cpm(null_pb)[panel])[0], y_null, seed, n_null_perm,
-                       n_jobs=n_jobs, progress=True)
-at_design = raw[(raw["test"] == "classifier_auc") & (raw["n_cr"] == default[0]) & (raw["n_nr"] == default[1])]
-aucs = at_design.loc[at_design["effect_scale"] == 1.0, "effect"].astype(float)
-hits = [auc_reproduced(a, permutation_p(a, null_auc)) for a in aucs]
-auc_power = None
-if hits:
-    lo, hi = power.clopper_pearson(sum(hits), len(hits))
-    auc_power = {"power": sum(hits) / len(hits), "ci_low": lo, "ci_high": hi}
-mean_auc_by_scale = at_design.groupby("effect_scale")["effect"].mean()
-study_auc = STUDY_AUC["auc_bm_34"]
-calibration = {
-    "design": {"n_cr": default[0], "n_nr": default[1]}, "study_auc": study_auc,
-    "mean_cv_auc_by_effect_scale": {str(k): float(v) for k, v in mean_auc_by_scale.items()},
-    "effect_scale_for_study_auc": scale_reaching_auc(list(mean_auc_by_scale.index), list(mean_auc_by_scale), study_auc),
-    "method": "mean cross-validated AUC (34 genes, one 5-fold repeat) of the simulated cohorts of this design per "
-              "effect scale, linearly interpolated to the study's AUC; None when no simulated scale reaches it",
-}
+# power by the AUC rule against the permutation null of one more simulated cohort of this design (1x effects)
+auc_power, calibration = power.classifier_at_design(raw, default, sim, seed, panel, n_null_perm, min_cells, n_jobs)
 if auc_power:
     print(f"classifier power at {default[0]} vs {default[1]}: {auc_power['power']:.2f} [{auc_power['ci_low']:.2f}, "
-          f"{auc_power['ci_high']:.2f}] ({len(hits)} cohorts; null 95th percentile {np.quantile(null_auc, 0.95):.3f})")
+          f"{auc_power['ci_high']:.2f}] ({auc_power['n_cohorts']} cohorts; null 95th percentile "
+          f"{auc_power['null_q95']:.3f})")
 calibration
 
 # %%
-dflt = summary[(summary["n_per_group"] == (default[0] if default[0] == default[1] else f"{default[0]}/{default[1]}"))
-               & (summary["effect_scale"] == 1.0)].set_index("test")
-clf = summary[(summary["test"] == "classifier_auc") & (summary["effect_scale"] == 1.0)].set_index("n_per_group")
-findings = {
-    "simulator": sim_source.name, "n_reps": n_reps, "group_sizes": group_sizes, "effect_scales": effect_scales, "n_genes_simulated": sim["n_genes"],
-    "default_design": {"n_cr": default[0], "n_nr": default[1],
-                       "power": {t: {"power": float(r.power), "ci_low": float(r.power_ci_low), "ci_high": float(r.power_ci_high),
-                                     "fitted_power": float(r.fitted_power), "fitted_ci_low": float(r.fitted_ci_low),
-                                     "fitted_ci_high": float(r.fitted_ci_high)}
-                                 for t, r in dflt.iterrows() if t != "classifier_auc"},
-                       "classifier_mean_auc": float(dflt.loc["classifier_auc", "mean_auc"]) if "classifier_auc" in dflt.index else None,
-                       "auc_power_method": (f"share of simulated cohorts whose CV AUC has permutation p < 0.05 and "
-                                            f"AUC > 0.5 against a {n_null_perm}-permutation null of one simulated "
-                                            "cohort of the design")},
-    "smallest_n_for_80pct_power": power.smallest_n_for_power(summary, 0.8, 1.0),  # the observed points
-    "smallest_n_for_80pct_power_fitted": power.smallest_n_from_fit(fit, 0.8, 1.0),  # the fitted curve and its band
-    "power_fit": {"method": power.FIT_METHOD,
-                  "curves": {t: {f"{sc:g}": {k: (bool(v) if k == "separated" else v if k == "trend" else float(v))
-                                             for k, v in g[fit_cols[3:]].iloc[0].items()}
-                                 for sc, g in d.groupby("effect_scale")}
-                             for t, d in fit.groupby("test", sort=False)}},
-    "classifier": {str(n): {"mean_auc": float(r.mean_auc), "auc_q025": float(r.auc_q025), "auc_q975": float(r.auc_q975),
-                            "mean_hanley_mcneil_ci_width": float(r.mean_ci_width)} for n, r in clf.iterrows()},
-    "study_auc_calibration": calibration,
-}
-if auc_power:
-    findings["default_design"]["power"]["auc_bm_34"] = auc_power
+findings = power.power_findings(summary, fit, default, sim_source.name, n_reps, group_sizes, effect_scales,
+                                sim["n_genes"], n_null_perm, calibration, auc_power)
 write_json(findings, C.results_dir / "findings" / "09.json")
 write_json({"power_seconds": round(seconds, 1), "n_reps": n_reps, "n_cohorts": n_cohorts},
            C.results_dir / "timings" / "09_power.json")  # not a result
@@ -205,27 +145,4 @@ pd.DataFrame(findings["default_design"]["power"]).T
 # %%
 from IPython.display import Markdown
 
-need = findings["smallest_n_for_80pct_power_fitted"]
-pw = findings["default_design"]["power"]
-small = {k: v for k, v in findings["classifier"].items() if k in ("4", "8", "32")}
-cal = findings["study_auc_calibration"]
-scale = cal["effect_scale_for_study_auc"]
-by_scale = ", ".join(f"{float(k):g}x: {v:.2f}" for k, v in cal["mean_cv_auc_by_effect_scale"].items())
-
-Markdown(
-    "With the configured effects (1x), the smallest group size whose fitted power reaches 80% is " +
-    "; ".join(f"{k.replace('_', ' ')}: {power.describe_smallest_n(v)}" for k, v in need.items()) +
-    f" patients per group (the curve fitted to {n_reps} simulated cohorts per design; the band's range is where its "
-    f"upper and lower 95% edges reach 80%; n = {min(group_sizes)}-{max(group_sizes)} simulated). "
-    f"At this cohort's own design ({default[0]} vs {default[1]}) the observed power [exact 95% CI] is " +
-    "; ".join(power.describe_power(k, v) for k, v in pw.items()) +
-    (" (the AUC's power by the permutation rule, observed only)" if "auc_bm_34" in pw else "") +
-    ". The classifier's expected cross-validated AUC is " +
-    ", ".join(f"{v['mean_auc']:.2f} (over cohorts {v['auc_q025']:.2f}-{v['auc_q975']:.2f}; mean Hanley-McNeil CI width "
-              f"{v['mean_hanley_mcneil_ci_width']:.2f}) at {k} per group" for k, v in small.items()) +
-    f". At {default[0]} vs {default[1]} its mean AUC by effect scale is {by_scale}: the study's "
-    f"{cal['study_auc']:.2f} is " +
-    (f"expected at {scale:.2f}x the planted effects" if scale is not None
-     else f"not reached at any simulated scale (up to {max(effect_scales):g}x)") +
-    f". {n_cohorts} cohorts took {seconds:.0f} s."
-)
+Markdown(narrative.power_conclusion(findings, n_cohorts, seconds))

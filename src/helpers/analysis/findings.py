@@ -213,6 +213,34 @@ def measure_gene(adata: ad.AnnData, cell_types: list[str], gene: str, cohort: Co
                    for m, col in (("log2cpm", "log2_cpm"), ("fraction_positive", "fraction_positive"))}
 
 
+def measure_gene_by_subset(adata: ad.AnnData, subsets: dict[str, tuple[str, list[str]]], gene: str, cohort: Cohort,
+                           min_cells: int = 10, absent: dict[str, str] | None = None
+                           ) -> tuple[pd.DataFrame, dict[str, dict], dict[str, dict], dict[str, tuple]]:
+    """:func:`measure_gene` in each subset (``name -> ('claim' | 'control', cell types)``, e.g. the NK subsets of
+    notebook 05). Returns the per-patient table of all subsets (``cell_type``, ``measured_in``, log2 CPM, fraction
+    positive), the claim subsets' records and the control subsets' records, keyed ``<subset>_<gene>_<measure>``
+    (a claim subset's log2 CPM is left out: the claim registry defines it), and the figure panels (per-patient log2
+    CPM). A subset named in ``absent`` gets not-testable records with that reason (e.g. a split the annotation did
+    not make)."""
+    tables, claims, controls, panels = [], {}, {}, {}
+    for name, (kind, types) in subsets.items():
+        t, recs = measure_gene(adata, types, gene, cohort, f"per patient in {'+'.join(types)} (pseudobulk), "
+                               "Hodges-Lehmann, Mann-Whitney", min_cells)
+        if absent and name in absent:
+            recs = {m: not_testable(absent[name]) for m in recs}
+        if t is not None:
+            t.insert(0, "cell_type", name)
+            t.insert(1, "measured_in", "+".join(types))
+            tables.append(t)
+            panels[f"{name}_{gene}_log2cpm"] = (t.set_index("patient_id")["log2_cpm"], f"{gene} log2 CPM")
+        for measure, rec in recs.items():
+            if not (kind == "claim" and measure == "log2cpm"):
+                (claims if kind == "claim" else controls)[f"{name}_{gene}_{measure}"] = rec
+    per_patient = (pd.concat(tables, ignore_index=True) if tables
+                   else pd.DataFrame(columns=["cell_type", "measured_in", "patient_id", "log2_cpm"]))
+    return per_patient, claims, controls, panels
+
+
 def correlation(x: pd.Series, y: pd.Series, what: str, min_n: int = 2 * MIN_PATIENTS_PER_GROUP) -> dict:
     """Spearman rho with its 95% CI (:func:`helpers.analysis.stats.spearman_ci`) over the patients that have both values,
     or the not-testable record when fewer than ``min_n`` have."""

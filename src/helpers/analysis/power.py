@@ -20,8 +20,18 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sstats
 
+from helpers.analysis.classifier import (
+    auc_reproduced,
+    cross_validate,
+    cv_auc_null,
+    make_model,
+    permutation_p,
+    scale_reaching_auc,
+    standardise,
+)
+from helpers.analysis.pseudobulk import log_cpm
 from helpers.analysis.stats import bootstrap_auc_ci, compare_two_groups, hanley_mcneil_ci
-from helpers.claims import IMMUNE_COMPARTMENTS, cell_claims, claim_value_from_pseudobulk, reproduced
+from helpers.claims import IMMUNE_COMPARTMENTS, STUDY_AUC, cell_claims, claim_value_from_pseudobulk, reproduced
 from helpers.data.simulate import (
     cohort_model,
     draw_patients,
@@ -79,12 +89,6 @@ def scaled_config(sim: dict[str, Any], scale: float) -> dict[str, Any]:
 def one_cohort(n_cr: int, n_nr: int, scale: float, rep: int, sim: dict[str, Any], seed: int, model,
                panel: list[str] | None = None, min_cells: int = 10) -> list[dict[str, Any]]:
     """Simulate one cohort of the design and return one record per claim test (and the classifier's AUC)."""
-    from helpers.analysis.classifier import (
-        cross_validate,
-        make_model,
-        standardise,
-    )
-
     cseed = int(seed + 7919 * rep + 104729 * n_cr + 13 * n_nr + int(round(scale * 1000)))
     samples = make_design(n_cr, n_nr, seed=cseed, n_batches=max(2, min(4, (n_cr + n_nr) // 4)))
     groups = claim_cell_groups()
@@ -337,3 +341,90 @@ def describe_power(test: str, v: dict[str, Any]) -> str:
     fitted = (f"; fitted {f:.0%} [{v['fitted_ci_low']:.0%}, {v['fitted_ci_high']:.0%}]"
               if f is not None and np.isfinite(f) else "")
     return f"{test.replace('_', ' ')} {v['power']:.0%} [{v['ci_low']:.0%}, {v['ci_high']:.0%}]{fitted}"
+
+
+FIT_COLUMNS = ["fitted_power", "fitted_ci_low", "fitted_ci_high", "slope", "slope_ci_low", "slope_ci_high", "trend",
+               "separated"]
+
+
+def with_fit(summary: pd.DataFrame, fit: pd.DataFrame) -> pd.DataFrame:
+    """:func:`summarise_power`'s table with the fitted curve's columns (:data:`FIT_COLUMNS`) at the simulated
+    designs."""
+    keys = ["n_per_group", "effect_scale", "test"]
+    return summary.merge(fit.loc[fit["n_cohorts"].notna(), keys + FIT_COLUMNS], on=keys, how="left")
+
+
+def classifier_at_design(raw: pd.DataFrame, design: tuple[int, int], sim: dict[str, Any], seed: int,
+                         panel: list[str], n_null_perm: int, min_cells: int = 10, n_jobs: int = 1
+                         ) -> tuple[dict[str, float] | None, dict[str, Any]]:
+    """Notebook 09's classifier at a cohort's design ((CR, NR) patients): its power by the AUC rule (the share of
+    :func:`power_grid`'s cohorts of this design at 1x whose CV AUC has permutation p < 0.05 and AUC > 0.5, against
+    the ``n_null_perm``-permutation null of one more simulated cohort of the design; exact CI) and the effect scale
+    at which the mean CV AUC reaches the study's 34-gene AUC (linear interpolation between simulated scales)."""
+    null_cohort = make_design(*design, seed=seed + 1)
+    null_pb = simulate_pseudobulks(null_cohort, sim, seed + 1, {"all": claim_cell_groups()[ALL_CELLS]},
+                                   min_cells=min_cells)["all"]
+    y_null = (null_pb.obs["response"] == "NR").astype(int).to_numpy()  # the simulator's groups
+    null_auc = cv_auc_null(make_model(seed), standardise(log_cpm(null_pb)[panel])[0], y_null, seed, n_null_perm,
+                           n_jobs=n_jobs, progress=True)
+    at_design = raw[(raw["test"] == "classifier_auc") & (raw["n_cr"] == design[0]) & (raw["n_nr"] == design[1])]
+    hits = [auc_reproduced(a, permutation_p(a, null_auc))
+            for a in at_design.loc[at_design["effect_scale"] == 1.0, "effect"].astype(float)]
+    auc_power = None
+    if hits:
+        lo, hi = clopper_pearson(sum(hits), len(hits))
+        auc_power = {"power": sum(hits) / len(hits), "ci_low": lo, "ci_high": hi, "n_cohorts": len(hits),
+                     "null_q95": float(np.quantile(null_auc, 0.95))}
+    by_scale = at_design.groupby("effect_scale")["effect"].mean()
+    study_auc = STUDY_AUC["auc_bm_34"]
+    calibration = {
+        "design": {"n_cr": design[0], "n_nr": design[1]}, "study_auc": study_auc,
+        "mean_cv_auc_by_effect_scale": {str(k): float(v) for k, v in by_scale.items()},
+        "effect_scale_for_study_auc": scale_reaching_auc(list(by_scale.index), list(by_scale), study_auc),
+        "method": "mean cross-validated AUC (34 genes, one 5-fold repeat) of the simulated cohorts of this design per "
+                  "effect scale, linearly interpolated to the study's AUC; None when no simulated scale reaches it",
+    }
+    return auc_power, calibration
+
+
+def design_label(design: tuple[int, int]) -> int | str:
+    """A design's ``n_per_group`` in :func:`summarise_power`: n for n vs n, 'n_cr/n_nr' otherwise."""
+    return design[0] if design[0] == design[1] else f"{design[0]}/{design[1]}"
+
+
+def power_findings(summary: pd.DataFrame, fit: pd.DataFrame, design: tuple[int, int], simulator: str, n_reps: int,
+                   group_sizes: list[int], effect_scales: list[float], n_genes: int, n_null_perm: int,
+                   calibration: dict[str, Any], auc_power: dict[str, float] | None) -> dict[str, Any]:
+    """Notebook 09's findings record: the cohort's own design (observed and fitted power per test, the classifier's
+    mean AUC and power), the smallest n for 80% power (observed points and fitted curve with its band), the fitted
+    curves' parameters, the classifier's AUC by n and the study-AUC calibration. ``summary`` is :func:`with_fit`'s
+    table."""
+    dflt = summary[(summary["n_per_group"] == design_label(design)) & (summary["effect_scale"] == 1.0)].set_index("test")
+    clf = summary[(summary["test"] == "classifier_auc") & (summary["effect_scale"] == 1.0)].set_index("n_per_group")
+    per_test = {t: {"power": float(r.power), "ci_low": float(r.power_ci_low), "ci_high": float(r.power_ci_high),
+                    "fitted_power": float(r.fitted_power), "fitted_ci_low": float(r.fitted_ci_low),
+                    "fitted_ci_high": float(r.fitted_ci_high)}
+                for t, r in dflt.iterrows() if t != "classifier_auc"}
+    if auc_power:
+        per_test["auc_bm_34"] = {k: auc_power[k] for k in ("power", "ci_low", "ci_high")}
+    curves = {t: {f"{sc:g}": {k: (bool(v) if k == "separated" else v if k == "trend" else float(v))
+                              for k, v in g[FIT_COLUMNS[3:]].iloc[0].items()}
+                  for sc, g in d.groupby("effect_scale")}
+              for t, d in fit.groupby("test", sort=False)}
+    return {
+        "simulator": simulator, "n_reps": n_reps, "group_sizes": list(group_sizes), "effect_scales": list(effect_scales),
+        "n_genes_simulated": int(n_genes),
+        "default_design": {
+            "n_cr": design[0], "n_nr": design[1], "power": per_test,
+            "classifier_mean_auc": (float(dflt.loc["classifier_auc", "mean_auc"]) if "classifier_auc" in dflt.index
+                                    else None),
+            "auc_power_method": (f"share of simulated cohorts whose CV AUC has permutation p < 0.05 and AUC > 0.5 "
+                                 f"against a {n_null_perm}-permutation null of one simulated cohort of the design")},
+        "smallest_n_for_80pct_power": smallest_n_for_power(summary, 0.8, 1.0),  # the observed points
+        "smallest_n_for_80pct_power_fitted": smallest_n_from_fit(fit, 0.8, 1.0),  # the fitted curve and its band
+        "power_fit": {"method": FIT_METHOD, "curves": curves},
+        "classifier": {str(n): {"mean_auc": float(r.mean_auc), "auc_q025": float(r.auc_q025),
+                                "auc_q975": float(r.auc_q975), "mean_hanley_mcneil_ci_width": float(r.mean_ci_width)}
+                       for n, r in clf.iterrows()},
+        "study_auc_calibration": calibration,
+    }

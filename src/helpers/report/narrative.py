@@ -8,6 +8,7 @@ from typing import Any
 import pandas as pd
 
 from helpers.analysis.findings import describe
+from helpers.analysis.power import describe_power, describe_smallest_n
 from helpers.claims import CLAIMS, verdict
 
 
@@ -117,3 +118,32 @@ def atlas_conclusion(findings: dict[str, Any], mech: pd.DataFrame | None, untest
                      f"no resistance mechanism planted, an unplanted mechanism reaches q < 0.05 with probability "
                      f"{rate_text(n['p_any_unplanted_significant'])}.")
     return text
+
+
+def power_conclusion(findings: dict[str, Any], n_cohorts: int, seconds: float) -> str:
+    """Notebook 09's conclusion from its findings record (:func:`helpers.analysis.power.power_findings`)."""
+    need = findings["smallest_n_for_80pct_power_fitted"]
+    dd = findings["default_design"]
+    pw, design = dd["power"], (dd["n_cr"], dd["n_nr"])
+    sizes, scales = findings["group_sizes"], findings["effect_scales"]
+    small = {k: v for k, v in findings["classifier"].items() if k in ("4", "8", "32")}
+    cal = findings["study_auc_calibration"]
+    scale = cal["effect_scale_for_study_auc"]
+    by_scale = ", ".join(f"{float(k):g}x: {v:.2f}" for k, v in cal["mean_cv_auc_by_effect_scale"].items())
+    return (
+        "With the configured effects (1x), the smallest group size whose fitted power reaches 80% is " +
+        "; ".join(f"{k.replace('_', ' ')}: {describe_smallest_n(v)}" for k, v in need.items()) +
+        f" patients per group (the curve fitted to {findings['n_reps']} simulated cohorts per design; the band's range "
+        f"is where its upper and lower 95% edges reach 80%; n = {min(sizes)}-{max(sizes)} simulated). "
+        f"At this cohort's own design ({design[0]} vs {design[1]}) the observed power [exact 95% CI] is " +
+        "; ".join(describe_power(k, v) for k, v in pw.items()) +
+        (" (the AUC's power by the permutation rule, observed only)" if "auc_bm_34" in pw else "") +
+        ". The classifier's expected cross-validated AUC is " +
+        ", ".join(f"{v['mean_auc']:.2f} (over cohorts {v['auc_q025']:.2f}-{v['auc_q975']:.2f}; mean Hanley-McNeil CI "
+                  f"width {v['mean_hanley_mcneil_ci_width']:.2f}) at {k} per group" for k, v in small.items()) +
+        f". At {design[0]} vs {design[1]} its mean AUC by effect scale is {by_scale}: the study's "
+        f"{cal['study_auc']:.2f} is " +
+        (f"expected at {scale:.2f}x the planted effects" if scale is not None
+         else f"not reached at any simulated scale (up to {max(scales):g}x)") +
+        f". {n_cohorts} cohorts took {seconds:.0f} s."
+    )
