@@ -210,3 +210,71 @@ def test_notebook_00_ingests_a_real_cohort_sample_by_sample(root, tmp_path):
     cells = ad.read_h5ad(root / "data" / "processed" / name / "cells.h5ad")
     assert cells.obs_names[0] == f"S1_{kang.obs_names[0]}"
     assert int(cells.layers["counts"].sum()) == int(kang.X.sum())
+
+
+@pytest.fixture(scope="module")
+def shard_cells(dask_run):
+    """The shards' cells in one AnnData (what the in-memory path would hold), with crude labels for grouping."""
+    qc = dask_run[0]
+    cells = ad.concat([ad.read_h5ad(s) for s in qc.shards], join="inner", merge="same")
+    return cells
+
+
+def test_annotation_evidence_per_sample_equals_in_memory(dask_run, shard_cells):
+    from helpers.annotation.cell_types import annotate_from_evidence, cell_evidence
+
+    qc = dask_run[0]
+    with ps.dask_client(n_workers=2) as client:
+        mine = ps.evidence_by_sample(qc.shards, client)
+    ref = cell_evidence(shard_cells)
+    assert list(mine.index) == list(ref.index)
+    num = ref.select_dtypes("number").columns
+    np.testing.assert_allclose(mine[num].to_numpy(float), ref[num].to_numpy(float), rtol=1e-5, atol=1e-6)
+    assert (mine["plasma_evidence"] == ref["plasma_evidence"]).all()
+    # the decisions on the concatenated evidence are those of the cells annotated together
+    a, b = annotate_from_evidence(mine), annotate_from_evidence(ref)
+    assert (a["cell_type"] == b["cell_type"]).all() and (a["compartment"] == b["compartment"]).all()
+
+
+def test_cnv_per_sample_equals_in_memory(dask_run, shard_cells):
+    from helpers.annotation.malignant import cnv_reference_cells, infer_cnv
+
+    qc = dask_run[0]
+    truth = shard_cells.obs["truth_compartment"].astype(str)
+    query = (truth == "plasma").to_numpy()
+    refm = truth.isin(["T", "NK"]).to_numpy()
+    ref = infer_cnv(shard_cells, query, refm, seed=2, n_ref_max=150)
+    names = shard_cells.obs_names
+    ref_idx = cnv_reference_cells(refm, query, seed=2, n_ref_max=150)
+    sample = shard_cells.obs["sample_id"].astype(str)
+    mine = ps.infer_cnv_by_sample(qc.shards, pd.DataFrame(index=names[query]), pd.DataFrame(index=names[ref_idx]),
+                                  sample, None, dynamic_threshold=1.5)
+    assert list(mine.obs_names) == list(ref.obs_names)
+    assert list(mine.obs["cnv_group"]) == list(ref.obs["cnv_group"])
+    np.testing.assert_allclose(mine.obsm["X_cnv"].toarray(), ref.obsm["X_cnv"].toarray(), atol=1e-5)
+    assert (mine.obsm["X_cnv"].toarray() == 0).mean() > 0.1  # the threshold zeroed the noise
+
+
+def test_cell_group_pseudobulk_gives_the_patients_pseudobulk_and_fractions(dask_run, shard_cells):
+    from helpers.analysis.pseudobulk import gene_per_patient, group_pseudobulk, is_cell_groups, n_cells_of
+
+    qc = dask_run[0]
+    cells = shard_cells.copy()
+    cells.obs["cell_type"] = cells.obs["truth_cell_type"].astype(str)
+    cells.obs["compartment"] = cells.obs["truth_compartment"].astype(str)
+    labels = cells.obs[["compartment", "cell_type"]]
+    with ps.dask_client(n_workers=2) as client:
+        groups = ps.group_pseudobulk_by_sample(qc.shards, labels, cells.obs["sample_id"].astype(str), client)
+    assert is_cell_groups(groups) and not is_cell_groups(cells)
+    whole = group_pseudobulk(cells)
+    assert sorted(groups.obs_names) == sorted(whole.obs_names)
+    assert n_cells_of(groups) == cells.n_obs == n_cells_of(cells)
+    types = ["mono_classical", "mono_nonclassical"]
+    a = pseudobulk_by_patient(cells, types, tissue="BM", min_cells=3)
+    b = pseudobulk_by_patient(groups, types, tissue="BM", min_cells=3)
+    assert list(a.obs_names) == list(b.obs_names) and len(a.obs_names) >= 3
+    np.testing.assert_array_equal(a.obs["n_cells"].to_numpy(), b.obs["n_cells"].to_numpy())
+    np.testing.assert_allclose(a.X, b.X)
+    gene = cells.var_names[int(np.argmax(np.asarray(cells.layers["counts"].sum(0)).ravel()))]
+    pd.testing.assert_frame_equal(gene_per_patient(cells, types, gene, min_cells=3),
+                                  gene_per_patient(groups, types, gene, min_cells=3))

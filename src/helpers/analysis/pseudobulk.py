@@ -21,10 +21,55 @@ def sum_rows_by_key(X: sp.spmatrix, keys: np.ndarray) -> tuple[np.ndarray, np.nd
     return uniq, np.asarray((M @ sp.csr_matrix(X)).todense()), np.bincount(inv, minlength=len(uniq))
 
 
+CELL_GROUPS = "cell_groups"  # uns key of a cell-group pseudobulk (:func:`group_pseudobulk`)
+GROUP_KEYS = ["sample_id", "compartment", "cell_type"]
+
+
+def is_cell_groups(adata: ad.AnnData) -> bool:
+    """Whether ``adata`` holds cell groups (summed counts per sample and cell type, :func:`group_pseudobulk`)
+    rather than cells. Every pseudobulk of this module gives the same result from either."""
+    return CELL_GROUPS in adata.uns
+
+
+def group_pseudobulk(adata: ad.AnnData, keys: list[str] | None = None, layer: str = "counts") -> ad.AnnData:
+    """The cells of ``adata`` summed per group of ``keys`` (default: sample, compartment, cell type): X = summed raw
+    counts (CSR), ``layers['n_expressing']`` = cells with at least one count of the gene, obs = the keys, the
+    patient-level design columns and ``n_cells``; ``uns['cell_groups']`` marks it. A cohort's table is the
+    concatenation of its samples' tables (:func:`helpers.preprocessing.per_sample.group_pseudobulk_by_sample`),
+    and :func:`pseudobulk_by_patient` / :func:`gene_per_patient` give from it what they give from the cells."""
+    keys = list(keys or GROUP_KEYS)
+    obs = adata.obs
+    missing = [k for k in keys if k not in obs]
+    if missing:
+        raise KeyError(f"obs column(s) {missing} not found: needed to group cells")
+    label = obs[keys].astype(str).agg("\t".join, axis=1).to_numpy()
+    X = counts_matrix(adata, layer)
+    uniq, summed, n_cells = sum_rows_by_key(X, label)
+    _, expressing, _ = sum_rows_by_key((X > 0).astype(np.float64), label)
+    cols = keys + [c for c in PATIENT_COLUMNS if c in obs.columns and c not in keys]
+    meta = obs[cols].astype({c: str for c in cols if c != "age"}).copy()
+    meta.index = label
+    meta = meta[~meta.index.duplicated()].reindex(uniq)
+    meta["n_cells"] = n_cells
+    meta.index = pd.Index(uniq).str.replace("\t", "|")
+    out = ad.AnnData(X=sp.csr_matrix(summed), obs=meta, var=pd.DataFrame(index=adata.var_names))
+    out.layers["n_expressing"] = sp.csr_matrix(expressing.astype(np.float32))
+    out.uns[CELL_GROUPS] = {"keys": keys}
+    return out
+
+
+def n_cells_of(adata: ad.AnnData, mask: np.ndarray | None = None) -> int:
+    """Cells in the rows of ``adata`` selected by ``mask`` (all rows when None): rows of a cell matrix, the summed
+    ``n_cells`` of cell groups."""
+    m = np.ones(adata.n_obs, bool) if mask is None else np.asarray(mask, bool)
+    return int(adata.obs["n_cells"].to_numpy()[m].sum()) if is_cell_groups(adata) else int(m.sum())
+
+
 def pseudobulk_by_patient(adata: ad.AnnData, cell_types: list[str] | None = None, label: str = "cell_type",
                           tissue: str | None = None, min_cells: int = 10, layer: str = "counts",
                           patient: str = "patient_id") -> ad.AnnData:
-    """Sum raw counts of the cells of ``cell_types`` (all cells when None) per patient.
+    """Sum raw counts of the cells of ``cell_types`` (all cells when None) per patient; ``adata`` holds cells or
+    cell groups (:func:`group_pseudobulk`).
 
     Patients with fewer than ``min_cells`` such cells are dropped (their pseudobulk would be noise). Returns a
     patients x genes AnnData of integer counts with obs: the patient-level design columns and ``n_cells``."""
@@ -39,7 +84,9 @@ def pseudobulk_by_patient(adata: ad.AnnData, cell_types: list[str] | None = None
         mask &= obs[label].astype(str).isin(cell_types).to_numpy()
     X = counts_matrix(adata, layer)[mask]
     pid = obs.loc[mask, patient].astype(str).to_numpy()
-    pats, summed, n_cells = sum_rows_by_key(X, pid)
+    pats, summed, n_rows = sum_rows_by_key(X, pid)
+    n_cells = (np.bincount(np.searchsorted(pats, pid), weights=obs.loc[mask, "n_cells"].to_numpy(float),
+                           minlength=len(pats)).astype(int) if is_cell_groups(adata) else n_rows)
     cols = [c for c in PATIENT_COLUMNS if c in obs.columns]
     meta = obs.loc[mask, cols].astype({c: str for c in cols if c != "age"}).copy()
     meta[patient] = pid
@@ -104,15 +151,22 @@ def progeny_activity(logcpm: pd.DataFrame, pathway: str = "NFkB", top: int = 100
 
 def gene_per_patient(adata: ad.AnnData, cell_types: list[str], gene: str, min_cells: int = 10,
                      layer: str = "counts") -> pd.DataFrame:
-    """One gene per patient in ``cell_types``: pseudobulk log2 CPM, fraction of cells with >= 1 count, n cells."""
+    """One gene per patient in ``cell_types`` (cells or cell groups): pseudobulk log2 CPM, fraction of cells with
+    >= 1 count, n cells."""
     if gene not in adata.var_names:
         raise KeyError(f"gene {gene} is not in the data")
     pb = pseudobulk_by_patient(adata, cell_types, min_cells=min_cells, layer=layer)
     L = log_cpm(pb)[gene]
-    sub = adata[adata.obs["cell_type"].astype(str).isin(cell_types).to_numpy()]
-    X = counts_matrix(sub, layer)[:, sub.var_names.get_loc(gene)]
-    pos = pd.Series(np.asarray(X.todense()).ravel() > 0, index=sub.obs_names)
-    frac = pos.groupby(sub.obs["patient_id"].astype(str).to_numpy()).mean()
+    m = adata.obs["cell_type"].astype(str).isin(cell_types).to_numpy()
+    pid = adata.obs["patient_id"].astype(str).to_numpy()[m]
+    j = adata.var_names.get_loc(gene)
+    if is_cell_groups(adata):
+        pos = np.asarray(sp.csr_matrix(adata.layers["n_expressing"])[m][:, j].todense()).ravel()
+        cells = adata.obs["n_cells"].to_numpy(float)[m]
+        frac = pd.Series(pos).groupby(pid).sum() / pd.Series(cells).groupby(pid).sum()
+    else:
+        X = counts_matrix(adata[m], layer)[:, j]
+        frac = pd.Series(np.asarray(X.todense()).ravel() > 0).groupby(pid).mean()
     return pd.DataFrame({"patient_id": pb.obs_names, "response": pb.obs["response"].to_numpy(),
                          "n_cells": pb.obs["n_cells"].to_numpy(), "log2_cpm": L.to_numpy(),
                          "fraction_positive": frac.reindex(pb.obs_names).to_numpy()})

@@ -97,7 +97,8 @@ def marker_network(sets: dict[str, dict[str, Any]]) -> pd.DataFrame:
 def ulm_scores(adata: ad.AnnData, sets: dict[str, dict[str, Any]], layer: str | None = "counts",
                min_markers: int = 2, batch_size: int = 2000) -> pd.DataFrame:
     """Per cell and marker set, decoupler's univariate linear model t-value of log1p(CP10k) expression on the set's
-    weights across all genes (comparable between sets of different sizes; near 0 when a cell has no evidence).
+    weights across all genes of the data (comparable between sets of different sizes; near 0 when a cell has no
+    evidence; each cell's score depends on that cell alone).
     Sets with fewer than ``min_markers`` genes in the data are scored 0 (named in a warning)."""
     import decoupler as dc
 
@@ -111,7 +112,9 @@ def ulm_scores(adata: ad.AnnData, sets: dict[str, dict[str, Any]], layer: str | 
                        "(gene symbols expected in var_names)")
     X = lognorm_matrix(adata, layer=layer)
     tmp = ad.AnnData(X, obs=pd.DataFrame(index=adata.obs_names), var=pd.DataFrame(index=adata.var_names))
-    dc.mt.ulm(tmp, net[~net["source"].isin(missing)], tmin=min_markers, bsize=batch_size)
+    # empty=False: every gene of the data enters each cell's regression, so a cell's score does not depend on which
+    # other cells are scored with it (decoupler would drop genes without counts in this batch of cells)
+    dc.mt.ulm(tmp, net[~net["source"].isin(missing)], tmin=min_markers, bsize=batch_size, empty=False)
     scores = pd.DataFrame(tmp.obsm["score_ulm"], index=adata.obs_names)
     return scores.reindex(columns=list(sets)).fillna(0.0).astype(float)
 
@@ -169,6 +172,9 @@ def immunoglobulin_genes(var_names: pd.Index) -> list[str]:
     return list(names[hit])
 
 
+PLASMA_EVIDENCE_COLUMNS = ["plasma_genes_detected", "ig_fraction", "plasma_evidence", "ig_measured"]
+
+
 def plasma_evidence(adata: ad.AnnData, spec: dict[str, Any], layer: str | None = "counts") -> pd.DataFrame:
     """Per cell: plasma-specific genes detected, immunoglobulin fraction of UMIs, and whether both pass the
     thresholds of ``spec`` (markers.yaml ``plasma_evidence``). With log-normalised input (``layer=None``) the
@@ -196,9 +202,38 @@ def plasma_evidence(adata: ad.AnnData, spec: dict[str, Any], layer: str | None =
                          "ig_measured": ig_measured}, index=adata.obs_names)
 
 
-def annotate_compartments(adata: ad.AnnData, graph: sp.spmatrix | None = None, clusters: pd.Series | None = None,
-                          markers: dict[str, Any] | None = None, layer: str | None = "counts"
-                          ) -> tuple[pd.Series, pd.DataFrame]:
+def cell_evidence(adata: ad.AnnData, markers: dict[str, Any] | None = None, layer: str | None = "counts"
+                  ) -> pd.DataFrame:
+    """Everything the annotation measures in each cell on its own (no other cell enters, so the table of a cohort
+    is the concatenation of its samples' tables: :func:`helpers.preprocessing.per_sample.evidence_by_sample`):
+    ULM scores of every compartment programme (``ulm:<programme>``) and of every subset programme
+    (``ulm:<compartment>/<subset>``), the plasma evidence (:func:`plasma_evidence`), the light-chain counts
+    (``kappa``, ``lambda``) and, from raw counts, the NK CD54 gene's counts and the library size. The decisions
+    that need the other cells (smoothing, majority votes, the ICAM1 mixture) are in :func:`annotate_from_evidence`."""
+    markers = markers or load_markers()
+    parts = [ulm_scores(adata, markers["compartments"], layer).add_prefix("ulm:")]
+    for comp, sets in markers["subsets"].items():
+        if len(sets) > 1:
+            parts.append(ulm_scores(adata, sets, layer).add_prefix(f"ulm:{comp}/"))
+    parts.append(plasma_evidence(adata, markers["plasma_evidence"], layer))
+    chains = {}
+    X = counts_matrix(adata, layer) if layer is not None else None
+    for chain, genes in markers.get("light_chains", {}).items():
+        g = [x for x in genes if x in adata.var_names]
+        chains[chain] = (np.asarray(X[:, adata.var_names.get_indexer(g)].sum(1)).ravel()
+                         if g and X is not None else np.zeros(adata.n_obs))
+    nk_gene = markers.get("nk_cd54", {}).get("gene", "ICAM1")
+    if X is not None:
+        chains["library_size"] = np.asarray(X.sum(1), dtype=np.float64).ravel()
+        chains["nk_cd54_counts"] = (np.asarray(X[:, adata.var_names.get_loc(nk_gene)].todense()).ravel()
+                                    if nk_gene in adata.var_names else np.nan)
+    parts.append(pd.DataFrame(chains, index=adata.obs_names))
+    return pd.concat(parts, axis=1)
+
+
+def compartments_from_evidence(evidence: pd.DataFrame, graph: sp.spmatrix | None = None,
+                               clusters: pd.Series | None = None, markers: dict[str, Any] | None = None
+                               ) -> tuple[pd.Series, pd.DataFrame]:
     """Compartment per cell: ULM scores of the compartment programmes (a programme with a ``label`` reports that
     compartment), smoothed over neighbours, convincing above ``rules.min_score``, majority-voted over ``clusters``.
     Plasma needs positive per-cell evidence (``plasma_evidence``): a cell without it is never plasma (it becomes
@@ -207,17 +242,24 @@ def annotate_compartments(adata: ad.AnnData, graph: sp.spmatrix | None = None, c
     Returns the labels and the per-cell evidence table (smoothed scores by compartment and the plasma evidence)."""
     markers = markers or load_markers()
     rules = markers.get("rules", {})
-    raw = ulm_scores(adata, markers["compartments"], layer)
+    raw = evidence[[f"ulm:{c}" for c in markers["compartments"]]].rename(columns=lambda c: c[4:])
     labels = pd.Series({c: v.get("label", c) for c, v in markers["compartments"].items()})
     by_comp = raw.T.groupby(labels[raw.columns].to_numpy()).max().T
     S = smooth_scores(by_comp, graph)
     call = majority_vote(S, clusters, float(rules.get("min_score", 2.0)), float(rules.get("majority_min_prop", 0.5)),
                          float(rules.get("cluster_alpha", 0.01)))
-    ev = plasma_evidence(adata, markers["plasma_evidence"], layer)
-    call[(call == "plasma") & ~ev["plasma_evidence"]] = "unassigned"
-    if ev["ig_measured"].all():  # with the full evidence a plasma cell is one whatever its neighbours
-        call[ev["plasma_evidence"]] = "plasma"
+    ev = evidence[PLASMA_EVIDENCE_COLUMNS]
+    call[(call == "plasma") & ~ev["plasma_evidence"].astype(bool)] = "unassigned"
+    if ev["ig_measured"].astype(bool).all():  # with the full evidence a plasma cell is one whatever its neighbours
+        call[ev["plasma_evidence"].astype(bool)] = "plasma"
     return call.rename("compartment"), pd.concat([S.add_prefix("score_"), ev], axis=1)
+
+
+def annotate_compartments(adata: ad.AnnData, graph: sp.spmatrix | None = None, clusters: pd.Series | None = None,
+                          markers: dict[str, Any] | None = None, layer: str | None = "counts"
+                          ) -> tuple[pd.Series, pd.DataFrame]:
+    """:func:`compartments_from_evidence` on the cells of ``adata`` (:func:`cell_evidence`)."""
+    return compartments_from_evidence(cell_evidence(adata, markers, layer), graph, clusters, markers)
 
 
 def _restrict_graph(graph: sp.spmatrix | None, mask: np.ndarray) -> sp.spmatrix | None:
@@ -227,16 +269,15 @@ def _restrict_graph(graph: sp.spmatrix | None, mask: np.ndarray) -> sp.spmatrix 
     return sp.csr_matrix(graph)[idx][:, idx]
 
 
-def annotate_subsets(adata: ad.AnnData, compartment: pd.Series, graph: sp.spmatrix | None = None,
-                     clusters: pd.Series | None = None, markers: dict[str, Any] | None = None,
-                     layer: str | None = "counts") -> pd.Series:
+def subsets_from_evidence(evidence: pd.DataFrame, compartment: pd.Series, graph: sp.spmatrix | None = None,
+                          clusters: pd.Series | None = None, markers: dict[str, Any] | None = None) -> pd.Series:
     """Subset per cell within its compartment: ULM scores of the subset programmes on the compartment's cells,
     smoothed over same-compartment neighbours, convincing above ``rules.min_score``, majority-voted within each
     over-cluster; cells of a compartment without a convincing subset are ``unassigned``. CD56dim NK cells are then
     split by CD54 (``split_nk_cd54``) when the cohort's NK cells show two ICAM1 states."""
     markers = markers or load_markers()
     rules = markers.get("rules", {})
-    out = pd.Series("unassigned", index=adata.obs_names, dtype=object)
+    out = pd.Series("unassigned", index=evidence.index, dtype=object)
     for comp, sets in markers["subsets"].items():
         mask = (compartment == comp).to_numpy()
         if not mask.any():
@@ -244,12 +285,20 @@ def annotate_subsets(adata: ad.AnnData, compartment: pd.Series, graph: sp.spmatr
         if len(sets) == 1:
             out[mask] = next(iter(sets))
             continue
-        S = smooth_scores(ulm_scores(adata[mask], sets, layer), _restrict_graph(graph, mask))
+        scores = evidence.loc[mask, [f"ulm:{comp}/{s}" for s in sets]].rename(columns=lambda c: c.split("/", 1)[1])
+        S = smooth_scores(scores, _restrict_graph(graph, mask))
         call = majority_vote(S, None if clusters is None else np.asarray(clusters)[mask],
                              float(rules.get("min_score", 2.0)), float(rules.get("majority_min_prop", 0.5)),
                              float(rules.get("cluster_alpha", 0.01)))
         out[mask] = call.to_numpy()
     return out.rename("cell_type")
+
+
+def annotate_subsets(adata: ad.AnnData, compartment: pd.Series, graph: sp.spmatrix | None = None,
+                     clusters: pd.Series | None = None, markers: dict[str, Any] | None = None,
+                     layer: str | None = "counts") -> pd.Series:
+    """:func:`subsets_from_evidence` on the cells of ``adata`` (:func:`cell_evidence`)."""
+    return subsets_from_evidence(cell_evidence(adata, markers, layer), compartment, graph, clusters, markers)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -300,21 +349,34 @@ def nb_two_state_test(counts: np.ndarray, size: np.ndarray) -> dict[str, Any]:
 
 def split_nk_cd54(adata: ad.AnnData, nk_dim: np.ndarray, spec: dict[str, Any], layer: str | None = "counts"
                   ) -> tuple[np.ndarray | None, dict[str, Any]]:
-    """CD54bright vs CD54dim among CD56dim NK cells (``nk_dim`` mask) from their own ICAM1 counts: separable only
-    when two states beat one by ``min_delta_bic`` with the minor state at least ``min_minor_fraction`` of the cells
-    and the states ``min_fold`` apart. Returns per-cell bright calls (or None) and a record saying why."""
+    """:func:`split_nk_cd54_counts` on the CD56dim NK cells (``nk_dim`` mask) of ``adata``."""
     gene = spec.get("gene", "ICAM1")
-    info: dict[str, Any] = {"gene": gene, "n_cells": int(nk_dim.sum()), "separable": False}
-    if gene not in adata.var_names:
+    X = counts_matrix(adata, layer) if layer is not None else None
+    k = (np.asarray(X[:, adata.var_names.get_loc(gene)].todense()).ravel() if X is not None and gene in adata.var_names
+         else None)
+    lib = np.asarray(X.sum(1)).ravel() if X is not None else None
+    return split_nk_cd54_counts(None if k is None else k[nk_dim], None if lib is None else lib[nk_dim], spec,
+                                gene_present=gene in adata.var_names, n_cells=int(nk_dim.sum()))
+
+
+def split_nk_cd54_counts(counts: np.ndarray | None, library: np.ndarray | None, spec: dict[str, Any],
+                         gene_present: bool = True, n_cells: int | None = None
+                         ) -> tuple[np.ndarray | None, dict[str, Any]]:
+    """CD54bright vs CD54dim among CD56dim NK cells from their own ICAM1 ``counts`` (and library sizes): separable
+    only when two states beat one by ``min_delta_bic`` with the minor state at least ``min_minor_fraction`` of the
+    cells and the states ``min_fold`` apart. Returns per-cell bright calls (or None) and a record saying why.
+    ``counts`` None: no raw counts (log-normalised input)."""
+    gene = spec.get("gene", "ICAM1")
+    n = int(n_cells if n_cells is not None else (0 if counts is None else len(counts)))
+    info: dict[str, Any] = {"gene": gene, "n_cells": n, "separable": False}
+    if not gene_present:
         return None, {**info, "reason": f"{gene} is not among the cohort's genes"}
-    if nk_dim.sum() < 50:
-        return None, {**info, "reason": f"only {int(nk_dim.sum())} CD56dim NK cells (at least 50 needed)"}
-    if layer is None:
+    if n < 50:
+        return None, {**info, "reason": f"only {n} CD56dim NK cells (at least 50 needed)"}
+    if counts is None or library is None:
         return None, {**info, "reason": "raw counts needed to model ICAM1 states"}
-    X = counts_matrix(adata, layer)[np.where(nk_dim)[0]]
-    k = np.asarray(X[:, adata.var_names.get_loc(gene)].todense()).ravel()
-    lib = np.asarray(X.sum(1)).ravel()
-    fit = nb_two_state_test(k, lib / np.median(lib))
+    lib = np.asarray(library, float)
+    fit = nb_two_state_test(np.asarray(counts, float), lib / np.median(lib))
     post = fit.pop("posterior_high")
     info.update({key: (round(v, 4) if isinstance(v, float) else v) for key, v in fit.items()})
     minor = min(fit["high_fraction"], 1 - fit["high_fraction"])
@@ -331,24 +393,37 @@ def split_nk_cd54(adata: ad.AnnData, nk_dim: np.ndarray, spec: dict[str, Any], l
 def annotate_cells(adata: ad.AnnData, graph: sp.spmatrix | None = None, clusters: pd.Series | None = None,
                    markers: dict[str, Any] | None = None, layer: str | None = "counts", seed: int = 0
                    ) -> pd.DataFrame:
-    """Compartment and cell type of every cell (``unassigned`` when no label is convincing), with the evidence.
+    """Compartment and cell type of every cell (``unassigned`` when no label is convincing), with the evidence:
+    :func:`annotate_from_evidence` on :func:`cell_evidence`. ``layer=None`` reads log-normalised X."""
+    return annotate_from_evidence(cell_evidence(adata, markers, layer), graph, clusters, markers, seed)
+
+
+def annotate_from_evidence(evidence: pd.DataFrame, graph: sp.spmatrix | None = None,
+                           clusters: pd.Series | None = None, markers: dict[str, Any] | None = None,
+                           seed: int = 0) -> pd.DataFrame:
+    """Compartment and cell type of every cell from its :func:`cell_evidence` (one row per cell, in the graph's
+    order), with the evidence kept for obs (smoothed compartment scores, plasma evidence).
 
     ``graph``: the cells' neighbour connectivities (e.g. ``obsp['connectivities']``); without ``clusters`` the
-    graph is over-clustered (``over_cluster``) for majority voting. ``layer=None`` reads log-normalised X.
-    The frame's ``attrs['nk_cd54_split']`` says whether CD56dim NK cells were split by CD54 and why (not)."""
+    graph is over-clustered (``over_cluster``) for majority voting. The frame's ``attrs['nk_cd54_split']`` says
+    whether CD56dim NK cells were split by CD54 and why (not)."""
     markers = markers or load_markers()
     if clusters is None and graph is not None:
-        clusters = over_cluster(graph, seed=seed).set_axis(adata.obs_names)
-    compartment, evidence = annotate_compartments(adata, graph, clusters, markers, layer)
-    cell_type = annotate_subsets(adata, compartment, graph, clusters, markers, layer)
+        clusters = over_cluster(graph, seed=seed).set_axis(evidence.index)
+    compartment, kept = compartments_from_evidence(evidence, graph, clusters, markers)
+    cell_type = subsets_from_evidence(evidence, compartment, graph, clusters, markers)
     nk_dim = (cell_type == "NK_CD56dim").to_numpy()
-    bright, info = split_nk_cd54(adata, nk_dim, markers.get("nk_cd54", {}), layer)
+    spec = markers.get("nk_cd54", {})
+    has_counts = "nk_cd54_counts" in evidence
+    counts = evidence["nk_cd54_counts"].to_numpy()[nk_dim] if has_counts else None
+    present = not has_counts or bool(np.isfinite(evidence["nk_cd54_counts"].to_numpy(float)).all())
+    bright, info = split_nk_cd54_counts(counts if present else None,
+                                        evidence["library_size"].to_numpy()[nk_dim] if has_counts else None, spec,
+                                        gene_present=present, n_cells=int(nk_dim.sum()))
     if bright is not None:
         cell_type[nk_dim] = np.where(bright, "NK_CD56dim_CD54bright", "NK_CD56dim_CD54dim")
-    out = pd.concat([compartment, cell_type], axis=1).join(evidence)
+    out = pd.concat([compartment, cell_type], axis=1).join(kept)
     if clusters is not None:
         out["over_cluster"] = np.asarray(clusters).astype(str)
     out.attrs["nk_cd54_split"] = info
     return out
-
-

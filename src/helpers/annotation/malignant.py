@@ -17,14 +17,20 @@ from helpers.preprocessing.normalise import counts_matrix
 # malignant vs normal plasma cells
 # ----------------------------------------------------------------------------------------------------
 def light_chain_calls(adata: ad.AnnData, markers: dict[str, Any] | None = None, layer: str = "counts") -> pd.DataFrame:
-    """Per cell: kappa and lambda constant-region counts and the call (kappa / lambda / none)."""
+    """Per cell: kappa and lambda constant-region counts and the call (:func:`light_chain_from_counts`)."""
     markers = markers or load_markers()
     X = counts_matrix(adata, layer)
     res = {}
     for chain, genes in markers["light_chains"].items():
         g = [x for x in genes if x in adata.var_names]
         res[chain] = np.asarray(X[:, adata.var_names.get_indexer(g)].sum(1)).ravel() if g else np.zeros(adata.n_obs)
-    df = pd.DataFrame(res, index=adata.obs_names)
+    return light_chain_from_counts(pd.DataFrame(res, index=adata.obs_names))
+
+
+def light_chain_from_counts(counts: pd.DataFrame) -> pd.DataFrame:
+    """``counts`` (per cell: ``kappa`` and ``lambda`` constant-region counts, e.g. from
+    :func:`helpers.annotation.cell_types.cell_evidence`) with the call: kappa / lambda / none."""
+    df = counts[["kappa", "lambda"]].copy()
     df["light_chain"] = np.where(df.sum(1) == 0, "none", np.where(df["kappa"] >= df["lambda"], "kappa", "lambda"))
     return df
 
@@ -42,25 +48,60 @@ def add_gene_positions(adata: ad.AnnData) -> None:
 DYNAMIC_THRESHOLD = 1.5  # infercnvpy's default: scores within this many SD of zero are noise
 
 
-def infer_cnv(adata: ad.AnnData, query: np.ndarray, reference: np.ndarray, seed: int = 0, n_ref_max: int = 3000,
-              window_size: int = 100, dynamic_threshold: float | None = DYNAMIC_THRESHOLD) -> ad.AnnData:
-    """infercnvpy on the ``query`` cells (e.g. plasma cells) against ``reference`` cells (T/NK/myeloid, a
-    seeded subsample of at most ``n_ref_max``), genes placed by the committed GRCh38 table. Returns the
-    subset AnnData with ``obsm['X_cnv']`` and ``obs['cnv_group']`` (query / reference). ``dynamic_threshold``
-    (infercnvpy's default) zeroes scores within that many standard deviations of the noise; None keeps them."""
-    import infercnvpy as cnv
-
+def cnv_reference_cells(reference: np.ndarray, query: np.ndarray, seed: int = 0, n_ref_max: int = 3000) -> np.ndarray:
+    """Positions of the CNV reference cells: the ``reference`` cells that are not ``query`` cells, a seeded
+    subsample of at most ``n_ref_max`` (sorted)."""
     rng = np.random.default_rng(seed)
-    ref_idx = np.where(reference & ~query)[0]
+    ref_idx = np.where(np.asarray(reference) & ~np.asarray(query))[0]
     if len(ref_idx) > n_ref_max:
         ref_idx = np.sort(rng.choice(ref_idx, n_ref_max, replace=False))
-    q_idx = np.where(query)[0]
-    sub = adata[np.concatenate([q_idx, ref_idx])].copy()
-    sub.obs["cnv_group"] = ["query"] * len(q_idx) + ["reference"] * len(ref_idx)
+    return ref_idx
+
+
+def cnv_profiles(cells: ad.AnnData, window_size: int = 100) -> ad.AnnData:
+    """infercnvpy (log-normalised X; genes placed by the committed GRCh38 table) of ``cells`` against those with
+    ``obs['cnv_group'] == 'reference'``, without the noise threshold: each cell's profile depends on that cell and
+    on the reference's mean only, so the profiles of a cohort can be computed sample by sample against one
+    reference (:func:`helpers.preprocessing.per_sample.infer_cnv_by_sample`). Returns the positioned-gene subset
+    with ``obsm['X_cnv']`` (CSR, float32)."""
+    import infercnvpy as cnv
+
+    sub = cells.copy()
     add_gene_positions(sub)
     sub = sub[:, sub.var["chromosome"].notna().to_numpy()].copy()
     cnv.tl.infercnv(sub, reference_key="cnv_group", reference_cat=["reference"], window_size=window_size,
-                    n_jobs=1, calculate_gene_values=False, dynamic_threshold=dynamic_threshold)
+                    n_jobs=1, calculate_gene_values=False, dynamic_threshold=None)
+    sub.obsm["X_cnv"] = sp.csr_matrix(sub.obsm["X_cnv"], dtype=np.float32)
+    return sub
+
+
+def noise_thresholded(X: sp.spmatrix | np.ndarray, dynamic_threshold: float = DYNAMIC_THRESHOLD) -> sp.csr_matrix:
+    """CNV scores with those within ``dynamic_threshold`` standard deviations of zero set to 0, the standard
+    deviation taken over every score of every analysed cell (infercnvpy takes it per chunk of 5,000 cells, so its
+    result would depend on how cells are ordered and split into tasks)."""
+    X = sp.csr_matrix(X, dtype=np.float32, copy=True)
+    n = X.shape[0] * X.shape[1]
+    d = X.data.astype(np.float64)
+    sd = np.sqrt(max((d ** 2).sum() / n - (d.sum() / n) ** 2, 0.0))
+    X.data[np.abs(X.data) < dynamic_threshold * sd] = 0
+    X.eliminate_zeros()
+    return X
+
+
+def infer_cnv(adata: ad.AnnData, query: np.ndarray, reference: np.ndarray, seed: int = 0, n_ref_max: int = 3000,
+              window_size: int = 100, dynamic_threshold: float | None = DYNAMIC_THRESHOLD) -> ad.AnnData:
+    """infercnvpy on the ``query`` cells (e.g. plasma cells) against ``reference`` cells (T/NK/myeloid, a
+    seeded subsample of at most ``n_ref_max``: :func:`cnv_reference_cells`), genes placed by the committed GRCh38
+    table (:func:`cnv_profiles`). Returns the subset AnnData with ``obsm['X_cnv']`` and ``obs['cnv_group']``
+    (query / reference). ``dynamic_threshold`` (infercnvpy's default) zeroes scores within that many standard
+    deviations of the noise (:func:`noise_thresholded`); None keeps them."""
+    ref_idx = cnv_reference_cells(reference, query, seed, n_ref_max)
+    q_idx = np.where(query)[0]
+    sub = adata[np.concatenate([q_idx, ref_idx])].copy()
+    sub.obs["cnv_group"] = ["query"] * len(q_idx) + ["reference"] * len(ref_idx)
+    sub = cnv_profiles(sub, window_size)
+    if dynamic_threshold is not None:
+        sub.obsm["X_cnv"] = noise_thresholded(sub.obsm["X_cnv"], dynamic_threshold)
     return sub
 
 

@@ -37,7 +37,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from helpers.analysis.pseudobulk import sum_rows_by_key
+from helpers.analysis.pseudobulk import CELL_GROUPS, GROUP_KEYS, group_pseudobulk, sum_rows_by_key
+from helpers.annotation.cell_types import cell_evidence
+from helpers.annotation.malignant import cnv_profiles, noise_thresholded
 from helpers.data.cohort import Cohort, InputError
 from helpers.preprocessing.integrate import seurat_v3_hvg
 
@@ -420,6 +422,99 @@ def pseudobulk_by_sample(shards: list[str], labels: pd.Series | None = None, cli
                         label=label, patient=patient, tissue=tissue)
     out = pd.concat(parts)
     return out.groupby(level=0, sort=True).sum()  # a patient's samples (of the tissue asked) are summed
+
+
+# ----------------------------------------------------------------- annotation, CNV and cell groups from the shards
+# Notebook 02 with the Dask engine: what annotation measures in single cells runs per shard; the decisions that need
+# every cell (smoothing over the graph, majority votes, thresholds) run on the driver on those small tables.
+
+
+def shard_of(sample_id: str, shard_dir: str | Path) -> Path:
+    """The shard file of one sample (written by :func:`qc_one_sample`)."""
+    return Path(shard_dir) / f"{sample_id}.h5ad"
+
+
+def split_by_sample(shards: list[str], table: pd.DataFrame | pd.Series, sample: pd.Series) -> list[dict]:
+    """One task item per shard: the shard and the rows of ``table`` (indexed by cell) of that shard's sample
+    (``sample``: cell -> sample id); a task then receives only its own rows."""
+    sid = sample.reindex(table.index).astype(str)
+    parts = {k: v for k, v in table.groupby(sid.to_numpy(), sort=False)}
+    return [{"shard": sh, "rows": parts.get(Path(sh).stem, table.iloc[:0])} for sh in shards]
+
+
+def _evidence_shard(shard: str, markers: dict | None) -> pd.DataFrame:
+    return cell_evidence(ad.read_h5ad(shard), markers)
+
+
+def evidence_by_sample(shards: list[str], client: Any = None, markers: dict | None = None) -> pd.DataFrame:
+    """:func:`helpers.annotation.cell_types.cell_evidence` of every shard, one Dask task per sample, concatenated
+    in shard order: equal to the in-memory table (each cell's evidence depends on that cell alone)."""
+    return pd.concat(map_samples(_evidence_shard, shards, client, desc="annotation evidence per sample",
+                                 markers=markers))
+
+
+def _cells_of_shard(item: dict) -> ad.AnnData:
+    a = ad.read_h5ad(item["shard"])
+    rows = item["rows"]
+    a = a[a.obs_names.isin(rows.index)].copy()
+    for c in (rows.columns if isinstance(rows, pd.DataFrame) else []):
+        a.obs[c] = rows[c].reindex(a.obs_names).to_numpy()
+    return a
+
+
+def read_cells(shards: list[str], cells: pd.DataFrame, sample: pd.Series, client: Any = None) -> ad.AnnData:
+    """The cells indexed by ``cells`` (cell names; its columns are added to obs) from the shards, in shard order,
+    every gene (log-normalised X and ``layers['counts']``). For few cells (a CNV reference), not for a cohort."""
+    parts = map_samples(_cells_of_shard, split_by_sample(shards, cells, sample), client, desc="read cells")
+    return ad.concat([p for p in parts if p.n_obs], join="inner", merge="same")
+
+
+def _cnv_shard(item: dict, reference: ad.AnnData, window_size: int) -> tuple | None:
+    q = _cells_of_shard(item)
+    if q.n_obs == 0:
+        return None
+    cells = ad.concat([q, reference], join="inner", merge="same")
+    cells.obs["cnv_group"] = ["query"] * q.n_obs + ["reference"] * reference.n_obs
+    prof = cnv_profiles(cells, window_size)
+    return prof.obsm["X_cnv"][: q.n_obs], prof.obs.iloc[: q.n_obs], prof.var, prof.uns["cnv"]
+
+
+def infer_cnv_by_sample(shards: list[str], query: pd.DataFrame, reference: pd.DataFrame, sample: pd.Series,
+                        client: Any = None, window_size: int = 100,
+                        dynamic_threshold: float | None = None) -> ad.AnnData:
+    """:func:`helpers.annotation.malignant.infer_cnv` sample by sample: the ``reference`` cells (indexed by cell,
+    e.g. :func:`~helpers.annotation.malignant.cnv_reference_cells` of the cohort) are read once, every shard's
+    ``query`` cells are profiled against them in a Dask task (a profile depends only on its cell and the
+    reference's mean), and the noise threshold, when given, is applied over all profiles at the end (as the
+    in-memory path does). Same result, obs order (query cells in shard order, then the reference) and layout."""
+    ref = read_cells(shards, reference, sample, client)
+    ref.obs["cnv_group"] = "reference"
+    ref_prof = cnv_profiles(ref, window_size)
+    parts = [r for r in map_samples(_cnv_shard, split_by_sample(shards, query, sample), client,
+                                    desc="CNV per sample", reference=ref, window_size=window_size) if r is not None]
+    X = sp.vstack([r[0] for r in parts] + [ref_prof.obsm["X_cnv"]], format="csr")
+    obs = pd.concat([r[1] for r in parts] + [ref_prof.obs])
+    out = ad.AnnData(obs=obs, var=ref_prof.var)
+    out.obs["cnv_group"] = ["query"] * (len(obs) - ref_prof.n_obs) + ["reference"] * ref_prof.n_obs
+    out.obsm["X_cnv"] = noise_thresholded(X, dynamic_threshold) if dynamic_threshold is not None else X
+    out.uns["cnv"] = ref_prof.uns["cnv"]
+    return out
+
+
+def _groups_shard(item: dict, keys: list[str] | None) -> ad.AnnData:
+    return group_pseudobulk(_cells_of_shard(item), keys)
+
+
+def group_pseudobulk_by_sample(shards: list[str], labels: pd.DataFrame, sample: pd.Series, client: Any = None,
+                               keys: list[str] | None = None) -> ad.AnnData:
+    """:func:`helpers.analysis.pseudobulk.group_pseudobulk` of the labelled cells (``labels``: cell -> the label
+    columns, e.g. compartment and cell type) of every shard, one Dask task per sample, concatenated: the cell-group
+    table the finding notebooks read with the Dask engine (equal to the in-memory table of the same cells)."""
+    parts = map_samples(_groups_shard, split_by_sample(shards, labels, sample), client,
+                        desc="cell-group pseudobulk per sample", keys=keys)
+    out = ad.concat([p for p in parts if p.n_obs], join="inner", merge="same")
+    out.uns[CELL_GROUPS] = {"keys": list(keys or GROUP_KEYS)}
+    return out
 
 
 # ------------------------------------------------------------------------------------------- the whole step
