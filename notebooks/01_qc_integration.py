@@ -24,7 +24,8 @@
 # Integration only changes the embedding used for clustering and annotation; every CR-vs-NR statistic of
 # the later notebooks is computed from raw counts per patient, so integration cannot erase a response effect.
 #
-# Outputs: `data/processed/<cohort>/integrated.h5ad`, `results/<cohort>/findings/01.json`,
+# Outputs: `data/processed/<cohort>/integrated.h5ad` (with the dask engine: cells x 0 genes, naming each sample's shard in
+# `data/processed/<cohort>/shards/`), `results/<cohort>/findings/01.json`,
 # `figures/<cohort>/01_qc.*`, `figures/<cohort>/01_umap.*`.
 
 # %% tags=["parameters"]
@@ -127,8 +128,8 @@ fig = plots.embedding_grid(
 save_figure(fig, C.figures_dir, "01_umap")
 
 # %%
-if engine == "dask":  # counts and log-normalised values from the shards, on disk; embedding and graph from here
-    per_sample.assemble_shards(pre.shards, kept, pre.var, C.processed_dir / "integrated.h5ad")
+if engine == "dask":  # obs, embedding and graph; each sample's counts and log-normalised values stay in its shard
+    per_sample.write_sharded(kept, pre.shards, C.processed_dir / "integrated.h5ad")
 else:
     write_h5ad(kept, C.processed_dir / "integrated.h5ad")
 findings = {

@@ -30,7 +30,12 @@
 # cells, genes placed by the committed GRCh38 table). Composition: per-patient cell-type fractions, CR vs NR with a
 # logit-proportion rank test and BH FDR.
 #
-# Outputs: `data/processed/<cohort>/annotated.h5ad` (read by notebooks 03-08), `results/<cohort>/findings/02.json`,
+# With the dask engine (`analysis: {engine: dask}`) what each cell shows on its own (marker scores, plasma evidence,
+# light chains, copy-number profiles against one reference) is measured shard by shard and only the decisions that
+# need every cell run here, with the same result; notebooks 03-08 then read counts summed per sample and cell type.
+#
+# Outputs: `data/processed/<cohort>/annotated.h5ad` (read by notebooks 03-08; with the dask engine cells x 0 genes
+# and `cell_groups.h5ad`, the counts summed per sample, compartment and cell type), `results/<cohort>/findings/02.json`,
 # `results/<cohort>/tables/02_*.csv`, figures `02_celltypes`, `02_markers`, `02_composition`, `02_confusion`.
 
 # %% tags=["parameters"]
@@ -38,6 +43,7 @@ cohort = "ifm2017_sim"  # a folder under data/cohorts/
 root = None  # the project root; None finds it from the working directory (or $DR_ROOT)
 seed = None  # None: the cohort's seed (cohort.yaml); a number reruns with another seed
 min_light_chain_restriction = 0.75
+dask_scheduler = ""  # with the dask engine: a Dask scheduler address, or empty for a LocalCluster here
 
 # %%
 import anndata as ad
@@ -49,20 +55,26 @@ from helpers.analysis import composition
 from helpers.annotation import cell_types, malignant
 from helpers.data.cohort import load_cohort
 from helpers.io import save_figure, write_h5ad, write_json, write_table
+from helpers.preprocessing import per_sample
 from helpers.report import plots
 from helpers.validation.truth import annotation_against_truth, has_truth
 
 C = load_cohort(cohort, root=root)
 seed = C.seed if seed is None else seed
-adata = ad.read_h5ad(C.processed_dir / "integrated.h5ad")
+adata = ad.read_h5ad(C.processed_dir / "integrated.h5ad")  # with the dask engine: cells x 0 genes, values in shards
 markers = cell_types.load_markers()
 graph = adata.obsp["connectivities"]
+engine = "dask" if per_sample.is_sharded(adata) else "memory"
+client = per_sample.open_client(adata, C.analysis("dask_scheduler", dask_scheduler))  # None in memory
+print("engine:", engine)
 
 # %% [markdown]
 # ## Compartments and subsets
 
 # %%
-calls = cell_types.annotate_cells(adata, graph, markers=markers, seed=seed)
+# what each cell shows on its own (per sample with the dask engine), then the decisions that need every cell
+cell_evidence = per_sample.annotation_evidence(adata, C.processed_dir, client, markers)
+calls = cell_types.annotate_from_evidence(cell_evidence, graph, markers=markers, seed=seed)
 compartment, cell_type = calls["compartment"], calls["cell_type"].copy()
 nk_cd54_split = calls.attrs["nk_cd54_split"]
 adata.obs["compartment"] = compartment.astype("category")
@@ -79,9 +91,10 @@ is_plasma = (compartment == "plasma").to_numpy()
 is_ref = compartment.isin(["T", "NK", "myeloid"]).to_numpy()
 calls = None
 if is_plasma.sum() >= 10:
-    cnv_adata = malignant.infer_cnv(adata, is_plasma, is_ref, seed=seed)
+    cnv_adata = per_sample.infer_cnv_cells(adata, is_plasma, is_ref, C.processed_dir, client, seed=seed,
+                                           dynamic_threshold=malignant.DYNAMIC_THRESHOLD)
     cnv_corr = malignant.cnv_profile_correlation(cnv_adata)
-    chains = malignant.light_chain_calls(adata[is_plasma], markers)
+    chains = malignant.light_chain_from_counts(cell_evidence[is_plasma])
     calls = malignant.call_malignant(adata.obs[is_plasma], chains, cnv_corr,
                                     min_restriction=min_light_chain_restriction,
                                     kappa_share=markers["polyclonal_kappa_share"])
@@ -109,13 +122,13 @@ present = set(cell_type)
 order = [t for t in ["malignant_PC", "normal_PC", "NK_CD56dim_CD54bright", "NK_CD56dim_CD54dim", "NK_CD56dim"]
          + [t for comp in markers["subsets"].values() for t in comp if t not in ("plasma", "NK_CD56dim")]
          + ["unassigned"] if t in present]
-genes = list(dict.fromkeys(g for t in markers["subsets"].values() for s in t.values() for g in s["markers"][:3]
-                           if g in adata.var_names)) + [g for g in ["ICAM1", "IGKC", "IGLC2"] if g in adata.var_names]
-adata.obs["cell_type_ordered"] = pd.Categorical(adata.obs["cell_type"].astype(str), categories=order)
-dp = sc.pl.dotplot(adata, genes, groupby="cell_type_ordered", return_fig=True, standard_scale="var")
+genes = list(dict.fromkeys([g for t in markers["subsets"].values() for s in t.values() for g in s["markers"][:3]]
+                           + ["ICAM1", "IGKC", "IGLC2"]))
+shown = per_sample.expression_subsample(adata, genes, C.processed_dir, client, seed=seed)  # (dask: <= 50,000 cells)
+shown.obs["cell_type_ordered"] = pd.Categorical(shown.obs["cell_type"].astype(str), categories=order)
+dp = sc.pl.dotplot(shown, list(shown.var_names), groupby="cell_type_ordered", return_fig=True, standard_scale="var")
 dp.make_figure()
 save_figure(dp.fig, C.figures_dir, "02_markers")
-del adata.obs["cell_type_ordered"]
 
 # %% [markdown]
 # ## Composition per patient, CR vs NR (discovery tissue)
@@ -136,7 +149,14 @@ save_figure(fig, C.figures_dir, "02_composition")
 comp_stats.sort_values("p").head(10)
 
 # %%
-write_h5ad(adata, C.processed_dir / "annotated.h5ad")
+if engine == "dask":  # the cells' labels, and counts summed per sample and cell type for notebooks 03-08
+    per_sample.write_sharded(adata, per_sample.shard_paths(adata, C.processed_dir), C.processed_dir / "annotated.h5ad")
+    groups = per_sample.cell_groups(adata, C.processed_dir, client)
+    groups.uns["nk_cd54_split"] = nk_cd54_split
+    write_h5ad(groups, C.processed_dir / "cell_groups.h5ad")
+else:
+    write_h5ad(adata, C.processed_dir / "annotated.h5ad")
+per_sample.close_client(client)
 n_unassigned = int((adata.obs["cell_type"] == "unassigned").sum())
 findings = {
     "n_cells": int(adata.n_obs),

@@ -56,6 +56,7 @@ import pandas as pd
 
 from helpers.analysis import atlas
 from helpers.analysis import findings as fd
+from helpers.analysis.pseudobulk import n_cells_of
 from helpers.claims import testable_pseudobulk
 from helpers.io import save_figure, write_json, write_table
 from helpers.report import narrative, plots
@@ -66,10 +67,10 @@ seed = C.seed if seed is None else seed
 spec = atlas.load_atlas(C.resolve(atlas_file) if atlas_file else None)
 resp = fd.patient_responses(bm.obs)
 ages = bm.obs.drop_duplicates("patient_id").set_index("patient_id")["age"]
-n_tumour = int((bm.obs["cell_type"] == atlas.TUMOUR).sum())
+n_tumour = n_cells_of(bm, (bm.obs["cell_type"] == atlas.TUMOUR).to_numpy())  # (bm: cells, or cell groups)
 # every mechanism is measured in tumour cells or towards them: without enough of them the atlas is not testable
 _, untestable = fd.attempt(testable_pseudobulk, bm, [atlas.TUMOUR], C.groups, min_cells)
-print(f"{bm.n_obs:,} {C.discovery_tissue} cells, {len(resp)} patients; {n_tumour:,} malignant plasma cells"
+print(f"{n_cells_of(bm):,} {C.discovery_tissue} cells, {len(resp)} patients; {n_tumour:,} malignant plasma cells"
       + (f"; atlas {fd.describe(untestable)}" if untestable else ""))
 
 # %% [markdown]

@@ -111,6 +111,52 @@ def linked_project(root: Path, committed_cohorts: bool = True) -> Path:
     return link_project(root, ROOT, cohorts=committed_cohorts)
 
 
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+def run_chain(project: Path, cohort: str = "tiny", notebooks: list[str] | None = None) -> dict[str, int]:
+    """Notebooks (default: every one) through the Makefile's runner (which injects only ``cohort``), in chain
+    order, in ``project``; stops at the first failure. Returns each notebook's exit code."""
+    from helpers.runner import main as runner_main
+
+    codes = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DR_ROOT", str(project))
+        for nb in NOTEBOOKS:
+            if notebooks is not None and nb.stem not in notebooks:
+                continue
+            codes[nb.stem] = runner_main(["run", "--cohort", cohort, "--notebook", str(project / "notebooks" / nb.name)])
+            if codes[nb.stem] != 0:
+                break
+    return codes
+
+
+def copy_cohort(project: Path, src: str, name: str, analysis: dict | None = None) -> Path:
+    """A copy of committed cohort ``src`` in ``project`` named ``name``, with ``analysis`` keys set."""
+    import yaml
+
+    cdir = project / "data" / "cohorts" / name
+    shutil.copytree(ROOT / "data" / "cohorts" / src, cdir)
+    cfg = yaml.safe_load((cdir / "cohort.yaml").read_text())
+    cfg["name"] = name
+    cfg.setdefault("analysis", {}).update(analysis or {})
+    (cdir / "cohort.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return cdir
+
+
+@pytest.fixture(scope="session")
+def chain_project(tmp_path_factory) -> Path:
+    """A scratch project root linked to this checkout: the end-to-end chains run there, nothing is written into
+    the checkout."""
+    return linked_project(tmp_path_factory.mktemp("e2e"))
+
+
+@pytest.fixture(scope="session")
+def tiny_chain(chain_project) -> dict[str, int]:
+    """The whole chain on the tiny cohort (in memory), from scratch, once per session."""
+    return run_chain(chain_project)
+
+
 def pseudobulk_effect(adata, genes, cell_types, tissue="BM") -> pd.DataFrame:
     """Per patient mean log2 CPM of ``genes`` in truth ``cell_types`` (good cells): a truth-side check."""
     import scipy.sparse as sp

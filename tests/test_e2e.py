@@ -11,36 +11,20 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import GOAL_GAP, HARD_GOALS, SOFT_GOALS, linked_project, missed_goals
-
-from helpers.runner import main as runner_main
+from conftest import GOAL_GAP, HARD_GOALS, NOTEBOOKS, SOFT_GOALS, linked_project, missed_goals, run_chain
 
 ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
-    """A scratch project root linked to this checkout: the chain runs there, nothing is written into the checkout."""
-    return linked_project(tmp_path_factory.mktemp("e2e"))
-
-
-def run_chain(project: Path, cohort: str = "tiny") -> dict[str, int]:
-    """Every notebook through the Makefile's runner (which injects only ``cohort``), in chain order."""
-    codes = {}
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DR_ROOT", str(project))
-        for nb in NOTEBOOKS:
-            codes[nb.stem] = runner_main(["run", "--cohort", cohort, "--notebook", str(project / "notebooks" / nb.name)])
-            if codes[nb.stem] != 0:
-                break
-    return codes
+def project(chain_project) -> Path:
+    return chain_project
 
 
 @pytest.fixture(scope="module")
-def tiny_run(project):
-    """The whole chain on the tiny cohort, from scratch."""
-    return run_chain(project)
+def tiny_run(tiny_chain):
+    """The whole chain on the tiny cohort, from scratch (shared with the per-sample tests)."""
+    return tiny_chain
 
 
 @pytest.mark.slow

@@ -21,17 +21,20 @@ from typing import Any
 import anndata as ad
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 from joblib import Parallel, delayed
 from tqdm.auto import tqdm
 
 from helpers.analysis import subclones
 from helpers.analysis.power import clopper_pearson, simulate_pseudobulks
-from helpers.analysis.pseudobulk import log_cpm, pseudobulk_by_patient, set_score
+from helpers.analysis.pseudobulk import log_cpm, n_cells_of, pseudobulk_by_patient, set_score
 from helpers.analysis.stats import bh_fdr, compare_two_groups, spearman_ci
+from helpers.annotation.malignant import DYNAMIC_THRESHOLD
 from helpers.claims import not_testable
 from helpers.data.cohort import project_root
 from helpers.data.genesets import centromeres, gene_set
 from helpers.data.simulate import cohort_model, knob, load_planted, load_resistance
+from helpers.preprocessing import per_sample
 
 TUMOUR = "malignant_PC"
 CNV_FEATURES = ["cnv_burden", "cnv_subclones"]
@@ -189,18 +192,16 @@ def cnv_features(adata: ad.AnnData, spec: dict[str, Any], seed: int = 0, label: 
     the patient's reference cells) and number of CNV subclones (:func:`~helpers.analysis.subclones.call_subclones`
     on arm-level scores); patients with fewer than ``min_cells`` tumour cells get NaN. Also returns one row per
     analysed tumour cell: its patient, called clone and, in a simulated cohort, planted clone (``truth_clone``)."""
-    import scipy.sparse as sp
-
-    from helpers.annotation.malignant import DYNAMIC_THRESHOLD, infer_cnv
-
     gh = spec.get("genetic_heterogeneity", {})
     min_cells = int(gh.get("min_cells", 30))
-    query = (adata.obs[label].astype(str) == TUMOUR).to_numpy()
-    ref = adata.obs[compartment].astype(str).isin(["T", "NK", "myeloid"]).to_numpy()
+    cells = per_sample.cell_table(adata)  # the cells (with cell groups: their labels; values read shard by shard)
+    query = (cells.obs[label].astype(str) == TUMOUR).to_numpy()
+    ref = cells.obs[compartment].astype(str).isin(["T", "NK", "myeloid"]).to_numpy()
     if query.sum() < min_cells:
         raise ValueError(f"only {int(query.sum())} '{TUMOUR}' cells: cannot infer copy numbers")
     window_size = int(gh.get("window_size", 100))
-    cnv = infer_cnv(adata, query, ref, seed=seed, window_size=window_size, dynamic_threshold=None)
+    cnv = per_sample.infer_cnv_cells(cells, query, ref, None, seed=seed, window_size=window_size,
+                                     dynamic_threshold=None)
     X = cnv.obsm["X_cnv"]
     X = X.toarray() if sp.issparse(X) else np.asarray(X)
     arms = subclones.window_arms(cnv.var, cnv.uns["cnv"]["chr_pos"], X.shape[1], centromeres()["centromere_mb"],
@@ -367,7 +368,7 @@ def run_atlas(adata: ad.AnnData, spec: dict[str, Any], groups: pd.Series, refere
     logcpm = tumour_logcpm(adata, min_cells=min_cells)
     expr, expr_meta = expression_features(logcpm, spec)
     me, me_meta = microenvironment_features(adata, spec, min_cells=min_cells)
-    n_tumour = int((adata.obs["cell_type"].astype(str) == TUMOUR).sum())
+    n_tumour = n_cells_of(adata, (adata.obs["cell_type"].astype(str) == TUMOUR).to_numpy())
     cnv_min = int(spec.get("genetic_heterogeneity", {}).get("min_cells", 30))  # infercnvpy's minimum of tumour cells
     cnv_untestable = (not_testable(f"only {n_tumour} malignant plasma cells (infercnvpy needs {cnv_min})")
                       if n_tumour < cnv_min else None)

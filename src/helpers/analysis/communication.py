@@ -15,8 +15,10 @@ import warnings
 import anndata as ad
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 from helpers.preprocessing.normalise import lognorm_matrix
+from helpers.preprocessing.per_sample import cells_by_sample
 
 
 def lr_resource(name: str = "consensus") -> pd.DataFrame:
@@ -37,30 +39,25 @@ def liana_by_sample(adata: ad.AnnData, groupby: str, sample_key: str = "sample_i
     Groups with fewer than ``min_cells`` cells in a sample are left out of that sample."""
     import liana as li
 
-
     for col in (groupby, sample_key):
         if col not in adata.obs:
             raise KeyError(f"obs column '{col}' not found (needed for liana by sample)")
     res = lr_resource(resource_name)
     if ligands is not None:
         res = res[res["ligand"].isin(ligands)]
-    keep = np.ones(adata.n_obs, bool)
-    if pairs is not None:
-        groups = {g for p in pairs for g in p}
-        keep &= adata.obs[groupby].astype(str).isin(groups).to_numpy()
+    groups = {g for p in pairs for g in p} if pairs is not None else None
     subunits = {g for x in pd.concat([res["ligand"], res["receptor"]]).unique() for g in x.split("_")}
     genes = [g for g in adata.var_names if g in subunits]
     if not genes:
         raise ValueError(f"none of the {resource_name} resource's genes is in var_names (gene symbols expected)")
-    sub = ad.AnnData(X=lognorm_matrix(adata[keep], genes, layer=layer), obs=adata.obs.loc[keep, [groupby, sample_key]].copy(),
-                     var=pd.DataFrame(index=genes))
-    sub.obs[groupby] = sub.obs[groupby].astype(str)
-    sub.obs[sample_key] = sub.obs[sample_key].astype(str)
     out = []
-    from tqdm.auto import tqdm
-
-    for s in tqdm(sorted(sub.obs[sample_key].unique()), desc="liana per sample"):
-        a = sub[(sub.obs[sample_key] == s).to_numpy()]
+    samples = sorted(adata.obs[sample_key].astype(str).unique())
+    # one sample's cells at a time (from the shards when adata holds cell groups); log-normalised per cell
+    for s, cells in tqdm(cells_by_sample(adata, [groupby]), total=len(samples), desc="liana per sample"):
+        keep = cells.obs[groupby].astype(str).isin(groups).to_numpy() if groups is not None else slice(None)
+        cells = cells[keep]
+        a = ad.AnnData(X=lognorm_matrix(cells, genes, layer=layer), obs=cells.obs[[groupby]].astype(str),
+                       var=pd.DataFrame(index=genes))
         sizes = a.obs[groupby].value_counts()
         ok = set(sizes.index[sizes >= min_cells])
         a = a[a.obs[groupby].isin(ok).to_numpy()].copy()

@@ -20,7 +20,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from helpers.analysis.pseudobulk import gene_per_patient, log_cpm, progeny_activity
+from helpers.analysis.pseudobulk import CELL_GROUPS, gene_per_patient, log_cpm, progeny_activity
 from helpers.analysis.stats import bh_fdr, compare_two_groups, spearman_ci
 from helpers.analysis.survival import survival_by_score
 from helpers.claims import (  # noqa: F401  (NOT_TESTABLE, is_not_testable, not_testable: the record form, re-exported)
@@ -39,6 +39,7 @@ from helpers.claims import (  # noqa: F401  (NOT_TESTABLE, is_not_testable, not_
 )
 from helpers.data.cohort import Cohort, load_cohort
 from helpers.data.genesets import gene_set
+from helpers.preprocessing import per_sample
 
 
 def attempt(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, dict | None]:
@@ -70,11 +71,23 @@ def not_testable_records(findings: Any, path: str = "") -> Iterator[tuple[str, d
 
 
 def load_annotated(path: str | Path) -> ad.AnnData:
-    """The annotated cells without the ``unassigned`` ones (not a cell type: left out of every analysis)."""
-    if not Path(path).exists():
+    """The annotated cells without the ``unassigned`` ones (not a cell type: left out of every analysis). A cohort
+    annotated with the dask engine gives its cell groups instead (``cell_groups.h5ad`` next to ``path``: counts
+    summed per sample and cell type, :func:`helpers.analysis.pseudobulk.group_pseudobulk`), from which every finding
+    helper measures what it measures from cells; the cells themselves stay in their shards
+    (:func:`helpers.preprocessing.per_sample.cells_by_sample`)."""
+    path = Path(path)
+    if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: notebook 02 writes it; run `make all COHORT=<cohort>` (or "
                                 "notebooks 00-02 in order) before the finding notebooks")
-    adata = ad.read_h5ad(path)
+    if per_sample.is_sharded_file(path):
+        groups_path = path.parent / "cell_groups.h5ad"
+        if not groups_path.exists():
+            raise FileNotFoundError(f"{groups_path} does not exist: notebook 02 (dask engine) writes it with {path}")
+        adata = ad.read_h5ad(groups_path)
+        adata.uns[CELL_GROUPS] = {**dict(adata.uns[CELL_GROUPS]), "annotated": str(path)}
+    else:
+        adata = ad.read_h5ad(path)
     keep = (adata.obs["cell_type"].astype(str) != UNASSIGNED).to_numpy()
     return adata if keep.all() else adata[keep].copy()
 

@@ -58,19 +58,33 @@ def cnv_reference_cells(reference: np.ndarray, query: np.ndarray, seed: int = 0,
     return ref_idx
 
 
-def cnv_profiles(cells: ad.AnnData, window_size: int = 100) -> ad.AnnData:
-    """infercnvpy (log-normalised X; genes placed by the committed GRCh38 table) of ``cells`` against those with
-    ``obs['cnv_group'] == 'reference'``, without the noise threshold: each cell's profile depends on that cell and
-    on the reference's mean only, so the profiles of a cohort can be computed sample by sample against one
-    reference (:func:`helpers.preprocessing.per_sample.infer_cnv_by_sample`). Returns the positioned-gene subset
-    with ``obsm['X_cnv']`` (CSR, float32)."""
-    import infercnvpy as cnv
-
+def positioned_genes(cells: ad.AnnData) -> ad.AnnData:
+    """A copy of ``cells`` with the genes the committed GRCh38 table places (chromosome, start, end in var)."""
     sub = cells.copy()
     add_gene_positions(sub)
-    sub = sub[:, sub.var["chromosome"].notna().to_numpy()].copy()
-    cnv.tl.infercnv(sub, reference_key="cnv_group", reference_cat=["reference"], window_size=window_size,
-                    n_jobs=1, calculate_gene_values=False, dynamic_threshold=None)
+    return sub[:, sub.var["chromosome"].notna().to_numpy()].copy()
+
+
+def cnv_reference_mean(reference: ad.AnnData) -> np.ndarray:
+    """The reference's mean log-normalised expression of the placed genes (:func:`positioned_genes`): what
+    infercnvpy subtracts from every cell's profile (given once, each sample's cells can be profiled alone)."""
+    return np.asarray(positioned_genes(reference).X.mean(axis=0)).reshape(1, -1)
+
+
+def cnv_profiles(cells: ad.AnnData, window_size: int = 100, reference_mean: np.ndarray | None = None) -> ad.AnnData:
+    """infercnvpy (log-normalised X; genes placed by the committed GRCh38 table) of ``cells`` against the mean of
+    those with ``obs['cnv_group'] == 'reference'`` (or against ``reference_mean``, :func:`cnv_reference_mean`),
+    without the noise threshold: each cell's profile depends on that cell and on the reference's mean only, so the
+    profiles of a cohort can be computed sample by sample against one reference
+    (:func:`helpers.preprocessing.per_sample.infer_cnv_by_sample`). Returns the placed-gene subset with
+    ``obsm['X_cnv']`` (CSR, float32)."""
+    import infercnvpy as cnv
+
+    sub = positioned_genes(cells)
+    ref = ({"reference": reference_mean} if reference_mean is not None
+           else {"reference_key": "cnv_group", "reference_cat": ["reference"]})
+    cnv.tl.infercnv(sub, window_size=window_size, n_jobs=1, calculate_gene_values=False, dynamic_threshold=None,
+                    **ref)
     sub.obsm["X_cnv"] = sp.csr_matrix(sub.obsm["X_cnv"], dtype=np.float32)
     return sub
 

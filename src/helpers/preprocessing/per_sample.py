@@ -26,7 +26,7 @@ and read/write the shard directory, so it must be on storage every worker sees.
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -37,9 +37,15 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from helpers.analysis.pseudobulk import CELL_GROUPS, GROUP_KEYS, group_pseudobulk, sum_rows_by_key
+from helpers.analysis.pseudobulk import CELL_GROUPS, GROUP_KEYS, group_pseudobulk, is_cell_groups, sum_rows_by_key
 from helpers.annotation.cell_types import cell_evidence
-from helpers.annotation.malignant import cnv_profiles, noise_thresholded
+from helpers.annotation.malignant import (
+    cnv_profiles,
+    cnv_reference_cells,
+    cnv_reference_mean,
+    infer_cnv,
+    noise_thresholded,
+)
 from helpers.data.cohort import Cohort, InputError
 from helpers.preprocessing.integrate import seurat_v3_hvg
 
@@ -53,6 +59,7 @@ def dask_client(address: str | None = None, n_workers: int | None = None,
     ``n_workers`` single-threaded worker processes (default $DR_JOBS or 2), closed on exit."""
     import logging
 
+    import dask
     from distributed import Client, LocalCluster
 
     address = address or os.environ.get("DR_DASK_SCHEDULER") or None
@@ -64,8 +71,10 @@ def dask_client(address: str | None = None, n_workers: int | None = None,
             client.close()
         return
     n_workers = n_workers or int(os.environ.get("DR_JOBS", 2))
-    cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                           memory_limit=memory_limit or "auto", silence_logs=logging.ERROR)
+    # non-daemonic workers: infercnvpy (CNV per sample) starts a process pool, which a daemonic process cannot
+    with dask.config.set({"distributed.worker.daemon": False}):
+        cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                               memory_limit=memory_limit or "auto", silence_logs=logging.ERROR)
     client = Client(cluster)
     try:
         yield client
@@ -469,33 +478,31 @@ def read_cells(shards: list[str], cells: pd.DataFrame, sample: pd.Series, client
     return ad.concat([p for p in parts if p.n_obs], join="inner", merge="same")
 
 
-def _cnv_shard(item: dict, reference: ad.AnnData, window_size: int) -> tuple | None:
+def _cnv_shard(item: dict, reference_mean: np.ndarray, window_size: int) -> tuple | None:
     q = _cells_of_shard(item)
     if q.n_obs == 0:
         return None
-    cells = ad.concat([q, reference], join="inner", merge="same")
-    cells.obs["cnv_group"] = ["query"] * q.n_obs + ["reference"] * reference.n_obs
-    prof = cnv_profiles(cells, window_size)
-    return prof.obsm["X_cnv"][: q.n_obs], prof.obs.iloc[: q.n_obs], prof.var, prof.uns["cnv"]
+    q.obs["cnv_group"] = "query"
+    prof = cnv_profiles(q, window_size, reference_mean=reference_mean)
+    return prof.obsm["X_cnv"], prof.obs
 
 
 def infer_cnv_by_sample(shards: list[str], query: pd.DataFrame, reference: pd.DataFrame, sample: pd.Series,
                         client: Any = None, window_size: int = 100,
                         dynamic_threshold: float | None = None) -> ad.AnnData:
     """:func:`helpers.annotation.malignant.infer_cnv` sample by sample: the ``reference`` cells (indexed by cell,
-    e.g. :func:`~helpers.annotation.malignant.cnv_reference_cells` of the cohort) are read once, every shard's
-    ``query`` cells are profiled against them in a Dask task (a profile depends only on its cell and the
-    reference's mean), and the noise threshold, when given, is applied over all profiles at the end (as the
+    e.g. :func:`~helpers.annotation.malignant.cnv_reference_cells` of the cohort) are read and profiled once, every
+    shard's ``query`` cells are profiled against the reference's mean in a Dask task (a profile depends only on its
+    cell and that mean), and the noise threshold, when given, is applied over all profiles at the end (as the
     in-memory path does). Same result, obs order (query cells in shard order, then the reference) and layout."""
     ref = read_cells(shards, reference, sample, client)
     ref.obs["cnv_group"] = "reference"
     ref_prof = cnv_profiles(ref, window_size)
-    parts = [r for r in map_samples(_cnv_shard, split_by_sample(shards, query, sample), client,
-                                    desc="CNV per sample", reference=ref, window_size=window_size) if r is not None]
+    parts = [r for r in map_samples(_cnv_shard, split_by_sample(shards, query, sample), client, desc="CNV per sample",
+                                    reference_mean=cnv_reference_mean(ref), window_size=window_size)
+             if r is not None]
     X = sp.vstack([r[0] for r in parts] + [ref_prof.obsm["X_cnv"]], format="csr")
-    obs = pd.concat([r[1] for r in parts] + [ref_prof.obs])
-    out = ad.AnnData(obs=obs, var=ref_prof.var)
-    out.obs["cnv_group"] = ["query"] * (len(obs) - ref_prof.n_obs) + ["reference"] * ref_prof.n_obs
+    out = ad.AnnData(obs=pd.concat([r[1] for r in parts] + [ref_prof.obs]), var=ref_prof.var)
     out.obsm["X_cnv"] = noise_thresholded(X, dynamic_threshold) if dynamic_threshold is not None else X
     out.uns["cnv"] = ref_prof.uns["cnv"]
     return out
@@ -515,6 +522,178 @@ def group_pseudobulk_by_sample(shards: list[str], labels: pd.DataFrame, sample: 
     out = ad.concat([p for p in parts if p.n_obs], join="inner", merge="same")
     out.uns[CELL_GROUPS] = {"keys": list(keys or GROUP_KEYS)}
     return out
+
+
+# ------------------------------------------------------------------- one entry point for either engine
+SHARDS = "shards"  # uns key: sample -> shard file (relative to the processed dir) of a cohort kept as shards
+
+
+def write_sharded(embedding: ad.AnnData, shards: list[str], out: str | Path) -> Path:
+    """The cohort file of the per-sample path (integrated.h5ad / annotated.h5ad): the cells' obs, embedding, graph
+    and uns with no expression matrix (cells x 0 genes), and ``uns['shards']`` naming each sample's shard (counts
+    and log-normalised values) relative to the file's folder. Its size grows with cells x embedding, not genes."""
+    from helpers.io import write_h5ad
+
+    out = Path(out)
+    a = ad.AnnData(obs=embedding.obs.copy(), obsm=dict(embedding.obsm), obsp=dict(embedding.obsp),
+                   uns={**dict(embedding.uns), SHARDS: {Path(s).stem: os.path.relpath(s, out.parent) for s in shards}})
+    return write_h5ad(a, out)
+
+
+def shard_cohort(adata: ad.AnnData, shard_dir: str | Path, out: str | Path) -> Path:
+    """An in-memory cohort file (e.g. integrated.h5ad of the in-memory path) as shards: one file per sample
+    (log-normalised X and ``layers['counts']``) in ``shard_dir`` and the cells x 0 genes file at ``out``
+    (:func:`write_sharded`), so that notebooks 02-08 can run sample by sample from it."""
+    from helpers.io import write_h5ad
+
+    shard_dir = Path(shard_dir)
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    sid = adata.obs["sample_id"].astype(str).to_numpy()
+    shards = []
+    for s in dict.fromkeys(sid):
+        m = sid == s
+        if not (np.diff(np.flatnonzero(m)) == 1).all():
+            raise InputError(f"cells of sample {s} are not contiguous in the cohort file: sort by sample first")
+        part = adata[m]
+        shard = ad.AnnData(X=part.X, obs=part.obs.copy(), var=adata.var.copy(), layers={"counts": part.layers["counts"]})
+        shards.append(str(write_h5ad(shard, shard_of(s, shard_dir))))
+    return write_sharded(adata, shards, out)
+
+
+def is_sharded(adata: ad.AnnData) -> bool:
+    """Whether ``adata`` is a per-sample cohort file (:func:`write_sharded`): its cells' values are in shards."""
+    return SHARDS in adata.uns
+
+
+def shard_paths(adata: ad.AnnData, processed_dir: str | Path | None = None) -> list[str]:
+    """The shard files of a per-sample cohort file, in the file's cell order (missing ones named in the error);
+    relative to ``processed_dir`` (default: ``uns['shard_root']``, set by :func:`read_cell_table`)."""
+    processed_dir = processed_dir or adata.uns["shard_root"]
+    paths = [str((Path(processed_dir) / rel).resolve()) for rel in adata.uns[SHARDS].values()]
+    missing = [p for p in paths if not Path(p).exists()]
+    if missing:
+        raise InputError(f"{len(missing)} shard file(s) of {processed_dir} are missing (e.g. {missing[0]}): re-run "
+                         "notebook 01 with the dask engine")
+    return paths
+
+
+def open_client(adata: ad.AnnData, address: str | None = None) -> Any:
+    """For a notebook: a Dask client (to ``address``, or a LocalCluster as :func:`dask_client` starts) when
+    ``adata`` is a per-sample cohort file, else None (in memory). Close it with :func:`close_client`."""
+    if not is_sharded(adata):
+        return None
+    stack = ExitStack()
+    client = stack.enter_context(dask_client(address or None))
+    _OPEN_CLIENTS[id(client)] = stack
+    return client
+
+
+def close_client(client: Any) -> None:
+    """Close a client from :func:`open_client` (and its LocalCluster); None is a no-op."""
+    if client is not None:
+        _OPEN_CLIENTS.pop(id(client)).close()
+
+
+_OPEN_CLIENTS: dict[int, ExitStack] = {}
+
+
+def read_cell_table(path: str | Path) -> ad.AnnData:
+    """The obs (and ``uns['shards']``) of a per-sample cohort file without its embedding and graph: the cells'
+    labels and design, cells x 0 genes, with ``uns['shard_root']`` set to the file's folder."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        obs = ad.io.read_elem(f["obs"])
+        shards = ad.io.read_elem(f["uns"][SHARDS]) if "uns" in f and SHARDS in f["uns"] else None
+    if shards is None:
+        raise InputError(f"{path} is not a per-sample cohort file (no uns['{SHARDS}']): read it with anndata")
+    return ad.AnnData(obs=obs, uns={SHARDS: dict(shards), "shard_root": str(Path(path).parent)})
+
+
+def is_sharded_file(path: str | Path) -> bool:
+    """Whether the .h5ad at ``path`` is a per-sample cohort file (:func:`write_sharded`)."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return "uns" in f and SHARDS in f["uns"]
+
+
+def cell_table(adata: ad.AnnData) -> ad.AnnData:
+    """The cells behind ``adata``: ``adata`` itself when it holds cells; for cell groups loaded by
+    :func:`helpers.analysis.findings.load_annotated`, the annotated cells of the same samples and cell types
+    (obs only, values in the shards: :func:`read_cell_table`)."""
+    if not is_cell_groups(adata):
+        return adata
+    info = adata.uns[CELL_GROUPS]
+    table = read_cell_table(info["annotated"])
+    keep = table.obs["sample_id"].astype(str).isin(set(adata.obs["sample_id"].astype(str)))
+    keep &= table.obs["cell_type"].astype(str).isin(set(adata.obs["cell_type"].astype(str)))
+    return table[keep.to_numpy()].copy()
+
+
+def cells_by_sample(adata: ad.AnnData, columns: list[str] | None = None) -> Iterator[tuple[str, ad.AnnData]]:
+    """(sample id, that sample's cells with every gene) for each sample behind ``adata`` (cells, or cell groups
+    whose cells are read one shard at a time with ``columns`` of their annotation added to obs)."""
+    cells = cell_table(adata)
+    sid = cells.obs["sample_id"].astype(str)
+    if not is_sharded(cells):
+        for s in sorted(sid.unique()):
+            yield s, cells[(sid == s).to_numpy()]
+        return
+    paths = dict(zip(cells.uns[SHARDS], shard_paths(cells, cells.uns["shard_root"])))
+    cols = list(columns or [])
+    for s in sorted(sid.unique()):
+        yield s, _cells_of_shard({"shard": paths[s], "rows": cells.obs.loc[(sid == s).to_numpy(), cols]})
+
+
+def annotation_evidence(adata: ad.AnnData, processed_dir: str | Path | None, client: Any = None,
+                        markers: dict | None = None) -> pd.DataFrame:
+    """:func:`helpers.annotation.cell_types.cell_evidence` of every cell, in ``adata``'s order: from the cells
+    in memory, or shard by shard (:func:`evidence_by_sample`)."""
+    if not is_sharded(adata):
+        return cell_evidence(adata, markers)
+    return evidence_by_sample(shard_paths(adata, processed_dir), client, markers).loc[adata.obs_names]
+
+
+def infer_cnv_cells(adata: ad.AnnData, query: np.ndarray, reference: np.ndarray, processed_dir: str | Path | None,
+                    client: Any = None, seed: int = 0, n_ref_max: int = 3000, window_size: int = 100,
+                    dynamic_threshold: float | None = None) -> ad.AnnData:
+    """:func:`helpers.annotation.malignant.infer_cnv` of the ``query`` cells against a seeded subsample of the
+    ``reference`` cells (masks over ``adata``'s cells), in memory or shard by shard (:func:`infer_cnv_by_sample`,
+    the same result)."""
+    if not is_sharded(adata):
+        return infer_cnv(adata, query, reference, seed=seed, n_ref_max=n_ref_max, window_size=window_size,
+                         dynamic_threshold=dynamic_threshold)
+    obs = adata.obs
+    ref_idx = cnv_reference_cells(reference, query, seed, n_ref_max)
+    return infer_cnv_by_sample(shard_paths(adata, processed_dir), obs.iloc[np.where(query)[0]][[]],
+                               obs.iloc[ref_idx][[]], obs["sample_id"].astype(str), client, window_size,
+                               dynamic_threshold)
+
+
+def expression_subsample(adata: ad.AnnData, genes: list[str], processed_dir: str | Path, client: Any = None,
+                         max_cells: int = 50_000, seed: int = 0) -> ad.AnnData:
+    """Log-normalised values of ``genes`` (those present) with obs, for a figure (a marker dot plot): every cell in
+    memory; from the shards, a seeded subsample of at most ``max_cells`` cells (in cell order)."""
+    if not is_sharded(adata):
+        return adata[:, [g for g in genes if g in adata.var_names]].copy()
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.choice(adata.n_obs, min(max_cells, adata.n_obs), replace=False))
+    obs = adata.obs.iloc[idx]
+    cells = read_cells(shard_paths(adata, processed_dir), obs[[]], obs["sample_id"].astype(str), client)
+    out = cells[obs.index, [g for g in genes if g in cells.var_names]].copy()
+    out.obs = obs.copy()
+    return out
+
+
+def cell_groups(adata: ad.AnnData, processed_dir: str | Path, client: Any = None,
+                labels: tuple[str, ...] = ("compartment", "cell_type"), keys: list[str] | None = None) -> ad.AnnData:
+    """The cell-group pseudobulk (:func:`helpers.analysis.pseudobulk.group_pseudobulk`) of the annotated cells: in
+    memory, or shard by shard (:func:`group_pseudobulk_by_sample`) with the ``labels`` columns of ``adata.obs``."""
+    if not is_sharded(adata):
+        return group_pseudobulk(adata, keys)
+    return group_pseudobulk_by_sample(shard_paths(adata, processed_dir), adata.obs[list(labels)],
+                                      adata.obs["sample_id"].astype(str), client, keys)
 
 
 # ------------------------------------------------------------------------------------------- the whole step
