@@ -5,7 +5,11 @@
 #   make lab                 JupyterLab with the project's kernel
 #   make clean               remove generated outputs of COHORT (figures/, results/, data/processed/)
 #   make snapshot            after make all: validation/<COHORT>/ (scorecard, QC/annotation goals, realism) to commit
-#   make bench [SIZES="50000 100000"]  benchmarks/results.md: notebook timings, core pipeline and memory against cells
+#   make bench [SIZES="50000 100000"] [PEER_SIZES=...] [CHAIN_SIZES=...] [BENCH_ARGS=--commit]
+#                            benchmarks/results.md: notebook timings, core pipeline and memory against cells (SIZES),
+#                            a plain scanpy peer against notebooks 01+02 (PEER_SIZES) and the whole chain 00-10 with
+#                            the Dask engine against cells (CHAIN_SIZES; BENCH_ARGS go to benchmarks/chain.py)
+#   make bench-peer / make bench-chain  only the peer / only the whole chain (resumable: measured sizes are skipped)
 #   make calibrate [CAL_K=20]  validation/calibration.*: verdict rates of K null + K planted small cohorts run
 #                            through the chain, against predicted power (not part of all; resumable; long)
 SHELL := /bin/bash
@@ -46,7 +50,7 @@ RUN := $(PY) -m helpers.runner run --cohort $(COHORT) --notebook
 NOTEBOOKS := $(sort $(notdir $(basename $(wildcard notebooks/[0-9][0-9]_*.ipynb))))
 TARGETS := $(addprefix $(OUT)/,$(addsuffix .ipynb,$(NOTEBOOKS)))
 
-.PHONY: all setup test test-unit lab clean validate list bench snapshot
+.PHONY: all setup test test-unit lab clean validate list bench bench-peer bench-chain snapshot
 # the longest notebooks first, so that parallel make starts them as soon as their inputs exist
 FIRST := $(filter $(OUT)/09_power.ipynb $(OUT)/07_classifier.ipynb,$(TARGETS))
 all: $(FIRST) $(TARGETS)
@@ -84,10 +88,22 @@ $(OUT)/10_scorecard.ipynb: $(filter-out $(OUT)/10_scorecard.ipynb,$(TARGETS))
 $(OUT)/%.ipynb: notebooks/%.ipynb $(STAMP) $(HELPERS) $(SHARED_DATA) $(COHORT_FILES)
 	$(RUN) $<
 
-# wall time and peak memory: every notebook (from the last make all) and the core pipeline at 50k-200k cells
+# wall time and peak memory: every notebook (from the last make all) and the core pipeline at 50k-200k cells, then
+# the plain scanpy peer beside notebooks 01+02 and the whole chain against cells (both resumable; long)
+PEER_SIZES ?= 50000 100000 200000
+CHAIN_SIZES ?= 100000 250000 500000 1000000
+BENCH_ARGS ?=
 bench: $(STAMP)
 	$(PY) benchmarks/run.py --keep $(if $(SIZES),--sizes $(SIZES))
 	$(PY) benchmarks/memory.py $(if $(SIZES),--sizes $(SIZES))
+	$(PY) benchmarks/peer.py --sizes $(PEER_SIZES)
+	$(PY) benchmarks/chain.py --sizes $(CHAIN_SIZES) $(BENCH_ARGS)
+
+bench-peer: $(STAMP)
+	$(PY) benchmarks/peer.py --sizes $(PEER_SIZES)
+
+bench-chain: $(STAMP)
+	$(PY) benchmarks/chain.py --sizes $(CHAIN_SIZES) $(BENCH_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import ROOT, bench_cohort, merge_rows, parse_args, write_report  # noqa: E402
@@ -59,29 +60,74 @@ if __name__ == "__main__":
 """
 
 
-def sampled_peak(cmd: list[str], interval: float = 0.2) -> dict[str, float]:
-    """Run ``cmd``; the largest summed RSS of its process tree, of the top process, and of any one child (GiB)."""
-    import psutil
+class CommandFailed(SystemExit):
+    """A measured command exited non-zero: ``returncode``, the tail of its ``stderr`` and the ``measures`` taken
+    until it ended (a SystemExit, so a caller that does not catch it stops with the message)."""
 
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    top = psutil.Process(proc.pid)
+    def __init__(self, cmd: list[str], returncode: int, stderr: str, measures: dict[str, float]):
+        self.cmd, self.returncode, self.stderr, self.measures = cmd, returncode, stderr, measures
+        super().__init__(f"{' '.join(cmd)} failed (exit {returncode}):\n{stderr[-3000:]}")
+
+
+def _is_driver(proc, driver: str | None, top) -> bool:
+    """Whether ``proc`` is the driver: the top process when ``driver`` is None, else a process whose command line
+    contains ``driver`` (e.g. 'ipykernel_launcher': the kernel a runner call starts)."""
+    if driver is None:
+        return proc.pid == top.pid
+    try:
+        return any(driver in part for part in proc.cmdline())
+    except psutil.Error:
+        return False
+
+
+def measure(cmd: list[str], interval: float = 0.2, driver: str | None = None) -> dict[str, float]:
+    """Run ``cmd`` (cwd: the project root, this process's environment) and return its wall ``seconds`` and the
+    peaks (GiB) of its process tree, sampled every ``interval`` s: ``peak_total_gib`` (summed RSS of every
+    process), ``peak_driver_gib`` (the driver, see :func:`_is_driver`) and ``peak_worker_gib`` (the largest other
+    process but the top one when a driver is named, e.g. a Dask worker). Raises :class:`CommandFailed` when the
+    command exits non-zero. stderr goes to a temporary file (a pipe read at the end could fill and block a long run)."""
     peak_total = peak_main = peak_child = 0.0
-    while proc.poll() is None:
-        try:
-            main = top.memory_info().rss
-            kids = [c.memory_info().rss for c in top.children(recursive=True)]
-        except psutil.Error:
-            kids, main = [], 0
-        peak_total = max(peak_total, main + sum(kids))
-        peak_main = max(peak_main, main)
-        peak_child = max([peak_child, *kids])
-        time.sleep(interval)
-    err = proc.stderr.read()
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed (exit {proc.returncode}):\n{err[-3000:]}")
+    with tempfile.TemporaryFile(mode="w+") as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err, text=True)
+        top = psutil.Process(proc.pid)
+        while proc.poll() is None:
+            try:
+                procs = [top, *top.children(recursive=True)]
+            except psutil.Error:
+                procs = []
+            main = total = 0
+            others = []
+            for p in procs:
+                try:
+                    rss = p.memory_info().rss
+                except psutil.Error:
+                    continue
+                total += rss
+                if _is_driver(p, driver, top):
+                    main += rss
+                elif p.pid != top.pid or driver is None:
+                    others.append(rss)
+            peak_total, peak_main = max(peak_total, total), max(peak_main, main)
+            peak_child = max([peak_child, *others])
+            time.sleep(interval)
+        seconds = time.perf_counter() - t0
+        err.seek(0)
+        stderr = err.read()
     g = 2.0 ** 30
-    return {"peak_total_gib": round(peak_total / g, 2), "peak_driver_gib": round(peak_main / g, 2),
-            "peak_worker_gib": round(peak_child / g, 2)}
+    measures = {"seconds": round(seconds, 1), "peak_total_gib": round(peak_total / g, 2),
+                "peak_driver_gib": round(peak_main / g, 2), "peak_worker_gib": round(peak_child / g, 2)}
+    if proc.returncode != 0:
+        raise CommandFailed(cmd, proc.returncode, stderr, measures)
+    return measures
+
+
+def sampled_peak(cmd: list[str], interval: float = 0.2, driver: str | None = None) -> dict[str, float]:
+    """Run ``cmd``; the largest summed RSS of its process tree, of the driver (by default the top process), and
+    of any one other process (GiB): :func:`measure` without the seconds."""
+    measures = measure(cmd, interval, driver)
+    measures.pop("seconds")
+    return measures
 
 
 def main() -> None:

@@ -44,9 +44,10 @@ def timed_notebook(cohort: str, notebook: str) -> tuple[float, float]:
     return 3600 * h + 60 * m + s, rss
 
 
-def scaled_cohort(n_cells: int, per_sample: int | None = None) -> str:
+def scaled_cohort(n_cells: int, per_sample: int | None = None, analysis: dict | None = None) -> str:
     """A copy of the default cohort's design, bone marrow only, with ~n_cells cells in all: the 21 samples made
-    larger (default), or, with ``per_sample``, more samples of that size (the atlas case: more patients)."""
+    larger (default), or, with ``per_sample``, more samples of that size (the atlas case: more patients).
+    ``analysis`` replaces the default cohort's ``analysis:`` block (e.g. ``{engine: dask}``)."""
     src = ROOT / "data" / "cohorts" / "ifm2017_sim"
     cfg = yaml.safe_load((src / "cohort.yaml").read_text())
     if per_sample:
@@ -64,6 +65,8 @@ def scaled_cohort(n_cells: int, per_sample: int | None = None) -> str:
     dst.mkdir(parents=True)  # (a kept build under data/processed/<name> is reused by bench_cohort)
     cfg.update(name=name, tissues=["BM"], description=f"benchmark: default design scaled to {n_cells} cells")
     cfg.pop("validation_tissue", None)
+    if analysis is not None:
+        cfg["analysis"] = dict(analysis)
     sim = cfg["simulation"]
     sim["cells"] = {"BM": {"per_sample": int(n_cells / len(samples)), "sd": 0.25}}
     sim["bulk"]["n_patients"] = 50
@@ -95,6 +98,27 @@ def markdown_table(df: pd.DataFrame) -> str:
     return "\n".join(out)
 
 
+def cohort_dirs(name: str) -> list[Path]:
+    """Everything a benchmark cohort writes: its processed data, results, figures and definition."""
+    return [ROOT / "data" / "processed" / name, ROOT / "results" / name, ROOT / "figures" / name,
+            ROOT / "data" / "cohorts" / name]
+
+
+def remove_cohort(name: str) -> None:
+    """Delete a benchmark cohort's data, results, figures and definition (disk is limited)."""
+    for d in cohort_dirs(name):
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def measured_points(path: Path, sizes: list[int]) -> set[int]:
+    """The requested sizes already in the table at ``path``, a point being its cells rounded to 10k as in
+    :func:`merge_rows` (so a size asked for as 50,000 is found as the 48,479 cells it gave)."""
+    if not path.exists():
+        return set()
+    done = set((pd.read_csv(path, sep="\t")["cells"] / 1000).round(-1))
+    return {n for n in sizes if round(n / 1000, -1) in done}
+
+
 @contextmanager
 def bench_cohort(n_cells: int, keep: bool = False, per_sample: int | None = None) -> Iterator[tuple[str, int]]:
     """(name, cells) of the default design scaled to ~n_cells (see :func:`scaled_cohort`), built by notebook 00
@@ -108,9 +132,7 @@ def bench_cohort(n_cells: int, keep: bool = False, per_sample: int | None = None
         yield name, ad.read_h5ad(ROOT / "data" / "processed" / name / "cells.h5ad", backed="r").n_obs
     finally:
         if not keep:
-            for d in (ROOT / "data" / "processed" / name, ROOT / "results" / name, ROOT / "figures" / name,
-                      ROOT / "data" / "cohorts" / name):
-                shutil.rmtree(d, ignore_errors=True)
+            remove_cohort(name)
 
 
 def parse_args(doc: str) -> argparse.Namespace:
@@ -153,7 +175,9 @@ def write_report() -> Path:
     nbs = pd.read_csv(nb_file, sep="\t") if nb_file.exists() else pd.DataFrame()
     core = pd.read_csv(out / "results.tsv", sep="\t") if (out / "results.tsv").exists() else pd.DataFrame()
     mem = pd.read_csv(out / "memory.tsv", sep="\t") if (out / "memory.tsv").exists() else pd.DataFrame()
-    lines = ["# Benchmarks (2 cores, 24 GiB)", "", "Written by `make bench` (benchmarks/run.py, benchmarks/memory.py).", ""]
+    lines = ["# Benchmarks (2 cores, 24 GiB)", "",
+             "Written by `make bench` (benchmarks/run.py, benchmarks/memory.py, benchmarks/peer.py, "
+             "benchmarks/chain.py).", ""]
     if len(nbs):
         lines += ["## Notebooks on the default cohort (last `make all`)", "", markdown_table(nbs), ""]
     lines += ["## Core pipeline (notebooks 01 + 02) against cells", "",
@@ -176,10 +200,79 @@ def write_report() -> Path:
                   "with larger samples; more samples: the cohort grown by adding samples of ~2,300 cells (the "
                   "atlas case; `memory.py --per-sample 2300`). A worker's peak follows the largest sample "
                   "(Scrublet's kNN on the sample and its simulated doublets dominates), the driver's the number "
-                  "of cells (obs and the 50-dimensional embedding)."]
+                  "of cells (obs and the 50-dimensional embedding).", ""]
+    lines += peer_lines(out / "peer.tsv")
+    lines += chain_lines(out / "chain.tsv", out / "chain_details.tsv")
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print((out / "results.md").read_text())
     return out / "results.md"
+
+
+def peer_lines(table: Path) -> list[str]:
+    """The results.md section on the peer (benchmarks/peer.py, peer.tsv): a plain scanpy workflow against
+    notebooks 01 + 02 on the same cells, or nothing when the table does not exist."""
+    if not table.exists():
+        return []
+    peer = pd.read_csv(table, sep="\t")
+    return ["## Peer: plain scanpy workflow vs notebooks 01+02", "", markdown_table(peer), "",
+            "The peer (benchmarks/peer_workflow.py) is the workflow a user would otherwise write with scanpy's "
+            "tutorial defaults, run as one Python script on the same cells (data/processed/<cohort>/cells.h5ad of "
+            "the default design scaled up, 21 marrow samples): QC metrics (mito genes `MT-`), cells with >= 200 "
+            "genes and < 20% mito, genes in >= 3 cells, Scrublet per sample (doublets removed), normalize_total + "
+            "log1p, 2,000 HVGs with the sample as batch, PCA (50), neighbours, Leiden (igraph, 2 iterations), UMAP, "
+            "Wilcoxon markers per Leiden cluster on all genes, each cluster labelled by its best-scoring marker set "
+            "(`sc.tl.score_genes`, a small compartment marker dict), then pseudobulk counts per patient x cell type "
+            "and pydeseq2 (NR vs CR) per cell type with >= 2 patients per group. Ours: notebooks 01 (QC, Scrublet "
+            "and co-expression doublets, HVGs, PCA, Harmony, neighbours, Leiden, UMAP) and 02 (marker-table "
+            "annotation, malignant plasma cells by light chains and CNV, composition test) through the runner, "
+            "as `make all` runs them, writing their h5ad, tables, figures and HTML. Both were measured in the same "
+            "run, one after the other on the same cohort, each in fresh processes by the same harness "
+            "(benchmarks/memory.py `measure`: wall time, summed RSS of the process tree sampled every 0.2 s) "
+            "with the same thread limits (DR_THREADS). `ours_s` = 01 + 02, `ours_peak_gib` = the larger of the "
+            "two; `ratio` = peer_s / ours_s (> 1: ours is faster). Not like for like: the peer runs pseudobulk DE "
+            "(done by notebooks 03-08 here) and writes no files; ours runs Harmony and the malignant-cell calls. "
+            "Per-stage seconds of the peer and per-notebook seconds of ours: benchmarks/peer_details.tsv.", ""]
+
+
+def chain_lines(table: Path, details: Path) -> list[str]:
+    """The results.md section on the whole chain against cells (benchmarks/chain.py, chain.tsv and
+    chain_details.tsv), with how time and memory grow and any notebook that failed; nothing when not run."""
+    if not table.exists() and not details.exists():
+        return []
+    chain = pd.read_csv(table, sep="\t") if table.exists() else pd.DataFrame()
+    det = pd.read_csv(details, sep="\t") if details.exists() else pd.DataFrame()
+    lines = ["## Whole chain against cells", "", markdown_table(chain) if len(chain) else "(no size completed)", ""]
+    if len(det):
+        reps = ", ".join(f"{c} {sorted(det[c].dropna().astype(int).unique().tolist())}"
+                         for c in ("power_reps", "n_perm") if c in det)
+        per_sample = ", ".join(f"{c / s:,.0f}" for c, s in det.groupby("cells")["samples"].first().items())
+        lines += ["Notebooks 00-10 one after the other through the runner on cohorts grown by adding marrow samples "
+                  f"(benchmarks/chain.py --per-sample, default 2,500 cells; here {per_sample} cells per sample; the "
+                  "default design's simulator, CR/NR balanced), the cohort's `analysis: {engine: dask, power_reps, "
+                  f"n_perm}}` (here {reps}), intermediates written with DR_H5AD_COMPRESSION=lzf. The "
+                  "benchmark uses fewer power repetitions (notebooks 08, 09) and classifier permutations (07) than "
+                  "`make all` on the default cohort; both are cohort parameters. Each notebook is measured by "
+                  "benchmarks/memory.py `measure` (process tree sampled every 0.2 s, so Dask workers count): "
+                  "`seconds` = sum over notebooks, peaks = max over notebooks; `peak_driver_gib` = the notebook's "
+                  "kernel, `peak_worker_gib` = the largest other process (a Dask worker).", ""]
+    if len(chain):
+        growth = "; ".join(f"{r.cells:,} cells: {r.seconds / r.cells * 1000:.1f} s per 1k cells, "
+                           f"{r.peak_total_gib} GiB" for r in chain.itertuples())
+        steps = "; ".join(f"{a.cells:,} to {b.cells:,} cells ({b.cells / a.cells:.1f}x): time "
+                          f"{b.seconds / a.seconds:.1f}x, peak {b.peak_total_gib / a.peak_total_gib:.1f}x"
+                          for a, b in zip(chain.iloc[:-1].itertuples(), chain.iloc[1:].itertuples()))
+        lines += [f"Growth: {growth}." + (f" From size to size: {steps}." if steps else ""), ""]
+    if len(det) and "status" in det:
+        ok = det[det["status"] == "ok"]
+        if len(ok):
+            pivot = ok.pivot_table(index="notebook", columns="cells", values="seconds", aggfunc="first")
+            pivot.columns = [f"{c:,} cells (s)" for c in pivot.columns]
+            lines += ["Seconds per notebook (chain_details.tsv):", "",
+                      markdown_table(pivot.reset_index().fillna("")), ""]
+        for r in det[det["status"] != "ok"].itertuples():
+            lines += [f"Failed at {r.cells:,} cells: notebook {r.notebook} ({r.error}).", ""]
+    return lines
+
 
 if __name__ == "__main__":
     main()

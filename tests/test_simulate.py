@@ -356,3 +356,13 @@ def test_nfkb_control_separates_nfkb_from_inflammation(tiny_cohort, planted, sig
     pb = simulate_pseudobulks(design, sim, 21, {name: claim_cell_groups()[name]})[name]
     rec = compare_two_groups(claim_value_from_pseudobulk(pb, name), pb.obs["response"], "CR", "NR")
     assert (rec["p"] < 0.05 and rec["direction"] == "up") == significant, rec
+
+
+def test_batch_response_association_with_one_sample_per_batch():
+    """scipy's R x C Fisher test returns a one-element array for a table with one sample per batch (a benchmark
+    design of 4 samples in 4 batches): still one p and a confounded verdict (Cramér's V = 1)."""
+    from helpers.data.describe import batch_response_association
+
+    s = pd.DataFrame({"tissue": "BM", "batch": ["b1", "b2", "b3", "b4"], "response": ["CR", "NR", "CR", "NR"]})
+    r = batch_response_association(s).iloc[0]
+    assert r["p"] == 1.0 and r["cramers_v"] == 1.0 and bool(r["confounded"])

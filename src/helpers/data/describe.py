@@ -52,7 +52,9 @@ def batch_response_association(samples: pd.DataFrame, response: str = "response"
             rows.append({"tissue": tissue, "n_batches": tab.shape[0], "p": np.nan, "cramers_v": np.nan,
                          "confounded": False, "note": "one batch or one response group: nothing to test"})
             continue
-        p, v = float(fisher_exact(tab).pvalue), float(contingency.association(tab, method="cramer"))
+        # (scipy's R x C test returns its p as a one-element array for some tables, e.g. one sample per batch)
+        p = float(np.asarray(fisher_exact(tab).pvalue).item())
+        v = float(contingency.association(tab, method="cramer"))
         rows.append({"tissue": tissue, "n_batches": tab.shape[0], "p": p, "cramers_v": v,
                      "confounded": bool(v > max_cramers_v or p < 0.05), "note": "Fisher exact"})
     return pd.DataFrame(rows)
