@@ -73,8 +73,7 @@ print("engine:", engine)
 
 # %%
 # what each cell shows on its own (per sample with the dask engine), then the decisions that need every cell
-cell_evidence = per_sample.annotation_evidence(adata, C.processed_dir, client, markers)
-calls = cell_types.annotate_from_evidence(cell_evidence, graph, markers=markers, seed=seed)
+calls, cell_evidence = per_sample.annotate(adata, graph, C.processed_dir, client, markers, seed=seed)
 compartment, cell_type = calls["compartment"], calls["cell_type"].copy()
 nk_cd54_split = calls.attrs["nk_cd54_split"]
 adata.obs["compartment"] = compartment.astype("category")

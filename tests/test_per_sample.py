@@ -263,20 +263,33 @@ def shard_cells(dask_run):
     return cells
 
 
-def test_annotation_evidence_per_sample_equals_in_memory(dask_run, shard_cells):
-    from helpers.annotation.cell_types import annotate_from_evidence, cell_evidence
+def test_annotation_per_sample_equals_in_memory(dask_run, shard_cells):
+    """per_sample.annotate from the shards (genes detected in the cohort, compartment evidence, genes detected per
+    compartment, subset evidence: one task per sample each) gives the evidence and labels of the cells annotated
+    together in memory."""
+    from scipy.sparse import csr_matrix
+
+    from helpers.annotation.cell_types import annotate_cells
+    from helpers.preprocessing.integrate import embed
 
     qc = dask_run[0]
+    cells = shard_cells.copy()
+    cells.obsm["X_pca"] = dask_run[2].loc[cells.obs_names].to_numpy()
+    embed(cells, use_rep="X_pca", seed=0, umap=False)
+    graph = csr_matrix(cells.obsp["connectivities"])
+    ref_calls, ref_ev = ps.annotate(cells, graph, seed=0)
+    direct = annotate_cells(cells, graph, seed=0)  # the in-memory entry point: the same calls
+    assert (direct["cell_type"] == ref_calls["cell_type"]).all()
+    sharded = ps.embedding_anndata(qc, dask_run[2])
+    sharded.uns[ps.SHARDS] = {Path(s).stem: s for s in qc.shards}
+    sharded = sharded[cells.obs_names].copy()
     with ps.dask_client(n_workers=2) as client:
-        mine = ps.evidence_by_sample(qc.shards, client)
-    ref = cell_evidence(shard_cells)
-    assert list(mine.index) == list(ref.index)
-    num = ref.select_dtypes("number").columns
-    np.testing.assert_allclose(mine[num].to_numpy(float), ref[num].to_numpy(float), rtol=1e-5, atol=1e-6)
-    assert (mine["plasma_evidence"] == ref["plasma_evidence"]).all()
-    # the decisions on the concatenated evidence are those of the cells annotated together
-    a, b = annotate_from_evidence(mine), annotate_from_evidence(ref)
-    assert (a["cell_type"] == b["cell_type"]).all() and (a["compartment"] == b["compartment"]).all()
+        calls, ev = ps.annotate(sharded, graph, "/", client, seed=0)
+    num = ref_ev.select_dtypes("number").columns
+    np.testing.assert_allclose(ev[num].to_numpy(float), ref_ev[num].to_numpy(float), rtol=1e-5, atol=1e-6)
+    assert (calls["compartment"] == ref_calls["compartment"]).all()
+    assert (calls["cell_type"] == ref_calls["cell_type"]).all()
+    assert calls["cell_type"].nunique() > 5
 
 
 def test_cnv_per_sample_equals_in_memory(dask_run, shard_cells):

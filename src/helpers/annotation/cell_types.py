@@ -94,26 +94,37 @@ def marker_network(sets: dict[str, dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["source", "target", "weight"]).drop_duplicates(["source", "target"])
 
 
+def detected_genes(adata: ad.AnnData, layer: str | None = "counts") -> np.ndarray:
+    """Boolean mask over var: genes with at least one count among ``adata``'s cells (OR the masks of a cohort's
+    samples to get the cohort's)."""
+    X = counts_matrix(adata, layer) if layer is not None and layer in adata.layers else sp.csr_matrix(adata.X)
+    return np.asarray(X.getnnz(axis=0) > 0).ravel()
+
+
 def ulm_scores(adata: ad.AnnData, sets: dict[str, dict[str, Any]], layer: str | None = "counts",
-               min_markers: int = 2, batch_size: int = 2000) -> pd.DataFrame:
+               min_markers: int = 2, batch_size: int = 2000, genes: np.ndarray | None = None) -> pd.DataFrame:
     """Per cell and marker set, decoupler's univariate linear model t-value of log1p(CP10k) expression on the set's
-    weights across all genes of the data (comparable between sets of different sizes; near 0 when a cell has no
-    evidence; each cell's score depends on that cell alone).
-    Sets with fewer than ``min_markers`` genes in the data are scored 0 (named in a warning)."""
+    weights across the genes detected in the cells scored together (comparable between sets of different sizes;
+    near 0 when a cell has no evidence). ``genes`` (a mask over var) names that universe explicitly, e.g. the genes
+    detected in a whole compartment when its cells are scored sample by sample; default: detected among
+    ``adata``'s cells (what decoupler's removal of empty genes does). Given the universe, a cell's score depends on
+    that cell alone. Sets with fewer than ``min_markers`` genes in the universe are scored 0 (named in a warning)."""
     import decoupler as dc
 
+    X = lognorm_matrix(adata, layer=layer)
+    universe = np.asarray(X.getnnz(axis=0) > 0).ravel() if genes is None else np.asarray(genes, bool)
+    names = adata.var_names[universe]
     net = marker_network(sets)
-    present = net[net["target"].isin(adata.var_names) & (net["weight"] > 0)].groupby("source").size()
+    present = net[net["target"].isin(names) & (net["weight"] > 0)].groupby("source").size()
     missing = [n for n in sets if present.get(n, 0) < min_markers]
     if missing:
         warnings.warn(f"marker sets {missing} have fewer than {min_markers} markers in the data and are not scored")
     if len(missing) == len(sets):
         raise KeyError(f"none of the marker sets {list(sets)} has {min_markers} markers in the data "
                        "(gene symbols expected in var_names)")
-    X = lognorm_matrix(adata, layer=layer)
-    tmp = ad.AnnData(X, obs=pd.DataFrame(index=adata.obs_names), var=pd.DataFrame(index=adata.var_names))
-    # empty=False: every gene of the data enters each cell's regression, so a cell's score does not depend on which
-    # other cells are scored with it (decoupler would drop genes without counts in this batch of cells)
+    tmp = ad.AnnData(sp.csr_matrix(X[:, universe]), obs=pd.DataFrame(index=adata.obs_names),
+                     var=pd.DataFrame(index=names))
+    # empty=False: the universe is fixed above, so decoupler must not drop genes without counts in this batch
     dc.mt.ulm(tmp, net[~net["source"].isin(missing)], tmin=min_markers, bsize=batch_size, empty=False)
     scores = pd.DataFrame(tmp.obsm["score_ulm"], index=adata.obs_names)
     return scores.reindex(columns=list(sets)).fillna(0.0).astype(float)
@@ -202,24 +213,21 @@ def plasma_evidence(adata: ad.AnnData, spec: dict[str, Any], layer: str | None =
                          "ig_measured": ig_measured}, index=adata.obs_names)
 
 
-def cell_evidence(adata: ad.AnnData, markers: dict[str, Any] | None = None, layer: str | None = "counts"
-                  ) -> pd.DataFrame:
-    """Everything the annotation measures in each cell on its own (no other cell enters, so the table of a cohort
-    is the concatenation of its samples' tables: :func:`helpers.preprocessing.per_sample.evidence_by_sample`):
-    ULM scores of every compartment programme (``ulm:<programme>``) and of every subset programme
-    (``ulm:<compartment>/<subset>``), the plasma evidence (:func:`plasma_evidence`), the light-chain counts
-    (``kappa``, ``lambda``) and, from raw counts, the NK CD54 gene's counts and the library size. The decisions
-    that need the other cells (smoothing, majority votes, the ICAM1 mixture) are in :func:`annotate_from_evidence`."""
+def compartment_evidence(adata: ad.AnnData, markers: dict[str, Any] | None = None, layer: str | None = "counts",
+                         genes: np.ndarray | None = None) -> pd.DataFrame:
+    """What the compartment step measures in each cell on its own, given the gene universe ``genes`` (default:
+    detected among ``adata``'s cells; a cohort scored sample by sample passes the cohort's,
+    :func:`detected_genes`): ULM scores of every compartment programme (``ulm:<programme>``), the plasma evidence
+    (:func:`plasma_evidence`), the light-chain counts (``kappa``, ``lambda``) and, from raw counts, the NK CD54
+    gene's counts and the library size. The decisions that need the other cells (smoothing, majority votes, the
+    ICAM1 mixture) are in :func:`compartments_from_evidence` and :func:`annotate_from_evidence`."""
     markers = markers or load_markers()
-    parts = [ulm_scores(adata, markers["compartments"], layer).add_prefix("ulm:")]
-    for comp, sets in markers["subsets"].items():
-        if len(sets) > 1:
-            parts.append(ulm_scores(adata, sets, layer).add_prefix(f"ulm:{comp}/"))
-    parts.append(plasma_evidence(adata, markers["plasma_evidence"], layer))
+    parts = [ulm_scores(adata, markers["compartments"], layer, genes=genes).add_prefix("ulm:"),
+             plasma_evidence(adata, markers["plasma_evidence"], layer)]
     chains = {}
     X = counts_matrix(adata, layer) if layer is not None else None
-    for chain, genes in markers.get("light_chains", {}).items():
-        g = [x for x in genes if x in adata.var_names]
+    for chain, genes_ in markers.get("light_chains", {}).items():
+        g = [x for x in genes_ if x in adata.var_names]
         chains[chain] = (np.asarray(X[:, adata.var_names.get_indexer(g)].sum(1)).ravel()
                          if g and X is not None else np.zeros(adata.n_obs))
     nk_gene = markers.get("nk_cd54", {}).get("gene", "ICAM1")
@@ -229,6 +237,24 @@ def cell_evidence(adata: ad.AnnData, markers: dict[str, Any] | None = None, laye
                                     if nk_gene in adata.var_names else np.nan)
     parts.append(pd.DataFrame(chains, index=adata.obs_names))
     return pd.concat(parts, axis=1)
+
+
+def subset_evidence(adata: ad.AnnData, compartment: pd.Series, markers: dict[str, Any] | None = None,
+                    layer: str | None = "counts", universes: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
+    """ULM scores of each compartment's subset programmes in that compartment's cells (``ulm:<compartment>/<subset>``;
+    NaN elsewhere), over the genes detected in the compartment's cells (``universes[compartment]``, a mask over var;
+    default: detected among the compartment's cells of ``adata``)."""
+    markers = markers or load_markers()
+    parts = []
+    comp = np.asarray(compartment).astype(str)
+    for c, sets in markers["subsets"].items():
+        mask = comp == c
+        if len(sets) < 2 or not mask.any():
+            continue
+        genes = None if universes is None else universes.get(c)
+        parts.append(ulm_scores(adata[mask], sets, layer, genes=genes).add_prefix(f"ulm:{c}/"))
+    return (pd.concat(parts).reindex(adata.obs_names) if parts
+            else pd.DataFrame(index=adata.obs_names))
 
 
 def compartments_from_evidence(evidence: pd.DataFrame, graph: sp.spmatrix | None = None,
@@ -258,8 +284,8 @@ def compartments_from_evidence(evidence: pd.DataFrame, graph: sp.spmatrix | None
 def annotate_compartments(adata: ad.AnnData, graph: sp.spmatrix | None = None, clusters: pd.Series | None = None,
                           markers: dict[str, Any] | None = None, layer: str | None = "counts"
                           ) -> tuple[pd.Series, pd.DataFrame]:
-    """:func:`compartments_from_evidence` on the cells of ``adata`` (:func:`cell_evidence`)."""
-    return compartments_from_evidence(cell_evidence(adata, markers, layer), graph, clusters, markers)
+    """:func:`compartments_from_evidence` on the cells of ``adata`` (:func:`compartment_evidence`)."""
+    return compartments_from_evidence(compartment_evidence(adata, markers, layer), graph, clusters, markers)
 
 
 def _restrict_graph(graph: sp.spmatrix | None, mask: np.ndarray) -> sp.spmatrix | None:
@@ -297,8 +323,9 @@ def subsets_from_evidence(evidence: pd.DataFrame, compartment: pd.Series, graph:
 def annotate_subsets(adata: ad.AnnData, compartment: pd.Series, graph: sp.spmatrix | None = None,
                      clusters: pd.Series | None = None, markers: dict[str, Any] | None = None,
                      layer: str | None = "counts") -> pd.Series:
-    """:func:`subsets_from_evidence` on the cells of ``adata`` (:func:`cell_evidence`)."""
-    return subsets_from_evidence(cell_evidence(adata, markers, layer), compartment, graph, clusters, markers)
+    """:func:`subsets_from_evidence` on the cells of ``adata`` (:func:`subset_evidence`)."""
+    return subsets_from_evidence(subset_evidence(adata, compartment, markers, layer), compartment, graph, clusters,
+                                 markers)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -394,24 +421,29 @@ def annotate_cells(adata: ad.AnnData, graph: sp.spmatrix | None = None, clusters
                    markers: dict[str, Any] | None = None, layer: str | None = "counts", seed: int = 0
                    ) -> pd.DataFrame:
     """Compartment and cell type of every cell (``unassigned`` when no label is convincing), with the evidence:
-    :func:`annotate_from_evidence` on :func:`cell_evidence`. ``layer=None`` reads log-normalised X."""
-    return annotate_from_evidence(cell_evidence(adata, markers, layer), graph, clusters, markers, seed)
-
-
-def annotate_from_evidence(evidence: pd.DataFrame, graph: sp.spmatrix | None = None,
-                           clusters: pd.Series | None = None, markers: dict[str, Any] | None = None,
-                           seed: int = 0) -> pd.DataFrame:
-    """Compartment and cell type of every cell from its :func:`cell_evidence` (one row per cell, in the graph's
-    order), with the evidence kept for obs (smoothed compartment scores, plasma evidence).
+    compartments from :func:`compartment_evidence`, then subsets from :func:`subset_evidence` within them
+    (:func:`annotate_from_evidence`). ``layer=None`` reads log-normalised X.
 
     ``graph``: the cells' neighbour connectivities (e.g. ``obsp['connectivities']``); without ``clusters`` the
     graph is over-clustered (``over_cluster``) for majority voting. The frame's ``attrs['nk_cd54_split']`` says
     whether CD56dim NK cells were split by CD54 and why (not)."""
     markers = markers or load_markers()
     if clusters is None and graph is not None:
-        clusters = over_cluster(graph, seed=seed).set_axis(evidence.index)
+        clusters = over_cluster(graph, seed=seed).set_axis(adata.obs_names)
+    evidence = compartment_evidence(adata, markers, layer)
+    compartment, _ = compartments_from_evidence(evidence, graph, clusters, markers)
+    return annotate_from_evidence(evidence, subset_evidence(adata, compartment, markers, layer), graph, clusters,
+                                  markers)
+
+
+def annotate_from_evidence(evidence: pd.DataFrame, subsets: pd.DataFrame, graph: sp.spmatrix | None = None,
+                           clusters: pd.Series | None = None, markers: dict[str, Any] | None = None) -> pd.DataFrame:
+    """Compartment and cell type of every cell from its :func:`compartment_evidence` and :func:`subset_evidence`
+    (one row per cell, in the graph's order), with the evidence kept for obs (smoothed compartment scores, plasma
+    evidence) and ``attrs['nk_cd54_split']``; ``clusters``: the over-clusters for majority voting."""
+    markers = markers or load_markers()
     compartment, kept = compartments_from_evidence(evidence, graph, clusters, markers)
-    cell_type = subsets_from_evidence(evidence, compartment, graph, clusters, markers)
+    cell_type = subsets_from_evidence(subsets, compartment, graph, clusters, markers)
     nk_dim = (cell_type == "NK_CD56dim").to_numpy()
     spec = markers.get("nk_cd54", {})
     has_counts = "nk_cd54_counts" in evidence

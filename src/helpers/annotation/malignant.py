@@ -29,7 +29,7 @@ def light_chain_calls(adata: ad.AnnData, markers: dict[str, Any] | None = None, 
 
 def light_chain_from_counts(counts: pd.DataFrame) -> pd.DataFrame:
     """``counts`` (per cell: ``kappa`` and ``lambda`` constant-region counts, e.g. from
-    :func:`helpers.annotation.cell_types.cell_evidence`) with the call: kappa / lambda / none."""
+    :func:`helpers.annotation.cell_types.compartment_evidence`) with the call: kappa / lambda / none."""
     df = counts[["kappa", "lambda"]].copy()
     df["light_chain"] = np.where(df.sum(1) == 0, "none", np.where(df["kappa"] >= df["lambda"], "kappa", "lambda"))
     return df

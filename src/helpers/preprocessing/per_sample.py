@@ -38,7 +38,15 @@ import pandas as pd
 import scipy.sparse as sp
 
 from helpers.analysis.pseudobulk import CELL_GROUPS, GROUP_KEYS, group_pseudobulk, is_cell_groups, sum_rows_by_key
-from helpers.annotation.cell_types import cell_evidence
+from helpers.annotation.cell_types import (
+    annotate_from_evidence,
+    compartment_evidence,
+    compartments_from_evidence,
+    detected_genes,
+    load_markers,
+    over_cluster,
+    subset_evidence,
+)
 from helpers.annotation.malignant import (
     cnv_profiles,
     cnv_reference_cells,
@@ -451,15 +459,62 @@ def split_by_sample(shards: list[str], table: pd.DataFrame | pd.Series, sample: 
     return [{"shard": sh, "rows": parts.get(Path(sh).stem, table.iloc[:0])} for sh in shards]
 
 
-def _evidence_shard(shard: str, markers: dict | None) -> pd.DataFrame:
-    return cell_evidence(ad.read_h5ad(shard), markers)
+def _detected_shard(item: dict) -> dict[str, np.ndarray]:
+    a = ad.read_h5ad(item["shard"])
+    rows = item["rows"]
+    if rows is None:
+        return {"all": detected_genes(a)}
+    group = rows.iloc[:, 0].reindex(a.obs_names).astype(str).to_numpy()
+    return {g: detected_genes(a[group == g]) for g in np.unique(group[pd.notna(rows.iloc[:, 0].reindex(a.obs_names))])}
 
 
-def evidence_by_sample(shards: list[str], client: Any = None, markers: dict | None = None) -> pd.DataFrame:
-    """:func:`helpers.annotation.cell_types.cell_evidence` of every shard, one Dask task per sample, concatenated
-    in shard order: equal to the in-memory table (each cell's evidence depends on that cell alone)."""
-    return pd.concat(map_samples(_evidence_shard, shards, client, desc="annotation evidence per sample",
-                                 markers=markers))
+def detected_by_sample(shards: list[str], groups: pd.Series | None, sample: pd.Series | None,
+                       client: Any = None) -> dict[str, np.ndarray]:
+    """Genes detected (at least one count) in the cohort, per group of cells (``groups``: cell -> group, e.g. the
+    compartment) or over all cells (``{"all": mask}`` when None): the OR of each shard's masks, one task per shard."""
+    items = ([{"shard": sh, "rows": None} for sh in shards] if groups is None
+             else split_by_sample(shards, groups.to_frame("group"), sample))
+    out: dict[str, np.ndarray] = {}
+    for part in map_samples(_detected_shard, items, client, desc="detected genes per sample"):
+        for g, m in part.items():
+            out[g] = out[g] | m if g in out else m
+    return out
+
+
+def _compartment_evidence_shard(shard: str, markers: dict | None, genes: np.ndarray) -> pd.DataFrame:
+    return compartment_evidence(ad.read_h5ad(shard), markers, genes=genes)
+
+
+def _subset_evidence_shard(item: dict, markers: dict | None, universes: dict[str, np.ndarray]) -> pd.DataFrame:
+    a = _cells_of_shard(item)
+    return subset_evidence(a, a.obs["compartment"], markers, universes=universes)
+
+
+def annotate(adata: ad.AnnData, graph: sp.spmatrix, processed_dir: str | Path | None = None, client: Any = None,
+             markers: dict | None = None, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Notebook 02's annotation (:func:`helpers.annotation.cell_types.annotate_from_evidence`) of every cell, in
+    memory or from the shards: (calls, compartment evidence). From the shards, four passes of one task per sample
+    give the in-memory result exactly: the genes detected in the cohort, the compartment evidence over them, then
+    (compartments decided on the driver) the genes detected in each compartment and the subset evidence over those;
+    smoothing, majority votes and the ICAM1 mixture run on the driver."""
+    markers = markers or load_markers()
+    clusters = over_cluster(graph, seed=seed).set_axis(adata.obs_names)
+    if not is_sharded(adata):
+        evidence = compartment_evidence(adata, markers)
+        compartment, _ = compartments_from_evidence(evidence, graph, clusters, markers)
+        subsets = subset_evidence(adata, compartment, markers)
+    else:
+        shards, sample = shard_paths(adata, processed_dir), adata.obs["sample_id"].astype(str)
+        genes = detected_by_sample(shards, None, None, client)["all"]
+        evidence = pd.concat(map_samples(_compartment_evidence_shard, shards, client, desc="compartment evidence",
+                                         markers=markers, genes=genes)).loc[adata.obs_names]
+        compartment, _ = compartments_from_evidence(evidence, graph, clusters, markers)
+        universes = detected_by_sample(shards, compartment, sample, client)
+        subsets = pd.concat(map_samples(_subset_evidence_shard,
+                                        split_by_sample(shards, compartment.to_frame("compartment"), sample), client,
+                                        desc="subset evidence", markers=markers, universes=universes))
+        subsets = subsets.reindex(adata.obs_names)
+    return annotate_from_evidence(evidence, subsets, graph, clusters, markers), evidence
 
 
 def _cells_of_shard(item: dict) -> ad.AnnData:
@@ -644,15 +699,6 @@ def cells_by_sample(adata: ad.AnnData, columns: list[str] | None = None) -> Iter
     cols = list(columns or [])
     for s in sorted(sid.unique()):
         yield s, _cells_of_shard({"shard": paths[s], "rows": cells.obs.loc[(sid == s).to_numpy(), cols]})
-
-
-def annotation_evidence(adata: ad.AnnData, processed_dir: str | Path | None, client: Any = None,
-                        markers: dict | None = None) -> pd.DataFrame:
-    """:func:`helpers.annotation.cell_types.cell_evidence` of every cell, in ``adata``'s order: from the cells
-    in memory, or shard by shard (:func:`evidence_by_sample`)."""
-    if not is_sharded(adata):
-        return cell_evidence(adata, markers)
-    return evidence_by_sample(shard_paths(adata, processed_dir), client, markers).loc[adata.obs_names]
 
 
 def infer_cnv_cells(adata: ad.AnnData, query: np.ndarray, reference: np.ndarray, processed_dir: str | Path | None,
