@@ -208,6 +208,24 @@ def write_report() -> Path:
     return out / "results.md"
 
 
+def readme_lines(bench_dir: Path | None = None) -> list[str]:
+    """The measured rows the README's scaling section quotes, one line per row of chain.tsv and peer.tsv (kept
+    equal to the tables by tests/test_readme.py): never typed by hand."""
+    bench_dir = bench_dir or ROOT / "benchmarks"
+    lines = []
+    if (bench_dir / "chain.tsv").exists():
+        for r in pd.read_csv(bench_dir / "chain.tsv", sep="\t").itertuples():
+            lines.append(f"`benchmarks/chain.tsv`: {r.cells:,} cells ({r.samples} samples, {r.engine}) in "
+                         f"{r.seconds:,} s, peak {r.peak_total_gib:.1f} GiB in all (kernel {r.peak_driver_gib:.1f}, "
+                         f"largest worker {r.peak_worker_gib:.1f})")
+    if (bench_dir / "peer.tsv").exists():
+        for r in pd.read_csv(bench_dir / "peer.tsv", sep="\t").itertuples():
+            lines.append(f"`benchmarks/peer.tsv`: {r.cells:,} cells: notebooks 01+02 {r.ours_s:,.0f} s, "
+                         f"{r.ours_peak_gib:.1f} GiB; scanpy peer {r.peer_s:,.0f} s, {r.peer_peak_gib:.1f} GiB "
+                         f"(peer / ours {r.ratio:.2f})")
+    return lines
+
+
 def peer_lines(table: Path) -> list[str]:
     """The results.md section on the peer (benchmarks/peer.py, peer.tsv): a plain scanpy workflow against
     notebooks 01 + 02 on the same cells, or nothing when the table does not exist."""

@@ -22,3 +22,16 @@ def test_readme_quotes_the_committed_verdicts(root, cohort):
     line = f"`validation/{cohort}/scorecard.csv`: {verdict_summary(card)}"
     readme = (root / "README.md").read_text()
     assert line in readme, f"README.md should quote the committed verdicts of {cohort} as:\n{line}"
+
+
+def test_readme_quotes_the_committed_benchmarks(root):
+    """Every measured row of benchmarks/chain.tsv and peer.tsv is quoted in the README as benchmarks/run.py's
+    readme_lines writes it (no benchmark number typed by hand)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_run", root / "benchmarks" / "run.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    readme = (root / "README.md").read_text()
+    missing = [line for line in bench.readme_lines(root / "benchmarks") if line not in readme]
+    assert not missing, "README.md should quote the committed benchmark rows as:\n" + "\n".join(missing)
