@@ -79,7 +79,9 @@ def dask_run(tiny_cohort, tiny_cells, tmp_path_factory):
         hv = ps.combine_hvg(qc.variances_norm, 300)
         genes = hv.index[hv["highly_variable"]]
         scores, fit = ps.pca_by_sample(qc.shards, genes, client, n_comps=20)
-        pb = ps.pseudobulk_by_sample(qc.shards, None, client, tissue="BM")
+        kept = qc.obs[qc.table["keep"].reindex(qc.obs.index).to_numpy()]
+        every = pd.DataFrame({"compartment": "all", "cell_type": "all"}, index=kept.index)
+        pb = ps.group_pseudobulk_by_sample(qc.shards, every, kept["sample_id"].astype(str), client)
     return qc, hv, scores, fit, pb
 
 
@@ -111,24 +113,27 @@ def test_per_sample_hvg_pca_pseudobulk_equal_in_memory_on_the_same_cells(tiny_ce
     for i in range(3):
         assert abs(np.corrcoef(S[:, i], kept.obsm["X_pca"][:, i])[0, 1]) > 0.999
     ref = pseudobulk_by_patient(kept, tissue="BM", min_cells=1)
-    mine = pb.rename(index=lambda k: k.split("\t")[0]).loc[ref.obs_names]
-    np.testing.assert_array_equal(mine["n_cells"].to_numpy(), ref.obs["n_cells"].to_numpy())
-    np.testing.assert_allclose(mine.drop(columns="n_cells").to_numpy(), ref.X, rtol=1e-6)
+    mine = pseudobulk_by_patient(pb, tissue="BM", min_cells=1)  # from the shards' cell groups
+    assert list(mine.obs_names) == list(ref.obs_names)
+    np.testing.assert_array_equal(mine.obs["n_cells"].to_numpy(), ref.obs["n_cells"].to_numpy())
+    np.testing.assert_allclose(mine.X, ref.X, rtol=1e-6)
 
 
-def test_assembled_file_has_every_cell_counts_and_embedding(tiny_cells, dask_run, tmp_path):
+def test_sharded_file_names_every_cell_s_shard_and_keeps_the_embedding(tiny_cells, dask_run, tmp_path):
     adata, _ = tiny_cells
     qc, hv, scores, fit, _ = dask_run
     emb = ps.embedding_anndata(qc, scores)
     emb.obs["leiden"] = pd.Categorical(np.where(emb.obsm["X_pca"][:, 0] > 0, "a", "b"))
-    out = ps.assemble_shards(qc.shards, emb, hv, tmp_path / "integrated.h5ad", uns={"note": "x"})
+    emb.uns["note"] = "x"
+    out = ps.write_sharded(emb, qc.shards, tmp_path / "integrated.h5ad")
     back = ad.read_h5ad(out)
-    assert back.n_obs == int(qc.table["keep"].sum()) and back.n_vars == adata.n_vars
+    assert back.n_obs == int(qc.table["keep"].sum()) and back.n_vars == 0 and ps.is_sharded(back)
+    assert ps.is_sharded_file(out) and not ps.is_sharded_file(qc.shards[0])
     assert list(back.obs_names) == list(emb.obs_names) and "leiden" in back.obs and "total_counts" in back.obs
     np.testing.assert_array_equal(back.obsm["X_pca"], emb.obsm["X_pca"])
-    ref = adata[back.obs_names].layers["counts"]
-    assert (sp.csr_matrix(back.layers["counts"]) != sp.csr_matrix(ref)).nnz == 0
-    assert back.var["highly_variable"].sum() == 300 and back.uns["note"] == "x"
+    assert back.uns["note"] == "x"
+    counts = ad.concat([ad.read_h5ad(p) for p in ps.shard_paths(back, tmp_path)]).layers["counts"]
+    assert (sp.csr_matrix(counts) != sp.csr_matrix(adata[back.obs_names].layers["counts"])).nnz == 0
     assert not list(tmp_path.glob(".*tmp*"))  # atomic write left nothing behind
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import warnings
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import anndata as ad
 import numpy as np
@@ -112,7 +112,7 @@ def ulm_scores(adata: ad.AnnData, sets: dict[str, dict[str, Any]], layer: str | 
     import decoupler as dc
 
     X = lognorm_matrix(adata, layer=layer)
-    universe = np.asarray(X.getnnz(axis=0) > 0).ravel() if genes is None else np.asarray(genes, bool)
+    universe = np.asarray(detected_genes(adata, layer) if genes is None else genes, bool)
     names = adata.var_names[universe]
     net = marker_network(sets)
     present = net[net["target"].isin(names) & (net["weight"] > 0)].groupby("source").size()
@@ -430,20 +430,21 @@ def annotate_cells(adata: ad.AnnData, graph: sp.spmatrix | None = None, clusters
     markers = markers or load_markers()
     if clusters is None and graph is not None:
         clusters = over_cluster(graph, seed=seed).set_axis(adata.obs_names)
-    evidence = compartment_evidence(adata, markers, layer)
-    compartment, _ = compartments_from_evidence(evidence, graph, clusters, markers)
-    return annotate_from_evidence(evidence, subset_evidence(adata, compartment, markers, layer), graph, clusters,
-                                  markers)
+    return annotate_from_evidence(compartment_evidence(adata, markers, layer),
+                                  lambda comp: subset_evidence(adata, comp, markers, layer), graph, clusters, markers)
 
 
-def annotate_from_evidence(evidence: pd.DataFrame, subsets: pd.DataFrame, graph: sp.spmatrix | None = None,
-                           clusters: pd.Series | None = None, markers: dict[str, Any] | None = None) -> pd.DataFrame:
-    """Compartment and cell type of every cell from its :func:`compartment_evidence` and :func:`subset_evidence`
-    (one row per cell, in the graph's order), with the evidence kept for obs (smoothed compartment scores, plasma
-    evidence) and ``attrs['nk_cd54_split']``; ``clusters``: the over-clusters for majority voting."""
+def annotate_from_evidence(evidence: pd.DataFrame, subsets_of: Callable[[pd.Series], pd.DataFrame],
+                           graph: sp.spmatrix | None = None, clusters: pd.Series | None = None,
+                           markers: dict[str, Any] | None = None) -> pd.DataFrame:
+    """Compartment and cell type of every cell from its :func:`compartment_evidence` (one row per cell, in the
+    graph's order) and the :func:`subset_evidence` that ``subsets_of(compartments)`` measures once the compartments
+    are decided (in memory, or shard by shard: :func:`helpers.preprocessing.per_sample.annotate`), with the
+    evidence kept for obs (smoothed compartment scores, plasma evidence) and ``attrs['nk_cd54_split']``;
+    ``clusters``: the over-clusters for majority voting."""
     markers = markers or load_markers()
     compartment, kept = compartments_from_evidence(evidence, graph, clusters, markers)
-    cell_type = subsets_from_evidence(subsets, compartment, graph, clusters, markers)
+    cell_type = subsets_from_evidence(subsets_of(compartment), compartment, graph, clusters, markers)
     nk_dim = (cell_type == "NK_CD56dim").to_numpy()
     spec = markers.get("nk_cd54", {})
     has_counts = "nk_cd54_counts" in evidence

@@ -2,31 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import anndata as ad
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from helpers.annotation.cell_types import load_markers
-from helpers.preprocessing.normalise import counts_matrix
+from helpers.data.genesets import gene_positions
 
 
 # ----------------------------------------------------------------------------------------------------
 # malignant vs normal plasma cells
 # ----------------------------------------------------------------------------------------------------
-def light_chain_calls(adata: ad.AnnData, markers: dict[str, Any] | None = None, layer: str = "counts") -> pd.DataFrame:
-    """Per cell: kappa and lambda constant-region counts and the call (:func:`light_chain_from_counts`)."""
-    markers = markers or load_markers()
-    X = counts_matrix(adata, layer)
-    res = {}
-    for chain, genes in markers["light_chains"].items():
-        g = [x for x in genes if x in adata.var_names]
-        res[chain] = np.asarray(X[:, adata.var_names.get_indexer(g)].sum(1)).ravel() if g else np.zeros(adata.n_obs)
-    return light_chain_from_counts(pd.DataFrame(res, index=adata.obs_names))
-
-
 def light_chain_from_counts(counts: pd.DataFrame) -> pd.DataFrame:
     """``counts`` (per cell: ``kappa`` and ``lambda`` constant-region counts, e.g. from
     :func:`helpers.annotation.cell_types.compartment_evidence`) with the call: kappa / lambda / none."""
@@ -37,8 +23,6 @@ def light_chain_from_counts(counts: pd.DataFrame) -> pd.DataFrame:
 
 def add_gene_positions(adata: ad.AnnData) -> None:
     """Put GRCh38 chromosome/start/end (data/genesets/gene_positions_grch38.tsv) into adata.var for infercnvpy."""
-    from helpers.data.genesets import gene_positions
-
     pos = gene_positions().reindex(adata.var_names)
     adata.var["chromosome"] = pos["chromosome"].to_numpy()
     adata.var["start"] = pos["start"].to_numpy()
@@ -60,9 +44,10 @@ def cnv_reference_cells(reference: np.ndarray, query: np.ndarray, seed: int = 0,
 
 def positioned_genes(cells: ad.AnnData) -> ad.AnnData:
     """A copy of ``cells`` with the genes the committed GRCh38 table places (chromosome, start, end in var)."""
-    sub = cells.copy()
+    placed = gene_positions().reindex(cells.var_names)["chromosome"].notna().to_numpy()
+    sub = cells[:, placed].copy()
     add_gene_positions(sub)
-    return sub[:, sub.var["chromosome"].notna().to_numpy()].copy()
+    return sub
 
 
 def cnv_reference_mean(reference: ad.AnnData) -> np.ndarray:

@@ -2,7 +2,9 @@
 
 The per-sample steps of notebook 01 (read counts, QC metrics and MAD thresholds, Scrublet and lineage
 co-expression doublets, normalisation, the per-sample Seurat-v3 variance statistics, PCA moments and
-projection) and the pseudobulk sums run as one Dask task per sample. A worker holds one sample at a time,
+projection), notebook 02's per-cell measurements (annotation evidence, CNV profiles against one reference mean)
+and the cell-group pseudobulk sums run as one Dask task per sample, and notebooks 03-08 read one shard at a time
+where they need single cells (:func:`cells_by_sample`). A worker holds one sample at a time,
 so memory is bounded by the largest sample, not the cohort. Only small things come back to the driver:
 per-cell QC rows, per-sample thresholds, one vector of normalised variances per sample, the HVG x HVG
 moment matrix, and finally the joint embedding (cells x 50) and the patient-level tables.
@@ -26,7 +28,7 @@ and read/write the shard directory, so it must be on storage every worker sees.
 from __future__ import annotations
 
 import os
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -37,11 +39,10 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from helpers.analysis.pseudobulk import CELL_GROUPS, GROUP_KEYS, group_pseudobulk, is_cell_groups, sum_rows_by_key
+from helpers.analysis.pseudobulk import CELL_GROUPS, GROUP_KEYS, group_pseudobulk, is_cell_groups
 from helpers.annotation.cell_types import (
     annotate_from_evidence,
     compartment_evidence,
-    compartments_from_evidence,
     detected_genes,
     load_markers,
     over_cluster,
@@ -60,11 +61,9 @@ from helpers.preprocessing.integrate import seurat_v3_hvg
 # --------------------------------------------------------------------------------------------- where it runs
 
 
-@contextmanager
-def dask_client(address: str | None = None, n_workers: int | None = None,
-                memory_limit: str | None = None) -> Iterator[Any]:
-    """A ``distributed.Client``: to ``address`` (or $DR_DASK_SCHEDULER) if given, else a LocalCluster of
-    ``n_workers`` single-threaded worker processes (default $DR_JOBS or 2), closed on exit."""
+def start_client(address: str | None = None, n_workers: int | None = None, memory_limit: str | None = None) -> Any:
+    """A ``distributed.Client``: to ``address`` (or $DR_DASK_SCHEDULER) if given, else on a new LocalCluster of
+    ``n_workers`` single-threaded worker processes (default $DR_JOBS or 2). Close it with :func:`close_client`."""
     import logging
 
     import dask
@@ -72,23 +71,36 @@ def dask_client(address: str | None = None, n_workers: int | None = None,
 
     address = address or os.environ.get("DR_DASK_SCHEDULER") or None
     if address:
-        client = Client(address)
-        try:
-            yield client
-        finally:
-            client.close()
-        return
+        return Client(address)
     n_workers = n_workers or int(os.environ.get("DR_JOBS", 2))
     # non-daemonic workers: infercnvpy (CNV per sample) starts a process pool, which a daemonic process cannot
     with dask.config.set({"distributed.worker.daemon": False}):
         cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None,
                                memory_limit=memory_limit or "auto", silence_logs=logging.ERROR)
-    client = Client(cluster)
+    return Client(cluster)
+
+
+def close_client(client: Any) -> None:
+    """Close a client from :func:`start_client` and, when it started one, its LocalCluster; None is a no-op."""
+    if client is None:
+        return
+    from distributed import LocalCluster
+
+    cluster = getattr(client, "cluster", None)
+    client.close()
+    if isinstance(cluster, LocalCluster):
+        cluster.close()
+
+
+@contextmanager
+def dask_client(address: str | None = None, n_workers: int | None = None,
+                memory_limit: str | None = None) -> Iterator[Any]:
+    """:func:`start_client` as a context manager, closed on exit."""
+    client = start_client(address, n_workers, memory_limit)
     try:
         yield client
     finally:
-        client.close()
-        cluster.close()
+        close_client(client)
 
 
 def map_samples(func: Callable, items: Sequence, client: Any = None, desc: str = "samples", **kwargs) -> list:
@@ -374,7 +386,7 @@ def pca_by_sample(shards: list[str], genes: Sequence[str], client: Any = None,
     return pd.concat(parts), fit
 
 
-# ------------------------------------------------------------------------------------- assemble, pseudobulk
+# ------------------------------------------------------------------------------------- the embedding
 
 
 def embedding_anndata(qc: CohortQC, scores: pd.DataFrame) -> ad.AnnData:
@@ -385,60 +397,6 @@ def embedding_anndata(qc: CohortQC, scores: pd.DataFrame) -> ad.AnnData:
     a.strings_to_categoricals()  # as writing the shards did
     a.obsm["X_pca"] = scores.loc[obs.index].to_numpy(np.float32)
     return a
-
-
-def assemble_shards(shards: list[str], embedding: ad.AnnData, var: pd.DataFrame, out: str | Path,
-                    uns: dict | None = None) -> Path:
-    """Write the cohort file (integrated.h5ad) from the shards without loading them together
-    (``anndata.experimental.concat_on_disk``), then put in the global obs, obsm, obsp, var and uns."""
-    import h5py
-    from anndata.experimental import concat_on_disk
-
-    from helpers.io import atomic_path
-
-    out = Path(out)
-    with atomic_path(out) as tmp:
-        concat_on_disk([str(s) for s in shards], str(tmp), join="inner")
-        with h5py.File(tmp, "r+") as f:
-            names = ad.io.read_elem(f["obs"]).index
-            if not names.equals(embedding.obs_names):
-                raise ValueError("shard cells and the embedding's cells differ (order or content)")
-            for key, value in (("obs", embedding.obs), ("var", var), ("obsm", dict(embedding.obsm)),
-                               ("obsp", dict(embedding.obsp)), ("uns", {**(uns or {}), **dict(embedding.uns)})):
-                if key in f:
-                    del f[key]
-                ad.io.write_elem(f, key, value)
-    return out
-
-
-def _pseudobulk_shard(shard: str, labels: pd.Series | None, label: str, patient: str,
-                      tissue: str | None) -> pd.DataFrame:
-    a = ad.read_h5ad(shard)
-    if tissue is not None:
-        a = a[(a.obs["tissue"].astype(str) == tissue).to_numpy()].copy()
-    if labels is not None:
-        a = a[a.obs_names.isin(labels.index)].copy()
-        a.obs[label] = labels.reindex(a.obs_names).astype(str).to_numpy()
-    else:
-        a.obs[label] = "all"
-    keys = (a.obs[patient].astype(str) + "\t" + a.obs[label].astype(str)).to_numpy()
-    uniq, summed, n_cells = sum_rows_by_key(a.layers["counts"], keys)
-    out = pd.DataFrame(summed, index=uniq, columns=a.var_names)
-    out.insert(0, "n_cells", n_cells)
-    return out
-
-
-def pseudobulk_by_sample(shards: list[str], labels: pd.Series | None = None, client: Any = None,
-                         label: str = "cell_type", patient: str = "patient_id",
-                         tissue: str | None = None) -> pd.DataFrame:
-    """Summed raw counts per patient and label, one Dask task per shard; rows 'patient<TAB>label' with an
-    ``n_cells`` column then one column per gene. ``labels`` (cell -> label, e.g. the annotation) limits the
-    sums to the labelled cells; None sums all cells of each patient; ``tissue`` keeps that tissue's cells. Equal to
-    :func:`helpers.analysis.pseudobulk.pseudobulk_by_patient` on the same cells."""
-    parts = map_samples(_pseudobulk_shard, shards, client, desc="pseudobulk per sample", labels=labels,
-                        label=label, patient=patient, tissue=tissue)
-    out = pd.concat(parts)
-    return out.groupby(level=0, sort=True).sum()  # a patient's samples (of the tissue asked) are summed
 
 
 # ----------------------------------------------------------------- annotation, CNV and cell groups from the shards
@@ -461,11 +419,10 @@ def split_by_sample(shards: list[str], table: pd.DataFrame | pd.Series, sample: 
 
 def _detected_shard(item: dict) -> dict[str, np.ndarray]:
     a = ad.read_h5ad(item["shard"])
-    rows = item["rows"]
-    if rows is None:
+    if item["rows"] is None:
         return {"all": detected_genes(a)}
-    group = rows.iloc[:, 0].reindex(a.obs_names).astype(str).to_numpy()
-    return {g: detected_genes(a[group == g]) for g in np.unique(group[pd.notna(rows.iloc[:, 0].reindex(a.obs_names))])}
+    group = item["rows"].iloc[:, 0].reindex(a.obs_names)
+    return {str(g): detected_genes(a[(group == g).to_numpy()]) for g in group.dropna().unique()}
 
 
 def detected_by_sample(shards: list[str], groups: pd.Series | None, sample: pd.Series | None,
@@ -501,20 +458,21 @@ def annotate(adata: ad.AnnData, graph: sp.spmatrix, processed_dir: str | Path | 
     clusters = over_cluster(graph, seed=seed).set_axis(adata.obs_names)
     if not is_sharded(adata):
         evidence = compartment_evidence(adata, markers)
-        compartment, _ = compartments_from_evidence(evidence, graph, clusters, markers)
-        subsets = subset_evidence(adata, compartment, markers)
-    else:
-        shards, sample = shard_paths(adata, processed_dir), adata.obs["sample_id"].astype(str)
-        genes = detected_by_sample(shards, None, None, client)["all"]
-        evidence = pd.concat(map_samples(_compartment_evidence_shard, shards, client, desc="compartment evidence",
-                                         markers=markers, genes=genes)).loc[adata.obs_names]
-        compartment, _ = compartments_from_evidence(evidence, graph, clusters, markers)
+        calls = annotate_from_evidence(evidence, lambda comp: subset_evidence(adata, comp, markers), graph,
+                                       clusters, markers)
+        return calls, evidence
+    shards, sample = shard_paths(adata, processed_dir), adata.obs["sample_id"].astype(str)
+    genes = detected_by_sample(shards, None, None, client)["all"]
+    evidence = pd.concat(map_samples(_compartment_evidence_shard, shards, client, desc="compartment evidence",
+                                     markers=markers, genes=genes)).loc[adata.obs_names]
+
+    def subsets_of(compartment: pd.Series) -> pd.DataFrame:
         universes = detected_by_sample(shards, compartment, sample, client)
-        subsets = pd.concat(map_samples(_subset_evidence_shard,
-                                        split_by_sample(shards, compartment.to_frame("compartment"), sample), client,
-                                        desc="subset evidence", markers=markers, universes=universes))
-        subsets = subsets.reindex(adata.obs_names)
-    return annotate_from_evidence(evidence, subsets, graph, clusters, markers), evidence
+        parts = map_samples(_subset_evidence_shard, split_by_sample(shards, compartment.to_frame("compartment"), sample),
+                            client, desc="subset evidence", markers=markers, universes=universes)
+        return pd.concat(parts).reindex(adata.obs_names)
+
+    return annotate_from_evidence(evidence, subsets_of, graph, clusters, markers), evidence
 
 
 def _cells_of_shard(item: dict) -> ad.AnnData:
@@ -633,23 +591,9 @@ def shard_paths(adata: ad.AnnData, processed_dir: str | Path | None = None) -> l
 
 
 def open_client(adata: ad.AnnData, address: str | None = None) -> Any:
-    """For a notebook: a Dask client (to ``address``, or a LocalCluster as :func:`dask_client` starts) when
-    ``adata`` is a per-sample cohort file, else None (in memory). Close it with :func:`close_client`."""
-    if not is_sharded(adata):
-        return None
-    stack = ExitStack()
-    client = stack.enter_context(dask_client(address or None))
-    _OPEN_CLIENTS[id(client)] = stack
-    return client
-
-
-def close_client(client: Any) -> None:
-    """Close a client from :func:`open_client` (and its LocalCluster); None is a no-op."""
-    if client is not None:
-        _OPEN_CLIENTS.pop(id(client)).close()
-
-
-_OPEN_CLIENTS: dict[int, ExitStack] = {}
+    """For a notebook: a Dask client (:func:`start_client`) when ``adata`` is a per-sample cohort file, else None
+    (in memory). Close it with :func:`close_client`."""
+    return start_client(address or None) if is_sharded(adata) else None
 
 
 def read_cell_table(path: str | Path) -> ad.AnnData:
@@ -695,7 +639,7 @@ def cells_by_sample(adata: ad.AnnData, columns: list[str] | None = None) -> Iter
         for s in sorted(sid.unique()):
             yield s, cells[(sid == s).to_numpy()]
         return
-    paths = dict(zip(cells.uns[SHARDS], shard_paths(cells, cells.uns["shard_root"])))
+    paths = dict(zip(cells.uns[SHARDS], shard_paths(cells)))
     cols = list(columns or [])
     for s in sorted(sid.unique()):
         yield s, _cells_of_shard({"shard": paths[s], "rows": cells.obs.loc[(sid == s).to_numpy(), cols]})
