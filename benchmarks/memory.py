@@ -80,12 +80,33 @@ def _is_driver(proc, driver: str | None, top) -> bool:
         return False
 
 
+def fork_child(proc, parent_cmdline: dict[int, list[str]]) -> bool:
+    """Whether ``proc`` is a fork of its parent that has not exec'd (the same command line as its parent, e.g. the
+    worker a ``ProcessPoolExecutor`` forks, as infercnvpy does even with ``n_jobs=1``). ``parent_cmdline``: the
+    command lines of the tree's processes by pid."""
+    try:
+        cmd = proc.cmdline()
+        return cmd == parent_cmdline.get(proc.ppid())
+    except psutil.Error:
+        return False
+
+
+def resident_bytes(proc, forked: bool) -> int:
+    """Physical memory to charge to ``proc``: its RSS, or for a fork child (:func:`fork_child`) its unique set size
+    (the pages only it holds): the pages it still shares copy-on-write with its parent are in the parent's RSS
+    already, and summing both RSS would count them twice (a 10 GiB kernel forking one CNV worker would read as
+    20 GiB)."""
+    return proc.memory_full_info().uss if forked else proc.memory_info().rss
+
+
 def measure(cmd: list[str], interval: float = 0.2, driver: str | None = None) -> dict[str, float]:
     """Run ``cmd`` (cwd: the project root, this process's environment) and return its wall ``seconds`` and the
     peaks (GiB) of its process tree, sampled every ``interval`` s: ``peak_total_gib`` (summed RSS of every
-    process), ``peak_driver_gib`` (the driver, see :func:`_is_driver`) and ``peak_worker_gib`` (the largest other
-    process but the top one when a driver is named, e.g. a Dask worker). Raises :class:`CommandFailed` when the
-    command exits non-zero. stderr goes to a temporary file (a pipe read at the end could fill and block a long run)."""
+    process, a fork child counted by the memory it does not share with its parent: :func:`resident_bytes`),
+    ``peak_driver_gib`` (the driver, see :func:`_is_driver`, with its fork children) and ``peak_worker_gib`` (the
+    largest other process but the top one when a driver is named, e.g. a Dask worker, with its fork children).
+    Raises :class:`CommandFailed` when the command exits non-zero. stderr goes to a temporary file (a pipe read at
+    the end could fill and block a long run)."""
     peak_total = peak_main = peak_child = 0.0
     with tempfile.TemporaryFile(mode="w+") as err:
         t0 = time.perf_counter()
@@ -96,20 +117,28 @@ def measure(cmd: list[str], interval: float = 0.2, driver: str | None = None) ->
                 procs = [top, *top.children(recursive=True)]
             except psutil.Error:
                 procs = []
-            main = total = 0
-            others = []
+            cmdlines = {}
             for p in procs:
                 try:
-                    rss = p.memory_info().rss
+                    cmdlines[p.pid] = p.cmdline()
+                except psutil.Error:
+                    pass
+            main = total = 0
+            own: dict[int, int] = {}  # bytes per process, fork children added to their parent
+            for p in procs:
+                try:
+                    forked = p.pid != top.pid and fork_child(p, cmdlines)
+                    rss = resident_bytes(p, forked)
                 except psutil.Error:
                     continue
                 total += rss
                 if _is_driver(p, driver, top):
                     main += rss
                 elif p.pid != top.pid or driver is None:
-                    others.append(rss)
+                    key = p.ppid() if forked else p.pid
+                    own[key] = own.get(key, 0) + rss
             peak_total, peak_main = max(peak_total, total), max(peak_main, main)
-            peak_child = max([peak_child, *others])
+            peak_child = max([peak_child, *own.values()])
             time.sleep(interval)
         seconds = time.perf_counter() - t0
         err.seek(0)

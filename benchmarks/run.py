@@ -245,7 +245,8 @@ def peer_lines(table: Path) -> list[str]:
             "annotation, malignant plasma cells by light chains and CNV, composition test) through the runner, "
             "as `make all` runs them, writing their h5ad, tables, figures and HTML. Both were measured in the same "
             "run, one after the other on the same cohort, each in fresh processes by the same harness "
-            "(benchmarks/memory.py `measure`: wall time, summed RSS of the process tree sampled every 0.2 s) "
+            "(benchmarks/memory.py `measure`: wall time, summed RSS of the process tree sampled every 0.2 s, a fork "
+            "child counted by the memory it does not share with its parent) "
             "with the same thread limits (DR_THREADS). `ours_s` = 01 + 02, `ours_peak_gib` = the larger of the "
             "two; `ratio` = peer_s / ours_s (> 1: ours is faster). Not like for like: the peer runs pseudobulk DE "
             "(done by notebooks 03-08 here) and writes no files; ours runs Harmony and the malignant-cell calls. "
@@ -270,7 +271,8 @@ def chain_lines(table: Path, details: Path) -> list[str]:
                   f"n_perm}}` (here {reps}), intermediates written with DR_H5AD_COMPRESSION=lzf. The "
                   "benchmark uses fewer power repetitions (notebooks 08, 09) and classifier permutations (07) than "
                   "`make all` on the default cohort; both are cohort parameters. Each notebook is measured by "
-                  "benchmarks/memory.py `measure` (process tree sampled every 0.2 s, so Dask workers count): "
+                  "benchmarks/memory.py `measure` (process tree sampled every 0.2 s, so Dask workers count; a fork child "
+                  "such as infercnvpy's chunk worker by the memory it does not share with its parent): "
                   "`seconds` = sum over notebooks, peaks = max over notebooks; `peak_driver_gib` = the notebook's "
                   "kernel, `peak_worker_gib` = the largest other process (a Dask worker).", ""]
     if len(chain):
