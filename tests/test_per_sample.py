@@ -339,3 +339,24 @@ def test_cell_group_pseudobulk_gives_the_patients_pseudobulk_and_fractions(dask_
     gene = cells.var_names[int(np.argmax(np.asarray(cells.layers["counts"].sum(0)).ravel()))]
     pd.testing.assert_frame_equal(gene_per_patient(cells, types, gene, min_cells=3),
                                   gene_per_patient(groups, types, gene, min_cells=3))
+
+
+def test_expression_subsample_from_shards_reads_only_the_genes_asked(dask_run, shard_cells):
+    """The marker dot plot's cells from the shards: a seeded subsample whose values equal the cells' own, with only
+    the genes asked (those present, in order) coming back from each shard task."""
+    qc = dask_run[0]
+    sharded = ps.embedding_anndata(qc, dask_run[2])
+    sharded.uns[ps.SHARDS] = {Path(s).stem: s for s in qc.shards}
+    genes = ["CD3E", "NOT_A_GENE", "LYZ", "MS4A1"]
+    present = [g for g in genes if g in shard_cells.var_names]
+    assert len(present) == 3
+    out = ps.expression_subsample(sharded, genes, "/", None, max_cells=150, seed=1)
+    assert list(out.var_names) == present and out.n_obs == 150
+    assert list(out.obs_names) == list(sharded.obs_names[np.sort(np.random.default_rng(1).choice(
+        sharded.n_obs, 150, replace=False))])
+    ref = shard_cells[out.obs_names, present]
+    np.testing.assert_allclose(out.X.toarray(), ref.X.toarray())
+    np.testing.assert_allclose(out.layers["counts"].toarray(), ref.layers["counts"].toarray())
+    few = ps.read_cells(qc.shards, pd.DataFrame(index=out.obs_names[:5]), sharded.obs["sample_id"].astype(str),
+                        genes=genes)
+    assert list(few.var_names) == present and few.n_obs == 5

@@ -477,17 +477,23 @@ def annotate(adata: ad.AnnData, graph: sp.spmatrix, processed_dir: str | Path | 
 
 def _cells_of_shard(item: dict) -> ad.AnnData:
     a = ad.read_h5ad(item["shard"])
-    rows = item["rows"]
-    a = a[a.obs_names.isin(rows.index)].copy()
+    rows, genes = item["rows"], item.get("genes")
+    keep = a.obs_names.isin(rows.index)
+    a = a[keep, [g for g in genes if g in a.var_names]].copy() if genes is not None else a[keep].copy()
     for c in (rows.columns if isinstance(rows, pd.DataFrame) else []):
         a.obs[c] = rows[c].reindex(a.obs_names).to_numpy()
     return a
 
 
-def read_cells(shards: list[str], cells: pd.DataFrame, sample: pd.Series, client: Any = None) -> ad.AnnData:
+def read_cells(shards: list[str], cells: pd.DataFrame, sample: pd.Series, client: Any = None,
+               genes: Sequence[str] | None = None) -> ad.AnnData:
     """The cells indexed by ``cells`` (cell names; its columns are added to obs) from the shards, in shard order,
-    every gene (log-normalised X and ``layers['counts']``). For few cells (a CNV reference), not for a cohort."""
-    parts = map_samples(_cells_of_shard, split_by_sample(shards, cells, sample), client, desc="read cells")
+    every gene or only ``genes`` (those present, in that order; each task returns only them), log-normalised X and
+    ``layers['counts']``. For few cells (a CNV reference, a figure's subsample), not for a cohort."""
+    items = split_by_sample(shards, cells, sample)
+    if genes is not None:
+        items = [{**item, "genes": list(genes)} for item in items]
+    parts = map_samples(_cells_of_shard, items, client, desc="read cells")
     return ad.concat([p for p in parts if p.n_obs], join="inner", merge="same")
 
 
@@ -670,8 +676,8 @@ def expression_subsample(adata: ad.AnnData, genes: list[str], processed_dir: str
     rng = np.random.default_rng(seed)
     idx = np.sort(rng.choice(adata.n_obs, min(max_cells, adata.n_obs), replace=False))
     obs = adata.obs.iloc[idx]
-    cells = read_cells(shard_paths(adata, processed_dir), obs[[]], obs["sample_id"].astype(str), client)
-    out = cells[obs.index, [g for g in genes if g in cells.var_names]].copy()
+    cells = read_cells(shard_paths(adata, processed_dir), obs[[]], obs["sample_id"].astype(str), client, genes=genes)
+    out = cells[obs.index].copy()
     out.obs = obs.copy()
     return out
 
