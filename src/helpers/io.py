@@ -1,4 +1,4 @@
-"""Small I/O utilities: atomic writes, JSON, figures.
+"""Small I/O utilities: atomic writes, JSON, figures, h5ad files written or concatenated on disk.
 
 Every output of the compendium goes through these so that a failed step never leaves a
 half-written file in place of a previous good one (write to a temporary name, then rename).
@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+import scipy.sparse as sp
 
 
 @contextmanager
@@ -127,3 +128,72 @@ def save_figure(fig, figures_dir: str | os.PathLike, name: str, dpi: int = 150, 
 
         display(Image(filename=str(out[0])))
     return out
+
+
+def same_genes(files: list[str | os.PathLike]) -> bool:
+    """Whether the .h5ad ``files`` hold the same var_names in the same order (read from their var alone)."""
+    import anndata as ad
+    import h5py
+
+    first = None
+    for f in files:
+        with h5py.File(f, "r") as h:
+            names = ad.io.read_elem(h["var"]).index
+        if first is None:
+            first = names
+        elif not names.equals(first):
+            return False
+    return True
+
+
+def concat_h5ad_rows(files: list[str | os.PathLike], out: str | os.PathLike, uns: dict | None = None,
+                     compression: str | None = "auto") -> Path:
+    """Concatenate .h5ad files that share their genes (var_names, in order) cell-wise into ``out``, holding one file
+    at a time: X and every layer (CSR) are appended with anndata's ``sparse_dataset(...).append``, obs are
+    concatenated (pandas; a column categorical in the first file stays categorical), var comes from the first file,
+    ``uns`` is written as given. anndata.experimental.concat_on_disk held about as many bytes as it wrote until its
+    output closed (measured here: 0.95 GB peak for a 0.77 GB output, 1.7 GB for twice that), which bounds nothing at
+    atlas scale; this stays at the largest file. Raises ValueError naming the first file whose genes, layers or
+    matrix format differ. Written atomically; compression as :func:`write_h5ad`."""
+    import anndata as ad
+    import h5py
+    import pandas as pd
+    from anndata.io import sparse_dataset
+
+    files = [Path(f) for f in files]
+    if not files:
+        raise ValueError(f"no files to concatenate into {out}")
+    compression = h5ad_compression() if compression == "auto" else compression
+    kwargs = {"compression": compression} if compression else {}
+    obs, var, layers, first_cats = [], None, None, []
+    with atomic_path(out, suffix=".h5ad") as tmp, h5py.File(tmp, "w") as h:
+        h.attrs["encoding-type"], h.attrs["encoding-version"] = "anndata", "0.1.0"
+        for i, f in enumerate(files):
+            a = ad.read_h5ad(f)
+            if var is None:
+                var, layers = a.var, sorted(a.layers.keys())
+                first_cats = [c for c in a.obs.columns if isinstance(a.obs[c].dtype, pd.CategoricalDtype)]
+            elif not a.var_names.equals(var.index) or sorted(a.layers.keys()) != layers:
+                raise ValueError(f"{f}: its genes or layers differ from those of {files[0]} (concat_h5ad_rows needs "
+                                 "the same var_names in the same order and the same layers)")
+            for key, X in [("X", a.X), *[(f"layers/{k}", a.layers[k]) for k in layers]]:
+                if not sp.isspmatrix_csr(X) and not isinstance(X, sp.csr_array):
+                    raise ValueError(f"{f}: {key} is {type(X).__name__}, not a CSR matrix")
+                if i == 0:
+                    ad.io.write_elem(h, key, X, dataset_kwargs={**kwargs, "indptr_dtype": "int64"})
+                else:
+                    sparse_dataset(h[key]).append(X)
+            obs.append(a.obs)
+            del a
+        cells = pd.concat(obs)
+        for c in first_cats:
+            if not isinstance(cells[c].dtype, pd.CategoricalDtype):
+                cells[c] = cells[c].astype("category")
+        ad.io.write_elem(h, "obs", cells)
+        ad.io.write_elem(h, "var", var)
+        for key in ("obsm", "varm", "obsp", "varp"):
+            ad.io.write_elem(h, key, {})
+        if "layers" not in h:
+            ad.io.write_elem(h, "layers", {})
+        ad.io.write_elem(h, "uns", dict(uns or {}))
+    return Path(out)

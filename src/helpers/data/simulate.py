@@ -32,7 +32,6 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import yaml
-from anndata.experimental import concat_on_disk
 from joblib import Parallel, delayed
 from scipy import stats as sstats
 from tqdm.auto import tqdm
@@ -48,7 +47,7 @@ from helpers.data.genesets import (
     genesets_dir,
     progeny_weights,
 )
-from helpers.io import atomic_path, write_h5ad, write_json, write_table
+from helpers.io import concat_h5ad_rows, write_h5ad, write_json, write_table
 
 # --------------------------------------------------------------------------------------------------
 # static inputs
@@ -1139,16 +1138,13 @@ def simulate_cohort_to_disk(samples: pd.DataFrame, sim: dict[str, Any], seed: in
                             ) -> tuple[dict[str, Any], pd.DataFrame]:
     """Simulate the cohort sample by sample into ``out`` (cells.h5ad) without holding it in memory: each sample is
     drawn (the same random streams as :func:`simulate_cohort`), written to its own file and the files are
-    concatenated on disk (``anndata.experimental.concat_on_disk``; ``uns`` written into the file). Peak memory is a
+    concatenated on disk (:func:`helpers.io.concat_h5ad_rows`, one file at a time; ``uns`` written into the file). Peak memory is a
     few samples (``n_jobs`` at a time), whatever the cohort's size. Returns the truth record, with ``matrix_sha256``
     (:func:`matrix_hash_file`), and the per-sample summary (:func:`helpers.data.describe.per_sample_summary`).
 
     The categorical obs columns hold every category the simulator can draw (:func:`obs_categories`), so a category
     absent from this cohort (a cell type no sample drew) is kept as an unused category: the one difference from
     :func:`simulate_cohort`, whose categories are those drawn."""
-
-
-
     out = Path(out)
     model = cohort_model(sim, seed)
     patients = draw_patients(samples, sim, seed)
@@ -1160,14 +1156,7 @@ def simulate_cohort_to_disk(samples: pd.DataFrame, sim: dict[str, Any], seed: in
         done = Parallel(n_jobs=n_jobs)(
             delayed(_simulate_sample_file)(model, r, patients[r["patient_id"]], sim, seed,
                                            tmp_dir / f"{i:05d}.h5ad", cats) for i, r in enumerate(it))
-        with atomic_path(out, suffix=".h5ad") as tmp:
-            concat_on_disk([f for f, _ in done], str(tmp), join="outer", merge="same")
-            if uns:
-
-                with h5py.File(tmp, "r+") as f:
-                    if "uns" in f:
-                        del f["uns"]
-                    ad.io.write_elem(f, "uns", uns)
+        concat_h5ad_rows([f for f, _ in done], out, uns=uns)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     truth = cohort_truth(model, patients, sim, seed)

@@ -198,7 +198,8 @@ def ingest_one_sample(src: dict, out_dir: str) -> tuple[str, pd.DataFrame, dict]
 
 def ingest_by_sample(cohort: Cohort, client: Any = None) -> tuple[dict[str, Path], pd.DataFrame]:
     """Real cohorts: ingest every sample in its own Dask task and assemble data/processed/<cohort>/cells.h5ad on
-    disk (``concat_on_disk``), never holding the cohort in memory. Returns ({'cells': path}, per-sample summary)."""
+    disk (:func:`helpers.io.concat_h5ad_rows` when the samples share their genes, one sample in memory at a time;
+    else anndata's ``concat_on_disk`` over the union of genes). Returns ({'cells': path}, per-sample summary)."""
     from anndata.experimental import concat_on_disk
 
     from helpers.data.ingest import (
@@ -206,7 +207,7 @@ def ingest_by_sample(cohort: Cohort, client: Any = None) -> tuple[dict[str, Path
         cohort_extras,
         copy_side_tables,
     )
-    from helpers.io import atomic_path
+    from helpers.io import atomic_path, concat_h5ad_rows, same_genes
 
     if cohort.kind != "real":
         raise ValueError("ingest_by_sample is for real cohorts; simulated cohorts are built by helpers.data.simulate")
@@ -217,7 +218,11 @@ def ingest_by_sample(cohort: Cohort, client: Any = None) -> tuple[dict[str, Path
                           out_dir=str(tmp_dir))
         cells = cohort.processed_dir / "cells.h5ad"
         with atomic_path(cells) as tmp:
-            concat_on_disk([p for p, _, _ in out], str(tmp), join="outer", merge="first")
+            files = [p for p, _, _ in out]
+            if same_genes(files):  # one file in memory at a time
+                concat_h5ad_rows(files, tmp)
+            else:  # samples measured on different genes: their union (anndata's outer join)
+                concat_on_disk(files, str(tmp), join="outer", merge="first")
             import h5py
 
             with h5py.File(tmp, "r+") as f:
