@@ -360,3 +360,20 @@ def test_expression_subsample_from_shards_reads_only_the_genes_asked(dask_run, s
     few = ps.read_cells(qc.shards, pd.DataFrame(index=out.obs_names[:5]), sharded.obs["sample_id"].astype(str),
                         genes=genes)
     assert list(few.var_names) == present and few.n_obs == 5
+
+
+def test_reduce_samples_folds_in_order_as_the_gathered_sum(dask_run):
+    """reduce_samples gives exactly the sum of the gathered results (the same order of additions), in this
+    process and on a cluster, and raises a worker's error with its type."""
+    qc, hv = dask_run[0], dask_run[1]
+    genes = list(hv.index[hv["highly_variable"]])
+    gathered = ps.map_samples(ps.hvg_moments, qc.shards, None, genes=genes)
+    expected = (sum(m[0] for m in gathered), sum(m[1] for m in gathered), sum(m[2] for m in gathered))
+    local = ps.reduce_samples(ps.hvg_moments, qc.shards, ps.add_moments, None, genes=genes)
+    with ps.dask_client(n_workers=2) as client:
+        remote = ps.reduce_samples(ps.hvg_moments, qc.shards, ps.add_moments, client, genes=genes)
+        with pytest.raises(ps.InputError, match="genes missing"):
+            ps.reduce_samples(ps.hvg_moments, qc.shards, ps.add_moments, client, genes=genes + ["NOT_A_GENE"])
+    for got in (local, remote):
+        assert got[0] == expected[0]
+        assert np.array_equal(got[1], expected[1]) and np.array_equal(got[2], expected[2])

@@ -121,6 +121,29 @@ def map_samples(func: Callable, items: Sequence, client: Any = None, desc: str =
     return client.gather(futures)
 
 
+def reduce_samples(func: Callable, items: Sequence, combine: Callable, client: Any = None, desc: str = "samples",
+                   **kwargs) -> Any:
+    """``combine(...combine(func(items[0]), func(items[1]))..., func(items[-1]))``: the results of one task per item
+    folded in input order (deterministic: the same sums as adding the gathered list), each dropped once folded, so
+    the driver holds the running result and one task's, not every task's (notebook 01's PCA moments are 2,000 x
+    2,000 float64 per sample: 12.8 GB for 400 samples if gathered). Errors as :func:`map_samples`."""
+    from tqdm.auto import tqdm
+
+    acc = None
+    if client is None:
+        for x in tqdm(items, desc=desc):
+            r = func(x, **kwargs)
+            acc = r if acc is None else combine(acc, r)
+        return acc
+    futures = client.map(partial(func, **kwargs), list(items), pure=False)
+    for i in tqdm(range(len(futures)), desc=desc):
+        r = futures[i].result()  # a worker's exception is raised here with its own type and message
+        futures[i].release()
+        futures[i] = None
+        acc = r if acc is None else combine(acc, r)
+    return acc
+
+
 # ------------------------------------------------------------------------------------------------ sources
 
 
@@ -358,6 +381,11 @@ def hvg_moments(shard: str, genes: Sequence[str]) -> tuple[int, np.ndarray, np.n
     return X.shape[0], np.asarray(X.sum(0)).ravel(), (X.T @ X).toarray()
 
 
+def add_moments(a: tuple, b: tuple) -> tuple:
+    """The moments (:func:`hvg_moments`) of two sets of cells together."""
+    return tuple(x + y for x, y in zip(a, b))
+
+
 def pca_from_moments(n: int, colsum: np.ndarray, xtx: np.ndarray, n_comps: int = 50) -> dict[str, np.ndarray]:
     """Exact PCA of the centred matrix from its moments: mean, components (eigenvectors of the covariance,
     largest first, each signed so its largest loading is positive), variance and variance ratio."""
@@ -382,10 +410,8 @@ def pca_by_sample(shards: list[str], genes: Sequence[str], client: Any = None,
                   n_comps: int = 50) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """Exact PCA over all shards in two Dask passes (moments, then projection); returns cells x PCs and the fit."""
     genes = list(genes)
-    moments = map_samples(hvg_moments, shards, client, desc="PCA moments", genes=genes)
-    n = sum(m[0] for m in moments)
-    fit = pca_from_moments(n, sum(m[1] for m in moments), sum(m[2] for m in moments),
-                           n_comps=min(n_comps, n - 1, len(genes) - 1))
+    n, colsum, xtx = reduce_samples(hvg_moments, shards, add_moments, client, desc="PCA moments", genes=genes)
+    fit = pca_from_moments(n, colsum, xtx, n_comps=min(n_comps, n - 1, len(genes) - 1))
     parts = map_samples(project_shard, shards, client, desc="PCA projection", genes=genes, mean=fit["mean"],
                         components=fit["components"])
     return pd.concat(parts), fit
