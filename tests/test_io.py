@@ -40,6 +40,28 @@ def test_concatenation_equals_anndata_concat(tmp_path):
     assert got.uns["cohort"]["name"] == "x"
 
 
+def test_unsorted_int64_indices_give_a_matrix_scipy_can_sort(tmp_path):
+    """Real count files may store unsorted column indices, or int64 ones: the output's indices and indptr share one
+    type, so scipy can sort and sum it (mixed int32/int64 raised "Output dtype not compatible with inputs")."""
+    files, total = [], 0
+    for i in range(2):
+        a = _sample(i)
+        X = a.X.tocsr()
+        for r in range(X.shape[0]):  # reverse each row's stored order: valid CSR, indices unsorted
+            lo, hi = X.indptr[r], X.indptr[r + 1]
+            X.indices[lo:hi], X.data[lo:hi] = X.indices[lo:hi][::-1].copy(), X.data[lo:hi][::-1].copy()
+        X.indices, X.indptr = X.indices.astype(np.int64), X.indptr.astype(np.int64)
+        X.has_sorted_indices = False
+        a.X, a.layers["counts"] = X, X.copy()
+        total += X.sum()
+        files.append(tmp_path / f"{i}.h5ad")
+        a.write_h5ad(files[-1])
+    got = ad.read_h5ad(concat_h5ad_rows(files, tmp_path / "cells.h5ad"))
+    for M in (got.X, got.layers["counts"]):
+        assert M.indices.dtype == M.indptr.dtype == np.int32
+        assert M.sum() == pytest.approx(total)
+
+
 def test_different_genes_are_named(tmp_path):
     a, b = _sample(0), _sample(1, genes=[f"H{j}" for j in range(40)])
     a.write_h5ad(tmp_path / "a.h5ad")
