@@ -36,13 +36,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import anndata as ad
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from memory import CommandFailed, measure  # noqa: E402
 from run import ROOT, chain_lines, measured_points, merge_rows, remove_cohort, scaled_cohort, write_report  # noqa: E402
 
+from helpers.io import read_annotations  # noqa: E402
 from helpers.runner import pin_environment  # noqa: E402
 
 DEFAULT_OUT = ROOT / "benchmarks" / "chain.tsv"
@@ -137,7 +137,7 @@ def run_chain(cohort: str, n_cells: int, settings: dict) -> tuple[list[dict], in
                   + (f"\n--- traceback (end) ---\n{tb}" if tb else "") + "\n", flush=True)
             break
         if nb.startswith("00_"):
-            cells = ad.read_h5ad(ROOT / "data" / "processed" / cohort / "cells.h5ad", backed="r").n_obs
+            cells = read_annotations(ROOT / "data" / "processed" / cohort / "cells.h5ad").n_obs
             for r in rows:
                 r["cells"] = cells
             row["cells"] = cells

@@ -47,7 +47,7 @@ from helpers.data.describe import (
 )
 from helpers.data.ingest import prepare_cohort
 from helpers.data.simulate import build_simulated_cohort_by_sample
-from helpers.io import read_json, save_figure, write_json, write_table
+from helpers.io import read_annotations, read_json, save_figure, write_json, write_table
 from helpers.preprocessing import per_sample
 from helpers.report import plots
 
@@ -70,10 +70,10 @@ t0 = time.time()
 if engine == "dask" and C.kind == "real":  # one Dask task per sample; cells.h5ad assembled on disk
     with per_sample.dask_client(C.analysis("dask_scheduler", dask_scheduler) or None) as client:
         paths, summary = per_sample.ingest_by_sample(C, client)
-    adata = ad.read_h5ad(paths["cells"], backed="r")
+    adata = read_annotations(paths["cells"])  # shape and labels, no matrix
 elif engine == "dask":  # simulated sample by sample into per-sample files, concatenated on disk
     paths, summary = build_simulated_cohort_by_sample(C, n_jobs=n_jobs)
-    adata = ad.read_h5ad(paths["cells"], backed="r")
+    adata = read_annotations(paths["cells"])  # shape and labels, no matrix
 else:
     paths = prepare_cohort(C, n_jobs=n_jobs)
     adata = ad.read_h5ad(paths["cells"])

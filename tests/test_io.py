@@ -4,12 +4,13 @@ import sys
 import textwrap
 
 import anndata as ad
+import h5py
 import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from helpers.io import concat_h5ad_rows
+from helpers.io import concat_h5ad_rows, read_annotations
 
 
 def _sample(i: int, n: int = 50, genes: list[str] | None = None, seed: int = 0) -> ad.AnnData:
@@ -73,7 +74,7 @@ def test_different_genes_are_named(tmp_path):
 
 PEAK = textwrap.dedent("""
     import glob, resource, sys
-    from helpers.io import concat_h5ad_rows
+    from helpers.io import concat_h5ad_rows, read_annotations
     files = sorted(glob.glob(sys.argv[1] + "/part*.h5ad"))[: int(sys.argv[2])]
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     concat_h5ad_rows(files, sys.argv[1] + f"/out{sys.argv[2]}.h5ad", compression=None)
@@ -95,3 +96,20 @@ def test_memory_stays_at_one_file_whatever_the_number_of_files(tmp_path):
     out_mb = {n: (tmp_path / f"out{n}.h5ad").stat().st_size / 2 ** 20 for n in (8, 32)}
     assert out_mb[32] - out_mb[8] > 250
     assert peak[32] - peak[8] < 0.2 * (out_mb[32] - out_mb[8]), (peak, out_mb)
+
+
+def test_annotations_are_read_without_any_matrix(tmp_path):
+    """Notebook 00 needs a cohort file's shape and labels; backed mode would load layers['counts'] whole."""
+    a = _sample(0)
+    a.write_h5ad(tmp_path / "cells.h5ad")
+    got = read_annotations(tmp_path / "cells.h5ad")
+    assert got.shape == a.shape and got.X is None and len(got.layers) == 0 and len(got.obsm) == 0
+    pd.testing.assert_frame_equal(got.obs, a.obs)
+    pd.testing.assert_frame_equal(got.var, a.var)
+
+
+def test_annotations_of_a_file_that_is_not_h5ad_name_it(tmp_path):
+    with h5py.File(tmp_path / "x.h5", "w") as h:
+        h["X"] = np.zeros(3)
+    with pytest.raises(ValueError, match=r"x\.h5: no obs or var"):
+        read_annotations(tmp_path / "x.h5")
