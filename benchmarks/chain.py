@@ -18,6 +18,11 @@ of its error), both rewritten after each size together with benchmarks/results.m
 is skipped unless --force. A failing notebook is recorded and stops its size (and, without --keep-going, the
 run; exit status 1). After each size the cohort's data, results, figures and definition are deleted unless --keep.
 
+Resumable per notebook: chain_details.tsv is rewritten after every notebook, and a size whose earlier run was
+stopped (killed, or the session ended) before its last notebook keeps its cohort on disk; run again, it goes on from
+the first notebook not measured (each notebook is measured in its own process, so a size can span sessions: its
+seconds are summed and its peaks maxed over the rows, whichever session measured them). --force starts afresh.
+
     .venv/bin/python benchmarks/chain.py [--sizes 100000 250000 500000 1000000] [--power-reps 20] [--n-perm 100]
                                          [--force] [--keep] [--keep-going] [--commit]
     .venv/bin/python benchmarks/chain.py --sizes 10000 --out /tmp/chain_test.tsv --power-reps 2 --n-perm 20
@@ -35,12 +40,14 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from memory import CommandFailed, measure  # noqa: E402
-from run import ROOT, chain_lines, measured_points, merge_rows, remove_cohort, scaled_cohort, write_report  # noqa: E402
+from run import (ROOT, chain_lines, measured_points, merge_rows, remove_cohort, same_size, scaled_cohort,  # noqa: E402
+                 write_report)
 
 from helpers.io import read_annotations  # noqa: E402
 from helpers.runner import pin_environment  # noqa: E402
@@ -80,14 +87,35 @@ def chain_notebooks() -> list[str]:
     return sorted(p.stem for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
 
-def define_cohort(n_cells: int, per_sample: int, power_reps: int, n_perm: int) -> str:
-    """A fresh benchmark cohort of ~n_cells in samples of ``per_sample`` cells, Dask engine: only its definition
-    (notebook 00 builds it, timed); outputs of an earlier cohort of that name are removed first."""
+def define_cohort(n_cells: int, per_sample: int, power_reps: int, n_perm: int, fresh: bool = True) -> str:
+    """A benchmark cohort of ~n_cells in samples of ``per_sample`` cells, Dask engine: only its definition
+    (notebook 00 builds it, timed); with ``fresh``, outputs of an earlier cohort of that name are removed first
+    (else kept, for a resumed size)."""
     analysis = {"engine": "dask", "power_reps": power_reps, "n_perm": n_perm}
     name = scaled_cohort(n_cells, per_sample=per_sample, analysis=analysis)
-    for d in (ROOT / "data" / "processed" / name, ROOT / "results" / name, ROOT / "figures" / name):
-        shutil.rmtree(d, ignore_errors=True)
+    if fresh:
+        for d in (ROOT / "data" / "processed" / name, ROOT / "results" / name, ROOT / "figures" / name):
+            shutil.rmtree(d, ignore_errors=True)
     return name
+
+
+def unfinished_rows(details: Path, n_cells: int, n_samples: int, settings: dict, notebooks: list[str],
+                    built: bool) -> list[dict]:
+    """The rows of an earlier run of this size that stopped before its last notebook, to resume from: every row
+    of the size ``ok``, its notebooks the first ones of ``notebooks`` (in order, not all of them), measured with
+    the same number of samples and ``settings``, and the cohort still ``built`` (its cells.h5ad on disk). Empty
+    otherwise (nothing to resume: the size starts afresh)."""
+    if not built or not details.exists():
+        return []
+    det = pd.read_csv(details, sep="\t", keep_default_na=False)
+    rows = det[same_size(det["cells"], n_cells)]
+    if rows.empty or len(rows) >= len(notebooks) or (rows["status"] != "ok").any():
+        return []
+    if list(rows["notebook"]) != notebooks[:len(rows)] or (rows["samples"] != n_samples).any():
+        return []
+    if any((rows[k] != v).any() for k, v in settings.items()):
+        return []
+    return rows.to_dict("records")
 
 
 def runner_cmd(cohort: str, notebook: str) -> list[str]:
@@ -120,12 +148,20 @@ def error_summary(e: CommandFailed, traceback: str) -> str:
     return re.sub(r"\s+", " ", text)[:700]
 
 
-def run_chain(cohort: str, n_cells: int, settings: dict) -> tuple[list[dict], int | None]:
-    """Every notebook of the chain on ``cohort``, each measured in its own runner process, stopping at the first
-    that fails: (one details row per notebook run, the cells notebook 00 simulated or None if it failed)."""
+def run_chain(cohort: str, n_cells: int, settings: dict, done: list[dict] | None = None,
+              on_row: Callable[[list[dict]], None] | None = None) -> tuple[list[dict], int | None]:
+    """Every notebook of the chain on ``cohort`` after those already ``done`` (their details rows, from
+    :func:`unfinished_rows`), each measured in its own runner process, stopping at the first that fails: (one
+    details row per notebook, ``done`` first; the cells notebook 00 simulated or None if it failed). ``on_row`` is
+    called with the rows so far after every notebook (to write them: a stopped run keeps what it measured)."""
     n_samples = len(pd.read_csv(ROOT / "data" / "cohorts" / cohort / "samples.csv"))
-    rows, cells = [], None
+    rows = [dict(r) for r in done or []]
+    cells = int(rows[0]["cells"]) if rows else None
+    measured = {r["notebook"] for r in rows}
     for nb in chain_notebooks():
+        if nb in measured:
+            print(f"[chain.py] {cells} cells, {nb}: measured in an earlier run, resumed after it", flush=True)
+            continue
         row = {"cells": cells or n_cells, "samples": n_samples, "notebook": nb, **settings}
         try:
             m = measure(runner_cmd(cohort, nb), driver=KERNEL)
@@ -135,6 +171,8 @@ def run_chain(cohort: str, n_cells: int, settings: dict) -> tuple[list[dict], in
             print(f"\n[chain.py] FAILED: notebook {nb} on cohort {cohort} ({row['cells']} cells, exit "
                   f"{e.returncode}); the size is stopped here.\n--- runner stderr (end) ---\n{e.stderr[-3000:]}"
                   + (f"\n--- traceback (end) ---\n{tb}" if tb else "") + "\n", flush=True)
+            if on_row:
+                on_row(rows)
             break
         if nb.startswith("00_"):
             cells = read_annotations(ROOT / "data" / "processed" / cohort / "cells.h5ad").n_obs
@@ -143,6 +181,8 @@ def run_chain(cohort: str, n_cells: int, settings: dict) -> tuple[list[dict], in
             row["cells"] = cells
         rows.append({**row, "status": "ok", **m, "error": ""})
         print(f"[chain.py] {row['cells']} cells, {nb}: {m}", flush=True)
+        if on_row:
+            on_row(rows)
     return rows, cells
 
 
@@ -183,14 +223,21 @@ def main() -> None:
     for n in skip:
         print(f"[chain.py] {n} cells: already in {args.out}, skipped (--force to re-measure)")
     failed = []
+    notebooks = chain_notebooks()
     for n in [s for s in args.sizes if s not in skip]:
-        name = define_cohort(n, args.per_sample, args.power_reps, args.n_perm)
+        name = define_cohort(n, args.per_sample, args.power_reps, args.n_perm, fresh=False)
+        n_samples = len(pd.read_csv(ROOT / "data" / "cohorts" / name / "samples.csv"))
+        built = (ROOT / "data" / "processed" / name / "cells.h5ad").exists()
+        done = [] if args.force else unfinished_rows(args.details, n, n_samples, settings, notebooks, built)
+        if done:
+            print(f"[chain.py] cohort {name}: resuming after {done[-1]['notebook']} (measured earlier)", flush=True)
+        else:
+            define_cohort(n, args.per_sample, args.power_reps, args.n_perm, fresh=True)
         print(f"[chain.py] cohort {name}: ~{n} cells, analysis {dict(engine='dask', **settings)}", flush=True)
-        try:
-            details, cells = run_chain(name, n, settings)
-        finally:
-            if not args.keep:
-                remove_cohort(name)
+        details, cells = run_chain(name, n, settings, done,
+                                   on_row=lambda rows: write_tables(None, rows, args.out, args.details))
+        if not args.keep:  # a completed or failed size; a stopped one (killed) keeps its cohort, to resume
+            remove_cohort(name)
         ok = all(r["status"] == "ok" for r in details)
         row = summary_row(details) if ok else None
         write_tables(row, details, args.out, args.details)

@@ -75,20 +75,32 @@ def scaled_cohort(n_cells: int, per_sample: int | None = None, analysis: dict | 
     return name
 
 
+SIZE_TOLERANCE = 0.05  # a cohort asked for as n cells gives n +- a few % (the simulator draws each sample's size)
+
+
+def same_size(cells, n_cells: float, tolerance: float = SIZE_TOLERANCE):
+    """Whether ``cells`` (a number or a Series) is the benchmark size ``n_cells``: within ``tolerance`` of it,
+    relative (48,479 and 1,012,345 cells are the sizes 50,000 and 1,000,000; 100,000 and 247,281 are not)."""
+    return abs(cells - n_cells) <= tolerance * n_cells
+
+
 def merge_rows(new: pd.DataFrame, previous: Path, by: tuple[str, ...] = ("cells",),
                derived: tuple[str, ...] = ()) -> pd.DataFrame:
     """This run's rows plus the earlier runs' rows at other points (a point measured again is replaced). A point
-    is its cells rounded to 10k (48,479 and 50,000 cells are the same point) and its other ``by`` columns;
+    is its size (:func:`same_size`: 48,479 and 50,000 cells are the same point) and its other ``by`` columns;
     ``derived`` columns of the earlier rows are dropped (the caller recomputes them)."""
     if not previous.exists():
         return new
     old = pd.read_csv(previous, sep="\t").drop(columns=list(derived), errors="ignore")
-    if len(new):
-        def point(d):
-            return pd.MultiIndex.from_frame(d[list(by)].assign(cells=(d["cells"] / 1000).round(-1)))
-
-        old = old[~point(old).isin(point(new))]
-    return pd.concat([old, new], ignore_index=True).sort_values(list(by), ignore_index=True)
+    others = [c for c in by if c != "cells"]
+    replaced = pd.Series(False, index=old.index)
+    for r in new.drop_duplicates(list(by)).itertuples(index=False):
+        r = r._asdict()
+        hit = same_size(old["cells"], r["cells"])
+        for c in others:
+            hit &= old[c] == r[c]
+        replaced |= hit
+    return pd.concat([old[~replaced], new], ignore_index=True).sort_values(list(by), ignore_index=True)
 
 
 def markdown_table(df: pd.DataFrame) -> str:
@@ -111,12 +123,12 @@ def remove_cohort(name: str) -> None:
 
 
 def measured_points(path: Path, sizes: list[int]) -> set[int]:
-    """The requested sizes already in the table at ``path``, a point being its cells rounded to 10k as in
-    :func:`merge_rows` (so a size asked for as 50,000 is found as the 48,479 cells it gave)."""
+    """The requested sizes already in the table at ``path`` (:func:`same_size`: a size asked for as 50,000 is
+    found as the 48,479 cells it gave)."""
     if not path.exists():
         return set()
-    done = set((pd.read_csv(path, sep="\t")["cells"] / 1000).round(-1))
-    return {n for n in sizes if round(n / 1000, -1) in done}
+    done = pd.read_csv(path, sep="\t")["cells"]
+    return {n for n in sizes if same_size(done, n).any()}
 
 
 @contextmanager

@@ -44,3 +44,48 @@ def test_fork_child_own_memory_counted(forking_script):
     peaks = measure([sys.executable, str(forking_script), "400"], interval=0.1)
     assert peaks["peak_total_gib"] > (PARENT_MB + 400 * 0.9) / 1024
     assert peaks["peak_total_gib"] < (2 * PARENT_MB + 400) / 1024 * 0.85
+
+
+# --- benchmarks/chain.py: a size stopped before its last notebook resumes from the first one not measured ---
+
+NOTEBOOKS = ["00_cohort", "01_qc_integration", "02_annotation", "03_inflammation"]
+SETTINGS = {"power_reps": 20, "n_perm": 100}
+
+
+def _details(tmp_path, rows):
+    import pandas as pd
+
+    base = {"samples": 400, **SETTINGS, "seconds": 10.0, "peak_total_gib": 1.0, "peak_driver_gib": 0.5,
+            "peak_worker_gib": 0.4, "error": ""}
+    path = tmp_path / "chain_details.tsv"
+    pd.DataFrame([{**base, **r} for r in rows]).to_csv(path, sep="\t", index=False)
+    return path
+
+
+def _unfinished(path, built=True, settings=SETTINGS, samples=400):
+    from chain import unfinished_rows
+
+    return unfinished_rows(path, 1_000_000, samples, settings, NOTEBOOKS, built)
+
+
+def test_a_stopped_size_resumes_after_its_measured_notebooks(tmp_path):
+    path = _details(tmp_path, [
+        {"cells": 101_114, "samples": 40, "notebook": nb, "status": "ok"} for nb in NOTEBOOKS] + [
+        {"cells": 1_012_345, "notebook": nb, "status": "ok"} for nb in NOTEBOOKS[:2]])
+    rows = _unfinished(path)
+    assert [r["notebook"] for r in rows] == NOTEBOOKS[:2] and {r["cells"] for r in rows} == {1_012_345}
+
+
+@pytest.mark.parametrize("case", ["complete", "failed", "not_built", "other_settings", "other_samples", "gap"])
+def test_nothing_to_resume_starts_the_size_afresh(tmp_path, case):
+    rows = [{"cells": 1_012_345, "notebook": nb, "status": "ok"} for nb in NOTEBOOKS[:2]]
+    if case == "complete":
+        rows = [{"cells": 1_012_345, "notebook": nb, "status": "ok"} for nb in NOTEBOOKS]
+    elif case == "failed":
+        rows[-1]["status"] = "failed"
+    elif case == "gap":
+        rows[-1]["notebook"] = NOTEBOOKS[2]
+    path = _details(tmp_path, rows)
+    kwargs = {"not_built": {"built": False}, "other_settings": {"settings": {**SETTINGS, "n_perm": 20}},
+              "other_samples": {"samples": 401}}.get(case, {})
+    assert _unfinished(path, **kwargs) == []
