@@ -1116,7 +1116,7 @@ def _simulate_sample_file(model: CohortModel, row: pd.Series, patient: dict[str,
     part = finish_sample(simulate_sample(model, row, patient, sim, seed), model.genes)
     for c, cats in categories.items():
         part.obs[c] = pd.Categorical(part.obs[c].astype(str), categories=cats)
-    write_h5ad(part, path, compression=None)
+    write_h5ad(part, path)  # compressed as the cohort's intermediates (DR_H5AD_COMPRESSION): disk at atlas scale
     return str(path), per_sample_summary(part)
 
 

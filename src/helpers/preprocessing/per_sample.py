@@ -28,6 +28,7 @@ and read/write the shard directory, so it must be on storage every worker sees.
 from __future__ import annotations
 
 import os
+import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -35,9 +36,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import anndata as ad
+import h5py
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from anndata.experimental import concat_on_disk
+from tqdm.auto import tqdm
 
 from helpers.analysis.pseudobulk import CELL_GROUPS, GROUP_KEYS, group_pseudobulk, is_cell_groups
 from helpers.annotation.cell_types import (
@@ -56,7 +60,19 @@ from helpers.annotation.malignant import (
     noise_thresholded,
 )
 from helpers.data.cohort import Cohort, InputError
+from helpers.data.describe import per_sample_summary
+from helpers.data.ingest import (
+    IngestError,
+    check_unique_barcodes,
+    cohort_extras,
+    copy_side_tables,
+    pop_extras,
+    read_sample,
+)
+from helpers.io import atomic_path, concat_h5ad_rows, same_genes, write_h5ad
 from helpers.preprocessing.integrate import seurat_v3_hvg
+from helpers.preprocessing.normalise import normalize_log
+from helpers.preprocessing.qc import qc_filter
 
 # --------------------------------------------------------------------------------------------- where it runs
 
@@ -106,8 +122,6 @@ def dask_client(address: str | None = None, n_workers: int | None = None,
 def map_samples(func: Callable, items: Sequence, client: Any = None, desc: str = "samples", **kwargs) -> list:
     """``func(item, **kwargs)`` for every item, as Dask tasks on ``client`` (in this process when None),
     returned in input order. A worker's exception is raised here with its own type and message."""
-    from tqdm.auto import tqdm
-
     if client is None:
         return [func(x, **kwargs) for x in tqdm(items, desc=desc)]
     from distributed import as_completed
@@ -127,8 +141,6 @@ def reduce_samples(func: Callable, items: Sequence, combine: Callable, client: A
     folded in input order (deterministic: the same sums as adding the gathered list), each dropped once folded, so
     the driver holds the running result and one task's, not every task's (notebook 01's PCA moments are 2,000 x
     2,000 float64 per sample: 12.8 GB for 400 samples if gathered). Errors as :func:`map_samples`."""
-    from tqdm.auto import tqdm
-
     acc = None
     if client is None:
         for x in tqdm(items, desc=desc):
@@ -167,8 +179,6 @@ def sample_sources(cohort: Cohort, cells_h5ad: str | Path | None = None, from_ce
 
 
 def _read_obs(path: Path) -> pd.DataFrame:
-    import h5py
-
     with h5py.File(path, "r") as f:
         return ad.io.read_elem(f["obs"])
 
@@ -176,11 +186,7 @@ def _read_obs(path: Path) -> pd.DataFrame:
 def read_source(src: dict) -> ad.AnnData:
     """A sample's raw counts (float32 CSR in X and layers['counts']) with its obs, from a :func:`sample_sources`
     record. Reads only that sample's rows."""
-    from helpers.data.ingest import IngestError, read_sample
-
     if "cells_h5ad" in src:
-        import h5py
-
         rows = np.asarray(src["rows"])
         contiguous = len(rows) and rows[-1] - rows[0] + 1 == len(rows)
         try:
@@ -208,10 +214,6 @@ def ingest_one_sample(src: dict, out_dir: str) -> tuple[str, pd.DataFrame, dict]
     """Read and check one sample's counts (as :func:`helpers.data.ingest.ingest_samples` does), write them to
     ``out_dir/<sample>.h5ad`` and return (path, the sample's row of :func:`helpers.data.describe.per_sample_summary`,
     its antibody counts and symbol decisions from :func:`helpers.data.ingest.pop_extras`)."""
-    from helpers.data.describe import per_sample_summary
-    from helpers.data.ingest import pop_extras
-    from helpers.io import write_h5ad
-
     a = read_source(src)
     extras = pop_extras(a)
     path = Path(out_dir) / f"{src['sample_id']}.h5ad"
@@ -223,15 +225,6 @@ def ingest_by_sample(cohort: Cohort, client: Any = None) -> tuple[dict[str, Path
     """Real cohorts: ingest every sample in its own Dask task and assemble data/processed/<cohort>/cells.h5ad on
     disk (:func:`helpers.io.concat_h5ad_rows` when the samples share their genes, one sample in memory at a time;
     else anndata's ``concat_on_disk`` over the union of genes). Returns ({'cells': path}, per-sample summary)."""
-    from anndata.experimental import concat_on_disk
-
-    from helpers.data.ingest import (
-        check_unique_barcodes,
-        cohort_extras,
-        copy_side_tables,
-    )
-    from helpers.io import atomic_path, concat_h5ad_rows, same_genes
-
     if cohort.kind != "real":
         raise ValueError("ingest_by_sample is for real cohorts; simulated cohorts are built by helpers.data.simulate")
     tmp_dir = cohort.processed_dir / "ingest_tmp"
@@ -246,8 +239,6 @@ def ingest_by_sample(cohort: Cohort, client: Any = None) -> tuple[dict[str, Path
                 concat_h5ad_rows(files, tmp)
             else:  # samples measured on different genes: their union (anndata's outer join)
                 concat_on_disk(files, str(tmp), join="outer", merge="first")
-            import h5py
-
             with h5py.File(tmp, "r+") as f:
                 obs_names = ad.io.read_elem(f["obs"]).index
                 check_unique_barcodes(obs_names)
@@ -259,8 +250,6 @@ def ingest_by_sample(cohort: Cohort, client: Any = None) -> tuple[dict[str, Path
                     del f["uns"]
                 ad.io.write_elem(f, "uns", {"cohort": {"name": cohort.name, "kind": "real"}, **uns})
     finally:
-        import shutil
-
         shutil.rmtree(tmp_dir, ignore_errors=True)
     summary = pd.concat([s for _, s, _ in out]).sort_values("sample_id", ignore_index=True)
     return {"cells": cells, **copy_side_tables(cohort)}, summary
@@ -293,10 +282,6 @@ def qc_one_sample(src: dict, shard_dir: str, seed: int = 0, nmads: float = 3.0,
                   doublet_rate: float = 0.06) -> SampleQC:
     """Read one sample, run :func:`helpers.preprocessing.qc.qc_filter` on it (same thresholds, Scrublet with the same seed),
     normalise the kept cells, compute their Seurat-v3 variances and write them to ``shard_dir/<sample>.h5ad``."""
-    from helpers.io import write_h5ad
-    from helpers.preprocessing.normalise import normalize_log
-    from helpers.preprocessing.qc import qc_filter
-
     a = read_source(src)
     kept, table, thr = qc_filter(a, seed=seed, nmads=nmads, doublet_rate=doublet_rate, n_jobs=1)
     normalize_log(kept)
@@ -582,8 +567,6 @@ def write_sharded(embedding: ad.AnnData, shards: list[str], out: str | Path) -> 
     """The cohort file of the per-sample path (integrated.h5ad / annotated.h5ad): the cells' obs, embedding, graph
     and uns with no expression matrix (cells x 0 genes), and ``uns['shards']`` naming each sample's shard (counts
     and log-normalised values) relative to the file's folder. Its size grows with cells x embedding, not genes."""
-    from helpers.io import write_h5ad
-
     out = Path(out)
     a = ad.AnnData(obs=embedding.obs.copy(), obsm=dict(embedding.obsm), obsp=dict(embedding.obsp),
                    uns={**dict(embedding.uns), SHARDS: {Path(s).stem: os.path.relpath(s, out.parent) for s in shards}})
@@ -594,8 +577,6 @@ def shard_cohort(adata: ad.AnnData, shard_dir: str | Path, out: str | Path) -> P
     """An in-memory cohort file (e.g. integrated.h5ad of the in-memory path) as shards: one file per sample
     (log-normalised X and ``layers['counts']``) in ``shard_dir`` and the cells x 0 genes file at ``out``
     (:func:`write_sharded`), so that notebooks 02-08 can run sample by sample from it."""
-    from helpers.io import write_h5ad
-
     shard_dir = Path(shard_dir)
     shard_dir.mkdir(parents=True, exist_ok=True)
     sid = adata.obs["sample_id"].astype(str).to_numpy()
@@ -636,8 +617,6 @@ def open_client(adata: ad.AnnData, address: str | None = None) -> Any:
 def read_cell_table(path: str | Path) -> ad.AnnData:
     """The obs (and ``uns['shards']``) of a per-sample cohort file without its embedding and graph: the cells'
     labels and design, cells x 0 genes, with ``uns['shard_root']`` set to the file's folder."""
-    import h5py
-
     with h5py.File(path, "r") as f:
         obs = ad.io.read_elem(f["obs"])
         shards = ad.io.read_elem(f["uns"][SHARDS]) if "uns" in f and SHARDS in f["uns"] else None
@@ -648,8 +627,6 @@ def read_cell_table(path: str | Path) -> ad.AnnData:
 
 def is_sharded_file(path: str | Path) -> bool:
     """Whether the .h5ad at ``path`` is a per-sample cohort file (:func:`write_sharded`)."""
-    import h5py
-
     with h5py.File(path, "r") as f:
         return "uns" in f and SHARDS in f["uns"]
 
