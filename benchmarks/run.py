@@ -230,12 +230,38 @@ def readme_lines(bench_dir: Path | None = None) -> list[str]:
             lines.append(f"`benchmarks/chain.tsv`: {r.cells:,} cells ({r.samples} samples, {r.engine}) in "
                          f"{r.seconds:,} s, peak {r.peak_total_gib:.1f} GiB in all (kernel {r.peak_driver_gib:.1f}, "
                          f"largest worker {r.peak_worker_gib:.1f})")
+    for r in unfinished_sizes(bench_dir / "chain.tsv", bench_dir / "chain_details.tsv"):
+        lines.append(f"`benchmarks/chain_details.tsv`: {r['cells']:,} cells ({r['samples']} samples, dask), not "
+                     f"finished: notebooks {r['first']}-{r['last']} in {r['seconds']:,.0f} s, peak "
+                     f"{r['peak_total_gib']:.1f} GiB in all (kernel {r['peak_driver_gib']:.1f}, largest worker "
+                     f"{r['peak_worker_gib']:.1f}); resumes at notebook {r['next']}")
     if (bench_dir / "peer.tsv").exists():
         for r in pd.read_csv(bench_dir / "peer.tsv", sep="\t").itertuples():
             lines.append(f"`benchmarks/peer.tsv`: {r.cells:,} cells: notebooks 01+02 {r.ours_s:,.0f} s, "
                          f"{r.ours_peak_gib:.1f} GiB; scanpy peer {r.peer_s:,.0f} s, {r.peer_peak_gib:.1f} GiB "
                          f"(peer / ours {r.ratio:.2f})")
     return lines
+
+
+def unfinished_sizes(table: Path, details: Path) -> list[dict]:
+    """Sizes of chain_details.tsv measured in part (benchmarks/chain.py stopped before the last notebook, every
+    notebook measured so far ``ok``, no chain.tsv row of that size): their cells, samples, first and last
+    notebooks measured, the next one, seconds summed and peaks maxed over the measured notebooks."""
+    if not details.exists():
+        return []
+    det = pd.read_csv(details, sep="\t")
+    done = pd.read_csv(table, sep="\t")["cells"] if table.exists() else pd.Series([], dtype=float)
+    chain = sorted(p.stem for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    out = []
+    for cells, d in det.groupby("cells"):
+        if same_size(done, cells).any() or (d["status"] != "ok").any() or len(d) >= len(chain):
+            continue
+        nbs = sorted(d["notebook"])
+        out.append({"cells": int(cells), "samples": int(d["samples"].iloc[0]), "first": nbs[0][:2],
+                    "last": nbs[-1][:2], "next": chain[len(nbs)] if nbs == chain[:len(nbs)] else "?",
+                    "seconds": float(d["seconds"].sum()),
+                    **{k: float(d[k].max()) for k in ("peak_total_gib", "peak_driver_gib", "peak_worker_gib")}})
+    return out
 
 
 def peer_lines(table: Path) -> list[str]:
@@ -303,6 +329,12 @@ def chain_lines(table: Path, details: Path) -> list[str]:
                       markdown_table(pivot.reset_index().fillna("")), ""]
         for r in det[det["status"] != "ok"].itertuples():
             lines += [f"Failed at {r.cells:,} cells: notebook {r.notebook} ({r.error}).", ""]
+    for r in unfinished_sizes(table, details):
+        lines += [f"Not finished at {r['cells']:,} cells ({r['samples']} samples): notebooks {r['first']}-{r['last']} "
+                  f"measured ({r['seconds']:,.0f} s, peak {r['peak_total_gib']} GiB in all, kernel "
+                  f"{r['peak_driver_gib']} GiB, largest worker {r['peak_worker_gib']} GiB); benchmarks/chain.py with "
+                  f"that size resumes at notebook {r['next']} (its cohort is kept on disk until the size completes).",
+                  ""]
     return lines
 
 

@@ -89,3 +89,22 @@ def test_nothing_to_resume_starts_the_size_afresh(tmp_path, case):
     kwargs = {"not_built": {"built": False}, "other_settings": {"settings": {**SETTINGS, "n_perm": 20}},
               "other_samples": {"samples": 401}}.get(case, {})
     assert _unfinished(path, **kwargs) == []
+
+
+def test_a_size_measured_in_part_is_reported_with_where_it_resumes(tmp_path):
+    import pandas as pd
+    from run import readme_lines, unfinished_sizes
+
+    rows = [{"cells": 1_012_345, "notebook": nb, "status": "ok"} for nb in NOTEBOOKS[:2]]
+    details = _details(tmp_path, rows)
+    table = tmp_path / "chain.tsv"
+    (sizes,) = unfinished_sizes(table, details)
+    assert (sizes["first"], sizes["last"], sizes["next"], sizes["seconds"]) == ("00", "01", "02_annotation", 20.0)
+    assert any("1,012,345 cells" in line and "resumes at notebook 02_annotation" in line
+               for line in readme_lines(tmp_path))
+    pd.DataFrame([{"cells": 1_003_000, "samples": 400, "engine": "dask", "seconds": 1, "peak_total_gib": 1,
+                   "peak_driver_gib": 1, "peak_worker_gib": 1}]).to_csv(table, sep="\t", index=False)
+    assert unfinished_sizes(table, details) == []  # that size completed in another run
+    table.unlink()
+    rows[-1]["status"] = "failed"
+    assert unfinished_sizes(table, _details(tmp_path, rows)) == []  # failed, not resumable
