@@ -28,7 +28,8 @@ seconds are summed and its peaks maxed over the rows, whichever session measured
     .venv/bin/python benchmarks/chain.py --sizes 10000 --out /tmp/chain_test.tsv --power-reps 2 --n-perm 20
 
 --commit: after each size, commit benchmarks/chain.tsv, chain_details.tsv and results.md (only those paths;
-other staged work is left staged) with the message "bench: whole chain at N cells".
+other staged work is left staged) with the message "bench: whole chain at N cells"; and chain_details.tsv after
+each notebook of a size not finished yet.
 """
 from __future__ import annotations
 
@@ -234,8 +235,13 @@ def main() -> None:
         else:
             define_cohort(n, args.per_sample, args.power_reps, args.n_perm, fresh=True)
         print(f"[chain.py] cohort {name}: ~{n} cells, analysis {dict(engine='dask', **settings)}", flush=True)
-        details, cells = run_chain(name, n, settings, done,
-                                   on_row=lambda rows: write_tables(None, rows, args.out, args.details))
+        def save(rows: list[dict]) -> None:  # after every notebook: a stopped run keeps what it measured
+            write_tables(None, rows, args.out, args.details)
+            if args.commit and rows[-1]["status"] == "ok" and len(rows) < len(notebooks):
+                git_commit([args.details], f"bench: whole chain at {rows[-1]['cells']} cells, notebook "
+                                           f"{rows[-1]['notebook']} measured (size not finished)")
+
+        details, cells = run_chain(name, n, settings, done, on_row=save)
         if not args.keep:  # a completed or failed size; a stopped one (killed) keeps its cohort, to resume
             remove_cohort(name)
         ok = all(r["status"] == "ok" for r in details)

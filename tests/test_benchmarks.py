@@ -108,3 +108,18 @@ def test_a_size_measured_in_part_is_reported_with_where_it_resumes(tmp_path):
     table.unlink()
     rows[-1]["status"] = "failed"
     assert unfinished_sizes(table, _details(tmp_path, rows)) == []  # failed, not resumable
+
+
+def test_a_resumed_chain_measures_only_the_notebooks_left_and_saves_after_each(monkeypatch):
+    import chain
+
+    measured, saved = [], []
+    monkeypatch.setattr(chain, "chain_notebooks", lambda: NOTEBOOKS[:3])
+    monkeypatch.setattr(chain, "measure", lambda cmd, driver=None: measured.append(cmd[-1]) or {
+        "seconds": 1.0, "peak_total_gib": 2.0, "peak_driver_gib": 1.0, "peak_worker_gib": 0.5})
+    done = [{"cells": 1_012_345, "samples": 21, "notebook": NOTEBOOKS[0], **SETTINGS, "status": "ok", "seconds": 9.0}]
+    rows, cells = chain.run_chain("ifm2017_sim", 1_000_000, SETTINGS, done,
+                                  on_row=lambda r: saved.append([x["notebook"] for x in r]))
+    assert measured == [f"notebooks/{nb}.ipynb" for nb in NOTEBOOKS[1:3]]
+    assert saved == [NOTEBOOKS[:2], NOTEBOOKS[:3]] and cells == 1_012_345
+    assert [r["cells"] for r in rows] == [1_012_345] * 3 and chain.summary_row(rows)["seconds"] == 11
