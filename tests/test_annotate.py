@@ -49,6 +49,26 @@ def test_compartments_and_subsets_from_markers():
     assert (sub[a.obs["sub"] == "NK_CD56bright"] == "NK_CD56bright").mean() > 0.9
 
 
+def test_evidence_in_blocks_of_cells_equals_all_cells_at_once():
+    a = _cells({("T", "CD8_effector"): 50, ("myeloid", "mono_classical"): 50, ("B", "B"): 40,
+                ("plasma", None): 20, ("NK", "NK_CD56bright"): 40}, seed=3)
+    a = a[np.random.default_rng(0).permutation(a.n_obs)].copy()
+    late = a.layers["counts"].tolil()
+    late[:-5, a.var_names.get_loc("BG7")] = 0  # a gene detected only in the last block: the universe must be global
+    a.layers["counts"] = a.X = sp.csr_matrix(late)
+    assert [(b.start, b.stop) for b in cell_types.cell_blocks(a.n_obs, 70)] == [(0, 70), (70, 140), (140, 200)]
+    assert cell_types.cell_blocks(0, 70) == []
+    np.testing.assert_array_equal(cell_types.detected_genes(a, block_size=70), cell_types.detected_genes(a, block_size=10**6))
+    whole = cell_types.compartment_evidence(a, block_size=10**6)
+    blocks = cell_types.compartment_evidence(a, block_size=70)
+    pd.testing.assert_frame_equal(blocks, whole)
+    comp = a.obs["comp"].astype(str)
+    pd.testing.assert_frame_equal(cell_types.subset_evidence(a, comp, block_size=17),
+                                  cell_types.subset_evidence(a, comp, block_size=10**6))
+    with pytest.raises(ValueError, match="block_size"):
+        cell_types.cell_blocks(10, 0)
+
+
 def _nk_counts(rates: list[float], n: int = 300, seed: int = 0, dispersion: float = 0.2):
     """ICAM1 counts of ``n`` cells split evenly over states with the given rates (NB noise, size factors ~1)."""
     rng = np.random.default_rng(seed)

@@ -94,11 +94,25 @@ def marker_network(sets: dict[str, dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["source", "target", "weight"]).drop_duplicates(["source", "target"])
 
 
-def detected_genes(adata: ad.AnnData, layer: str | None = "counts") -> np.ndarray:
+BLOCK_CELLS = 10_000  # cells whose evidence is measured at once: bounds the copies (counts, log-normalised) held
+
+
+def cell_blocks(n_obs: int, block_size: int = BLOCK_CELLS) -> list[slice]:
+    """Consecutive row slices of at most ``block_size`` cells covering ``n_obs`` cells (none for no cells)."""
+    if block_size < 1:
+        raise ValueError(f"block_size must be a positive number of cells, got {block_size}")
+    return [slice(i, min(i + block_size, n_obs)) for i in range(0, n_obs, block_size)]
+
+
+def detected_genes(adata: ad.AnnData, layer: str | None = "counts", block_size: int = BLOCK_CELLS) -> np.ndarray:
     """Boolean mask over var: genes with at least one count among ``adata``'s cells (OR the masks of a cohort's
-    samples to get the cohort's)."""
-    X = counts_matrix(adata, layer) if layer is not None and layer in adata.layers else sp.csr_matrix(adata.X)
-    return np.asarray(X.getnnz(axis=0) > 0).ravel()
+    samples to get the cohort's), read ``block_size`` cells at a time."""
+    mask = np.zeros(adata.n_vars, bool)
+    for rows in cell_blocks(adata.n_obs, block_size):
+        a = adata[rows]
+        X = counts_matrix(a, layer) if layer is not None and layer in a.layers else sp.csr_matrix(a.X)
+        mask |= np.asarray(X.getnnz(axis=0) > 0).ravel()
+    return mask
 
 
 def ulm_scores(adata: ad.AnnData, sets: dict[str, dict[str, Any]], layer: str | None = "counts",
@@ -214,14 +228,20 @@ def plasma_evidence(adata: ad.AnnData, spec: dict[str, Any], layer: str | None =
 
 
 def compartment_evidence(adata: ad.AnnData, markers: dict[str, Any] | None = None, layer: str | None = "counts",
-                         genes: np.ndarray | None = None) -> pd.DataFrame:
+                         genes: np.ndarray | None = None, block_size: int = BLOCK_CELLS) -> pd.DataFrame:
     """What the compartment step measures in each cell on its own, given the gene universe ``genes`` (default:
     detected among ``adata``'s cells; a cohort scored sample by sample passes the cohort's,
     :func:`detected_genes`): ULM scores of every compartment programme (``ulm:<programme>``), the plasma evidence
     (:func:`plasma_evidence`), the light-chain counts (``kappa``, ``lambda``) and, from raw counts, the NK CD54
     gene's counts and the library size. The decisions that need the other cells (smoothing, majority votes, the
-    ICAM1 mixture) are in :func:`compartments_from_evidence` and :func:`annotate_from_evidence`."""
+    ICAM1 mixture) are in :func:`compartments_from_evidence` and :func:`annotate_from_evidence`.
+    More than ``block_size`` cells are measured block by block over one universe (the same result: a cell's
+    evidence depends on that cell and the universe only), so memory does not grow with copies of the whole matrix."""
     markers = markers or load_markers()
+    if adata.n_obs > block_size:
+        genes = detected_genes(adata, layer, block_size) if genes is None else genes
+        return pd.concat([compartment_evidence(adata[rows], markers, layer, genes, block_size)
+                          for rows in cell_blocks(adata.n_obs, block_size)])
     parts = [ulm_scores(adata, markers["compartments"], layer, genes=genes).add_prefix("ulm:"),
              plasma_evidence(adata, markers["plasma_evidence"], layer)]
     chains = {}
@@ -240,10 +260,11 @@ def compartment_evidence(adata: ad.AnnData, markers: dict[str, Any] | None = Non
 
 
 def subset_evidence(adata: ad.AnnData, compartment: pd.Series, markers: dict[str, Any] | None = None,
-                    layer: str | None = "counts", universes: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
+                    layer: str | None = "counts", universes: dict[str, np.ndarray] | None = None,
+                    block_size: int = BLOCK_CELLS) -> pd.DataFrame:
     """ULM scores of each compartment's subset programmes in that compartment's cells (``ulm:<compartment>/<subset>``;
     NaN elsewhere), over the genes detected in the compartment's cells (``universes[compartment]``, a mask over var;
-    default: detected among the compartment's cells of ``adata``)."""
+    default: detected among the compartment's cells of ``adata``), ``block_size`` cells at a time (the same result)."""
     markers = markers or load_markers()
     parts = []
     comp = np.asarray(compartment).astype(str)
@@ -251,8 +272,11 @@ def subset_evidence(adata: ad.AnnData, compartment: pd.Series, markers: dict[str
         mask = comp == c
         if len(sets) < 2 or not mask.any():
             continue
+        cells = adata[mask]
         genes = None if universes is None else universes.get(c)
-        parts.append(ulm_scores(adata[mask], sets, layer, genes=genes).add_prefix(f"ulm:{c}/"))
+        genes = detected_genes(cells, layer, block_size) if genes is None else genes
+        parts.append(pd.concat([ulm_scores(cells[rows], sets, layer, genes=genes)
+                                for rows in cell_blocks(cells.n_obs, block_size)]).add_prefix(f"ulm:{c}/"))
     return (pd.concat(parts).reindex(adata.obs_names) if parts
             else pd.DataFrame(index=adata.obs_names))
 
