@@ -4,6 +4,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -123,3 +124,18 @@ def test_a_resumed_chain_measures_only_the_notebooks_left_and_saves_after_each(m
     assert measured == [f"notebooks/{nb}.ipynb" for nb in NOTEBOOKS[1:3]]
     assert saved == [NOTEBOOKS[:2], NOTEBOOKS[:3]] and cells == 1_012_345
     assert [r["cells"] for r in rows] == [1_012_345] * 3 and chain.summary_row(rows)["seconds"] == 11
+
+
+@pytest.mark.parametrize("ratio, ours, peer, verdict", [
+    (1.64, 6.39, 6.23, "memory missed (ours above the peer's)"),
+    (1.49, 5.0, 6.0, "speed missed (goal >= 1.5)"),
+    (1.2, 7.0, 6.0, "speed missed (goal >= 1.5); memory missed (ours above the peer's)"),
+    (1.5, 6.0, 6.0, "goal met: >= 1.5x faster at no more memory"),
+])
+def test_peer_rows_say_whether_the_goal_is_met(ratio, ours, peer, verdict, tmp_path):
+    from run import peer_goal_verdict, readme_lines
+
+    assert peer_goal_verdict(ratio, ours, peer) == verdict
+    pd.DataFrame([{"cells": 1000, "ours_s": 10.0, "peer_s": 10.0 * ratio, "ratio": ratio, "ours_peak_gib": ours,
+                   "peer_peak_gib": peer}]).to_csv(tmp_path / "peer.tsv", sep="\t", index=False)
+    assert readme_lines(tmp_path)[-1].endswith(f"; {verdict})")
