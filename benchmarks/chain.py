@@ -12,9 +12,11 @@ kernel's alone (driver) and the largest other process (worker). Intermediates ar
 DR_H5AD_COMPRESSION=lzf unless the environment sets it; threads are pinned to DR_THREADS (default 2).
 
 Writes benchmarks/chain.tsv (cells, samples, engine, seconds, peak_total_gib, peak_driver_gib, peak_worker_gib;
-one row per completed size: seconds summed and peaks maxed over the notebooks, cells = cells simulated) and
+one row per completed size: seconds summed and peaks maxed over the notebooks, cells = cells simulated),
 benchmarks/chain_details.tsv (one row per size x notebook, with status and, for a failed notebook, the last lines
-of its error), both rewritten after each size together with benchmarks/results.md. A size already in chain.tsv
+of its error) and benchmarks/chain_stages.tsv (where each notebook's time went: the slowest cells of the executed
+notebook, from papermill's per-cell durations; :func:`notebook_stages`), rewritten after each size together with
+benchmarks/results.md. A size already in chain.tsv
 is skipped unless --force. A failing notebook is recorded and stops its size (and, without --keep-going, the
 run; exit status 1). After each size the cohort's data, results, figures and definition are deleted unless --keep.
 
@@ -26,6 +28,7 @@ seconds are summed and its peaks maxed over the rows, whichever session measured
     .venv/bin/python benchmarks/chain.py [--sizes 100000 250000 500000 1000000] [--power-reps 20] [--n-perm 100]
                                          [--force] [--keep] [--keep-going] [--commit]
     .venv/bin/python benchmarks/chain.py --sizes 10000 --out /tmp/chain_test.tsv --power-reps 2 --n-perm 20
+    .venv/bin/python benchmarks/chain.py --sizes 1000000 --stages-only   # stages of a cohort still on disk
 
 --commit: after each size, commit benchmarks/chain.tsv, chain_details.tsv and results.md (only those paths;
 other staged work is left staged) with the message "bench: whole chain at N cells"; and chain_details.tsv after
@@ -73,11 +76,15 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--force", action="store_true", help="re-measure sizes already in the table")
     ap.add_argument("--keep", action="store_true", help="keep each cohort's data, results, figures, definition")
     ap.add_argument("--keep-going", action="store_true", help="after a failed size, go on with the next sizes")
+    ap.add_argument("--stages-only", action="store_true",
+                    help="measure nothing: write chain_stages.tsv rows from the executed notebooks of each size's "
+                         "cohort still on disk (a stopped or --keep run)")
     ap.add_argument("--commit", action="store_true",
                     help="git commit the tables and results.md after each size (only with the default --out)")
     args = ap.parse_args()
     args.out = args.out.resolve()
     args.details = (args.details or args.out.with_name(f"{args.out.stem}_details.tsv")).resolve()
+    args.stages = args.out.with_name(f"{args.out.stem}_stages.tsv")
     if args.commit and args.out != DEFAULT_OUT:
         ap.error(f"--commit commits benchmarks/chain.tsv: it cannot be used with --out {args.out}")
     return args
@@ -117,6 +124,52 @@ def unfinished_rows(details: Path, n_cells: int, n_samples: int, settings: dict,
     if any((rows[k] != v).any() for k, v in settings.items()):
         return []
     return rows.to_dict("records")
+
+
+STAGE_COLUMNS = ["cells", "notebook", "cell", "stage", "seconds", "share"]
+MIN_STAGE_SHARE = 0.05  # a cell taking at least this share of its notebook's cell time is a stage worth listing
+
+
+def notebook_stages(ipynb: Path, top: int = 5, min_share: float = MIN_STAGE_SHARE) -> pd.DataFrame:
+    """Where an executed notebook's time went: its code cells by papermill's recorded duration, the ``top`` slowest
+    that each take at least ``min_share`` of the cells' summed seconds (cell = index among code cells from 0, stage =
+    the cell's first source line, seconds, share). Empty when the notebook has no papermill durations. The cells'
+    sum is less than the notebook's measured seconds: kernel start, parameters and the runner's HTML export are not
+    in a cell."""
+    nb = json.loads(Path(ipynb).read_text())
+    rows = []
+    for i, cell in enumerate(c for c in nb.get("cells", []) if c.get("cell_type") == "code"):
+        seconds = (cell.get("metadata", {}).get("papermill") or {}).get("duration")
+        if seconds is None:
+            continue
+        src = cell["source"] if isinstance(cell["source"], str) else "".join(cell["source"])
+        first = next((line.strip() for line in src.splitlines() if line.strip()), "")
+        rows.append({"cell": i, "stage": first[:100], "seconds": round(float(seconds), 1)})
+    d = pd.DataFrame(rows, columns=["cell", "stage", "seconds"])
+    if d.empty:
+        return d.assign(share=pd.Series(dtype=float))
+    d["share"] = (d["seconds"] / d["seconds"].sum()).round(3)
+    return d[d["share"] >= min_share].nlargest(top, "seconds").reset_index(drop=True)
+
+
+def stage_rows(cohort: str, cells: int, notebooks: list[str]) -> pd.DataFrame:
+    """:func:`notebook_stages` of each of ``notebooks`` executed for ``cohort`` (those not on disk are skipped), as
+    chain_stages.tsv rows."""
+    parts = []
+    for nb in notebooks:
+        path = ROOT / "results" / cohort / "notebooks" / f"{nb}.ipynb"
+        if path.exists():
+            parts.append(notebook_stages(path).assign(cells=cells, notebook=nb))
+    return pd.concat(parts)[STAGE_COLUMNS] if parts else pd.DataFrame(columns=STAGE_COLUMNS)
+
+
+def write_stages(rows: pd.DataFrame, out: Path) -> None:
+    """Merge one size's stage rows into ``out`` (a size written again replaces its earlier rows)."""
+    if rows.empty:
+        return
+    merged = merge_rows(rows, out)[STAGE_COLUMNS]
+    merged.sort_values(["cells", "notebook", "seconds"], ascending=[True, True, False], kind="stable",
+                       ignore_index=True).to_csv(out, sep="\t", index=False)
 
 
 def runner_cmd(cohort: str, notebook: str) -> list[str]:
@@ -225,6 +278,13 @@ def main() -> None:
         print(f"[chain.py] {n} cells: already in {args.out}, skipped (--force to re-measure)")
     failed = []
     notebooks = chain_notebooks()
+    if args.stages_only:
+        for n in args.sizes:
+            name = scaled_cohort(n, per_sample=args.per_sample, analysis={"engine": "dask", **settings})
+            cells = read_annotations(ROOT / "data" / "processed" / name / "cells.h5ad").n_obs
+            write_stages(stage_rows(name, cells, notebooks), args.stages)
+            print(f"[chain.py] stages of {name} ({cells} cells) -> {args.stages}")
+        return
     for n in [s for s in args.sizes if s not in skip]:
         name = define_cohort(n, args.per_sample, args.power_reps, args.n_perm, fresh=False)
         n_samples = len(pd.read_csv(ROOT / "data" / "cohorts" / name / "samples.csv"))
@@ -237,9 +297,10 @@ def main() -> None:
         print(f"[chain.py] cohort {name}: ~{n} cells, analysis {dict(engine='dask', **settings)}", flush=True)
         def save(rows: list[dict]) -> None:  # after every notebook: a stopped run keeps what it measured
             write_tables(None, rows, args.out, args.details)
+            write_stages(stage_rows(name, int(rows[-1]["cells"]), [r["notebook"] for r in rows]), args.stages)
             if args.commit and rows[-1]["status"] == "ok" and len(rows) < len(notebooks):
-                git_commit([args.details], f"bench: whole chain at {rows[-1]['cells']} cells, notebook "
-                                           f"{rows[-1]['notebook']} measured (size not finished)")
+                git_commit([args.details, args.stages], f"bench: whole chain at {rows[-1]['cells']} cells, notebook "
+                                                        f"{rows[-1]['notebook']} measured (size not finished)")
 
         details, cells = run_chain(name, n, settings, done, on_row=save)
         if not args.keep:  # a completed or failed size; a stopped one (killed) keeps its cohort, to resume
@@ -255,7 +316,7 @@ def main() -> None:
             print("\n".join(chain_lines(args.out, args.details)))
         if args.commit:
             bad = "" if ok else f" (notebook {details[-1]['notebook']} failed)"
-            git_commit([args.out, args.details, ROOT / "benchmarks" / "results.md"],
+            git_commit([args.out, args.details, args.stages, ROOT / "benchmarks" / "results.md"],
                        f"bench: whole chain at {cells or n} cells{bad}")
         if not ok:
             failed.append(f"{details[-1]['cells']} cells: {details[-1]['notebook']}")

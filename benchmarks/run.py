@@ -215,6 +215,7 @@ def write_report() -> Path:
                   "of cells (obs and the 50-dimensional embedding).", ""]
     lines += peer_lines(out / "peer.tsv")
     lines += chain_lines(out / "chain.tsv", out / "chain_details.tsv")
+    lines += stage_lines(out / "chain_stages.tsv")
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print((out / "results.md").read_text())
     return out / "results.md"
@@ -348,6 +349,21 @@ def chain_lines(table: Path, details: Path) -> list[str]:
                   f"that size resumes at notebook {r['next']} (its cohort is kept on disk until the size completes).",
                   ""]
     return lines
+
+
+def stage_lines(stages: Path) -> list[str]:
+    """The results.md section on where the chain's time goes (benchmarks/chain.py ``notebook_stages``,
+    chain_stages.tsv): the slowest cells of each notebook at the largest size measured; nothing when not run."""
+    if not stages.exists():
+        return []
+    st = pd.read_csv(stages, sep="\t")
+    if st.empty:
+        return []
+    largest = st[st["cells"] == st["cells"].max()].drop(columns="cells")
+    return [f"### Where the time goes at {int(st['cells'].max()):,} cells", "",
+            "The slowest code cells of each notebook measured at the largest size (chain_stages.tsv, papermill's "
+            "per-cell durations; `share` of the notebook's summed cell seconds; cells under "
+            "5% not listed; `cell` counts code cells from 0):", "", markdown_table(largest), ""]
 
 
 if __name__ == "__main__":

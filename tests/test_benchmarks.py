@@ -139,3 +139,25 @@ def test_peer_rows_say_whether_the_goal_is_met(ratio, ours, peer, verdict, tmp_p
     pd.DataFrame([{"cells": 1000, "ours_s": 10.0, "peer_s": 10.0 * ratio, "ratio": ratio, "ours_peak_gib": ours,
                    "peer_peak_gib": peer}]).to_csv(tmp_path / "peer.tsv", sep="\t", index=False)
     assert readme_lines(tmp_path)[-1].endswith(f"; {verdict})")
+
+
+def test_notebook_stages_lists_the_slowest_cells_from_papermill_durations(tmp_path):
+    import json
+
+    from chain import notebook_stages
+
+    def code(src, seconds):
+        meta = {"papermill": {"duration": seconds}} if seconds is not None else {}
+        return {"cell_type": "code", "source": src, "metadata": meta, "outputs": []}
+
+    cells = [code("x = 1", 0.5), {"cell_type": "markdown", "source": "# title", "metadata": {}},
+             code("\n# QC per sample\nqc = run()", 60.0), code(["fit = ", "umap()"], 30.0), code("late()", None),
+             code("plot()", 9.5)]
+    path = tmp_path / "nb.ipynb"
+    path.write_text(json.dumps({"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+    st = notebook_stages(path)
+    assert list(st["cell"]) == [1, 2, 4] and list(st["stage"]) == ["# QC per sample", "fit = umap()", "plot()"]
+    assert st["share"].tolist() == [0.6, 0.3, 0.095]  # of the 100 s the timed cells took; x = 1 (0.5%) left out
+    assert notebook_stages(path, top=1)["cell"].tolist() == [1]
+    path.write_text(json.dumps({"cells": [code("x = 1", None)], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+    assert notebook_stages(path).empty
