@@ -43,6 +43,7 @@ from helpers.analysis.stats import compare_groups
 from helpers.claims import CLAIMS, IMMUNE_COMPARTMENTS, resolve_claim_cells
 from helpers.data.genesets import gene_set
 from helpers.io import save_figure, write_json, write_table
+from helpers.preprocessing import per_sample
 from helpers.report import plots
 
 C, bm, min_cells = fd.open_finding(cohort, root, min_cells)  # the cohort, its marrow cells (no 'unassigned'), min_cells
@@ -90,7 +91,9 @@ pd.DataFrame({**claims, **controls}).T
 ligands = set(gene_set("CYTOKINES_CHEMOKINES")) | set(gene_set("HALLMARK_INFLAMMATORY_RESPONSE"))
 groups = sorted(bm.obs["compartment"].astype(str).unique())
 pairs = [(s, r) for s in IMMUNE for r in groups if s in groups]
-lr = liana_by_sample(bm, "compartment", pairs=pairs, ligands=ligands, min_cells=min_cells)
+client = per_sample.client_for_cells(bm, C.analysis("dask_scheduler", ""))  # dask engine: one sample per task
+lr = liana_by_sample(bm, "compartment", pairs=pairs, ligands=ligands, min_cells=min_cells, client=client)
+per_sample.close_client(client)
 wide = interaction_matrix(lr, bm.obs, value="magnitude")
 communication = None
 if wide.shape[1]:

@@ -59,6 +59,7 @@ from helpers.analysis import findings as fd
 from helpers.analysis.pseudobulk import n_cells_of
 from helpers.claims import testable_pseudobulk
 from helpers.io import save_figure, write_json, write_table
+from helpers.preprocessing import per_sample
 from helpers.report import narrative, plots
 
 C, bm, min_cells = fd.open_finding(cohort, root, min_cells)  # the cohort, its marrow cells (no 'unassigned'), min_cells
@@ -80,8 +81,11 @@ print(f"{n_cells_of(bm):,} {C.discovery_tissue} cells, {len(resp)} patients; {n_
 # their test; then every feature's test, stage 2 within the significant mechanisms.
 
 # %%
-result = (atlas.run_atlas(bm, spec, resp, C.reference_group, C.test_group, min_cells=min_cells, seed=seed, ages=ages)
+client = per_sample.client_for_cells(bm, C.analysis("dask_scheduler", ""))  # dask engine: liana, CNV per sample task
+result = (atlas.run_atlas(bm, spec, resp, C.reference_group, C.test_group, min_cells=min_cells, seed=seed, ages=ages,
+                          client=client)
           if untestable is None else None)
+per_sample.close_client(client)
 if result is not None:
     meta, table, mech = result["meta"], result["table"], result["mechanisms"]
     print(f"{len(mech)} mechanisms scored, {int(mech['significant'].sum())} at q < 0.05; "

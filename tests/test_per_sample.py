@@ -377,3 +377,32 @@ def test_reduce_samples_folds_in_order_as_the_gathered_sum(dask_run):
     for got in (local, remote):
         assert got[0] == expected[0]
         assert np.array_equal(got[1], expected[1]) and np.array_equal(got[2], expected[2])
+
+
+def test_liana_one_sample_per_task_equals_in_memory(dask_run, shard_cells, tmp_path):
+    """liana per sample from cell groups whose cells are in shards, as Dask tasks (notebooks 03 and 08 with the dask
+    engine) and one shard at a time in this process, gives the in-memory cells' table."""
+    from helpers.analysis.communication import liana_by_sample
+    from helpers.analysis.pseudobulk import CELL_GROUPS, group_pseudobulk
+
+    qc = dask_run[0]
+    cells = shard_cells.copy()
+    cells.obs["compartment"] = cells.obs["truth_compartment"].astype(str)
+    cells.obs["cell_type"] = cells.obs["truth_cell_type"].astype(str)
+    emb = ps.embedding_anndata(qc, dask_run[2])[cells.obs_names].copy()
+    emb.obs[["compartment", "cell_type"]] = cells.obs[["compartment", "cell_type"]]
+    annotated = ps.write_sharded(emb, qc.shards, tmp_path / "annotated.h5ad")
+    groups = group_pseudobulk(cells)
+    groups.uns[CELL_GROUPS] = {**dict(groups.uns[CELL_GROUPS]), "annotated": str(annotated)}
+    pairs = [(s, "plasma") for s in ("T", "NK", "myeloid")]
+    whole = liana_by_sample(cells, "compartment", pairs=pairs, min_cells=3)
+    assert ps.client_for_cells(cells) is None  # cells in memory: no cluster
+    local = liana_by_sample(groups, "compartment", pairs=pairs, min_cells=3)
+    client = ps.client_for_cells(groups)
+    try:
+        remote = liana_by_sample(groups, "compartment", pairs=pairs, min_cells=3, client=client)
+    finally:
+        ps.close_client(client)
+    assert whole["sample_id"].nunique() >= 3 and len(whole) > 50
+    pd.testing.assert_frame_equal(local, whole)
+    pd.testing.assert_frame_equal(remote, whole)

@@ -154,9 +154,11 @@ def tumour_logcpm(adata: ad.AnnData, tissue: str | None = None, min_cells: int =
 
 
 def microenvironment_features(adata: ad.AnnData, spec: dict[str, Any], min_cells: int = 10,
-                              label: str = "cell_type", compartment: str = "compartment") -> tuple[pd.DataFrame, pd.DataFrame]:
+                              label: str = "cell_type", compartment: str = "compartment",
+                              client: Any = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """liana magnitudes per patient of every interaction from the sender compartments' cell types to tumour
-    cells (kept when expressed in at least ``min_present`` of patients; the named pairs are always reported)."""
+    cells (kept when expressed in at least ``min_present`` of patients; the named pairs are always reported).
+    ``client``: a Dask client for cells kept in shards (one sample per task; the same result)."""
     from helpers.analysis.communication import (
         interaction_key,
         interaction_matrix,
@@ -168,7 +170,7 @@ def microenvironment_features(adata: ad.AnnData, spec: dict[str, Any], min_cells
     senders = sorted(adata.obs.loc[adata.obs[compartment].astype(str).isin(me.get("sender_compartments", [])),
                                    label].astype(str).unique())
     pairs = [(s, TUMOUR) for s in senders if s != TUMOUR]
-    lr = liana_by_sample(adata, label, pairs=pairs, min_cells=min_cells, return_all_lrs=True)
+    lr = liana_by_sample(adata, label, pairs=pairs, min_cells=min_cells, return_all_lrs=True, client=client)
     W = interaction_matrix(lr, adata.obs, value="lr_means", min_present=min_present)
     lr["feature"] = interaction_key(lr)
     lr["pair"] = lr["ligand"] + "-" + lr["receptor"]
@@ -186,12 +188,14 @@ def microenvironment_features(adata: ad.AnnData, spec: dict[str, Any], min_cells
 
 
 def cnv_features(adata: ad.AnnData, spec: dict[str, Any], seed: int = 0, label: str = "cell_type",
-                 compartment: str = "compartment", patient: str = "patient_id") -> tuple[pd.DataFrame, pd.DataFrame]:
+                 compartment: str = "compartment", patient: str = "patient_id",
+                 client: Any = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """infercnvpy on the tumour cells against the T/NK/myeloid cells, without the dynamic noise threshold (see
     :mod:`helpers.analysis.subclones`). Per patient: CNV burden (mean |CNV score| of the tumour cells minus that of
     the patient's reference cells) and number of CNV subclones (:func:`~helpers.analysis.subclones.call_subclones`
     on arm-level scores); patients with fewer than ``min_cells`` tumour cells get NaN. Also returns one row per
-    analysed tumour cell: its patient, called clone and, in a simulated cohort, planted clone (``truth_clone``)."""
+    analysed tumour cell: its patient, called clone and, in a simulated cohort, planted clone (``truth_clone``).
+    ``client``: a Dask client for cells kept in shards (profiles per sample on workers; the same result)."""
     gh = spec.get("genetic_heterogeneity", {})
     min_cells = int(gh.get("min_cells", 30))
     cells = per_sample.cell_table(adata)  # the cells (with cell groups: their labels; values read shard by shard)
@@ -200,7 +204,7 @@ def cnv_features(adata: ad.AnnData, spec: dict[str, Any], seed: int = 0, label: 
     if query.sum() < min_cells:
         raise ValueError(f"only {int(query.sum())} '{TUMOUR}' cells: cannot infer copy numbers")
     window_size = int(gh.get("window_size", 100))
-    cnv = per_sample.infer_cnv_cells(cells, query, ref, None, seed=seed, window_size=window_size,
+    cnv = per_sample.infer_cnv_cells(cells, query, ref, None, client, seed=seed, window_size=window_size,
                                      dynamic_threshold=None)
     X = cnv.obsm["X_cnv"]
     X = X.toarray() if sp.issparse(X) else np.asarray(X)
@@ -353,13 +357,14 @@ def atlas_against_truth(mechanisms: pd.DataFrame, planted_mech: pd.DataFrame, ta
 
 
 def run_atlas(adata: ad.AnnData, spec: dict[str, Any], groups: pd.Series, reference: str, test: str,
-              min_cells: int = 10, seed: int = 0, ages: pd.Series | None = None, alpha: float = 0.05) -> dict[str, Any]:
+              min_cells: int = 10, seed: int = 0, ages: pd.Series | None = None, alpha: float = 0.05,
+              client: Any = None) -> dict[str, Any]:
     """The whole atlas on one tissue's annotated cells (notebook 08): tumour expression features
     (:func:`expression_features` on :func:`tumour_logcpm`), microenvironment interactions
     (:func:`microenvironment_features`) and, with at least ``genetic_heterogeneity.min_cells`` tumour cells, CNV
     burden and subclones (:func:`cnv_features`); then stage 1 (:func:`mechanism_scores`, :func:`mechanism_table`)
     and stage 2 with every feature's test (:func:`atlas_table`; ``ages`` with more than two distinct values adds the
-    age correlation).
+    age correlation). ``client``: a Dask client for cells kept in shards (liana and CNV one sample per task).
 
     Returns ``values`` (patients x features), ``meta`` (one row per feature, measured or not, with a note),
     ``scores`` (patients x mechanisms), ``mechanism_info``, ``mechanisms`` (stage 1), ``table`` (features),
@@ -367,12 +372,12 @@ def run_atlas(adata: ad.AnnData, spec: dict[str, Any], groups: pd.Series, refere
     not-testable record of the CNV features)."""
     logcpm = tumour_logcpm(adata, min_cells=min_cells)
     expr, expr_meta = expression_features(logcpm, spec)
-    me, me_meta = microenvironment_features(adata, spec, min_cells=min_cells)
+    me, me_meta = microenvironment_features(adata, spec, min_cells=min_cells, client=client)
     n_tumour = n_cells_of(adata, (adata.obs["cell_type"].astype(str) == TUMOUR).to_numpy())
     cnv_min = int(spec.get("genetic_heterogeneity", {}).get("min_cells", 30))  # infercnvpy's minimum of tumour cells
     cnv_untestable = (not_testable(f"only {n_tumour} malignant plasma cells (infercnvpy needs {cnv_min})")
                       if n_tumour < cnv_min else None)
-    cnv, cnv_cells = (cnv_features(adata, spec, seed=seed) if cnv_untestable is None
+    cnv, cnv_cells = (cnv_features(adata, spec, seed=seed, client=client) if cnv_untestable is None
                       else (pd.DataFrame(columns=CNV_FEATURES, dtype=float), None))
     cnv_meta = pd.DataFrame({"feature": CNV_FEATURES, "mechanism": "genetic_heterogeneity", "kind": "cnv",
                              "genes": [[], []], "measured": cnv_untestable is None,

@@ -11,14 +11,14 @@ the comparison between groups, not the within-sample specificity, is the questio
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import anndata as ad
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from helpers.preprocessing.normalise import lognorm_matrix
-from helpers.preprocessing.per_sample import cells_by_sample
+from helpers.preprocessing.per_sample import map_cells_by_sample
 
 
 def lr_resource(name: str = "consensus") -> pd.DataFrame:
@@ -31,63 +31,74 @@ def lr_resource(name: str = "consensus") -> pd.DataFrame:
 def liana_by_sample(adata: ad.AnnData, groupby: str, sample_key: str = "sample_id",
                     pairs: list[tuple[str, str]] | None = None, resource_name: str = "consensus",
                     ligands: set[str] | None = None, expr_prop: float = 0.1, min_cells: int = 10,
-                    layer: str = "counts", return_all_lrs: bool = True) -> pd.DataFrame:
+                    layer: str = "counts", return_all_lrs: bool = True, client: Any = None) -> pd.DataFrame:
     """liana ``rank_aggregate`` per sample on log-normalised counts; long table with one row per sample and
     interaction: sample, source, target, ligand, receptor, magnitude (-log10 rank), lr_means, expr_prod.
 
     ``pairs`` restricts (source, target) groups (e.g. myeloid -> tumour), ``ligands`` the resource's ligands.
-    Groups with fewer than ``min_cells`` cells in a sample are left out of that sample."""
-    import liana as li
-
+    Groups with fewer than ``min_cells`` cells in a sample are left out of that sample. With a Dask ``client`` and
+    cells kept in shards, each sample is one task on a worker (:func:`helpers.preprocessing.per_sample.map_cells_by_sample`:
+    the same table)."""
     for col in (groupby, sample_key):
         if col not in adata.obs:
             raise KeyError(f"obs column '{col}' not found (needed for liana by sample)")
     res = lr_resource(resource_name)
     if ligands is not None:
         res = res[res["ligand"].isin(ligands)]
-    groups = {g for p in pairs for g in p} if pairs is not None else None
     subunits = {g for x in pd.concat([res["ligand"], res["receptor"]]).unique() for g in x.split("_")}
     genes = [g for g in adata.var_names if g in subunits]
     if not genes:
         raise ValueError(f"none of the {resource_name} resource's genes is in var_names (gene symbols expected)")
-    out = []
-    samples = sorted(adata.obs[sample_key].astype(str).unique())
     # one sample's cells at a time (from the shards when adata holds cell groups); log-normalised per cell
-    for s, cells in tqdm(cells_by_sample(adata, [groupby]), total=len(samples), desc="liana per sample"):
-        keep = cells.obs[groupby].astype(str).isin(groups).to_numpy() if groups is not None else slice(None)
-        cells = cells[keep]
-        a = ad.AnnData(X=lognorm_matrix(cells, genes, layer=layer), obs=cells.obs[[groupby]].astype(str),
-                       var=pd.DataFrame(index=genes))
-        sizes = a.obs[groupby].value_counts()
-        ok = set(sizes.index[sizes >= min_cells])
-        a = a[a.obs[groupby].isin(ok).to_numpy()].copy()
-        gp = None
-        if pairs is not None:
-            gp = pd.DataFrame([p for p in pairs if p[0] in ok and p[1] in ok], columns=["source", "target"])
-            if gp.empty:
-                continue
-        elif len(ok) < 2:
-            continue
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            r = li.mt.rank_aggregate(a, groupby=groupby, resource=res[["ligand", "receptor"]], expr_prop=expr_prop,
-                                     min_cells=min_cells, use_raw=False, n_perms=None, groupby_pairs=gp,
-                                     return_all_lrs=return_all_lrs, verbose=False, inplace=False)
-        if r is None or len(r) == 0:
-            continue
-        r = r.rename(columns={"ligand_complex": "ligand", "receptor_complex": "receptor"})
-        r.insert(0, sample_key, s)
-        r["magnitude"] = -np.log10(r["magnitude_rank"].clip(lower=1e-300))
-        # return_all_lrs keeps interactions below expr_prop with their values and flags them via the ranks
-        props = _detected_fraction(a, groupby)
-        r["expressed"] = (_complex_prop(props, r["source"], r["ligand"]) >= expr_prop) & \
-                         (_complex_prop(props, r["target"], r["receptor"]) >= expr_prop)
-        out.append(r[[sample_key, "source", "target", "ligand", "receptor", "magnitude", "lr_means", "expr_prod",
-                      "expressed"]])
+    out = map_cells_by_sample(liana_one_sample, adata, [groupby], client, desc="liana per sample", groupby=groupby,
+                              sample_key=sample_key, pairs=pairs, resource=res[["ligand", "receptor"]], genes=genes,
+                              expr_prop=expr_prop, min_cells=min_cells, layer=layer, return_all_lrs=return_all_lrs)
+    out = [r for r in out if r is not None]
     if not out:
-        return pd.DataFrame(columns=[sample_key, "source", "target", "ligand", "receptor", "magnitude", "lr_means",
-                                     "expr_prod", "expressed"])
+        return pd.DataFrame(columns=[sample_key, *LIANA_COLUMNS])
     return pd.concat(out, ignore_index=True)
+
+
+LIANA_COLUMNS = ["source", "target", "ligand", "receptor", "magnitude", "lr_means", "expr_prod", "expressed"]
+
+
+def liana_one_sample(sample: str, cells: ad.AnnData, groupby: str, sample_key: str,
+                     pairs: list[tuple[str, str]] | None, resource: pd.DataFrame, genes: list[str],
+                     expr_prop: float = 0.1, min_cells: int = 10, layer: str = "counts",
+                     return_all_lrs: bool = True) -> pd.DataFrame | None:
+    """:func:`liana_by_sample`'s rows of one sample's ``cells`` (None when no pair of groups has ``min_cells``)."""
+    import liana as li
+
+    if pairs is not None:
+        groups = {g for p in pairs for g in p}
+        cells = cells[cells.obs[groupby].astype(str).isin(groups).to_numpy()]
+    a = ad.AnnData(X=lognorm_matrix(cells, genes, layer=layer), obs=cells.obs[[groupby]].astype(str),
+                   var=pd.DataFrame(index=genes))
+    sizes = a.obs[groupby].value_counts()
+    ok = set(sizes.index[sizes >= min_cells])
+    a = a[a.obs[groupby].isin(ok).to_numpy()].copy()
+    gp = None
+    if pairs is not None:
+        gp = pd.DataFrame([p for p in pairs if p[0] in ok and p[1] in ok], columns=["source", "target"])
+        if gp.empty:
+            return None
+    elif len(ok) < 2:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = li.mt.rank_aggregate(a, groupby=groupby, resource=resource, expr_prop=expr_prop, min_cells=min_cells,
+                                 use_raw=False, n_perms=None, groupby_pairs=gp, return_all_lrs=return_all_lrs,
+                                 verbose=False, inplace=False)
+    if r is None or len(r) == 0:
+        return None
+    r = r.rename(columns={"ligand_complex": "ligand", "receptor_complex": "receptor"})
+    r.insert(0, sample_key, sample)
+    r["magnitude"] = -np.log10(r["magnitude_rank"].clip(lower=1e-300))
+    # return_all_lrs keeps interactions below expr_prop with their values and flags them via the ranks
+    props = _detected_fraction(a, groupby)
+    r["expressed"] = (_complex_prop(props, r["source"], r["ligand"]) >= expr_prop) & \
+                     (_complex_prop(props, r["target"], r["receptor"]) >= expr_prop)
+    return r[[sample_key, *LIANA_COLUMNS]]
 
 
 def _detected_fraction(a: ad.AnnData, groupby: str) -> pd.DataFrame:

@@ -659,6 +659,37 @@ def cells_by_sample(adata: ad.AnnData, columns: list[str] | None = None) -> Iter
         yield s, _cells_of_shard({"shard": paths[s], "rows": cells.obs.loc[(sid == s).to_numpy(), cols]})
 
 
+def _apply_to_shard(item: dict, apply: Callable, **kwargs) -> Any:
+    return apply(item["sample_id"], _cells_of_shard(item), **kwargs)
+
+
+def map_cells_by_sample(func: Callable, adata: ad.AnnData, columns: list[str] | None = None, client: Any = None,
+                        desc: str = "samples", **kwargs) -> list:
+    """``func(sample_id, cells, **kwargs)`` for each sample behind ``adata`` (as :func:`cells_by_sample` gives them:
+    sorted by sample id, ``columns`` of the annotation in obs), returned in that order. With a ``client`` and cells
+    kept in shards, one Dask task per sample reads its own shard on a worker (the same results, the driver holds
+    none of the cells); otherwise in this process, one sample at a time."""
+    cells = cell_table(adata)
+    if client is None or not is_sharded(cells):
+        return [func(s, c, **kwargs) for s, c in tqdm(cells_by_sample(adata, columns), desc=desc,
+                                                      total=cells.obs["sample_id"].nunique())]
+    sid = cells.obs["sample_id"].astype(str)
+    paths = dict(zip(cells.uns[SHARDS], shard_paths(cells)))
+    cols = list(columns or [])
+    items = [{"sample_id": s, "shard": paths[s], "rows": cells.obs.loc[(sid == s).to_numpy(), cols]}
+             for s in sorted(sid.unique())]
+    return map_samples(_apply_to_shard, items, client, desc=desc, apply=func, **kwargs)
+
+
+def client_for_cells(adata: ad.AnnData, address: str | None = None) -> Any:
+    """For a finding notebook: a Dask client (:func:`start_client`) when the cells behind ``adata`` (cells, or cell
+    groups from :func:`helpers.analysis.findings.load_annotated`) are kept in shards, else None (in memory). Close it
+    with :func:`close_client`."""
+    if is_cell_groups(adata):
+        return start_client(address or None) if is_sharded_file(adata.uns[CELL_GROUPS]["annotated"]) else None
+    return open_client(adata, address)
+
+
 def infer_cnv_cells(adata: ad.AnnData, query: np.ndarray, reference: np.ndarray, processed_dir: str | Path | None,
                     client: Any = None, seed: int = 0, n_ref_max: int = 3000, window_size: int = 100,
                     dynamic_threshold: float | None = None) -> ad.AnnData:
