@@ -23,7 +23,9 @@
 # simulated cohort the planted effects with their per-patient draws.
 #
 # Outputs: `data/processed/<cohort>/cells.h5ad` (+ `truth.json`, `bulk.h5ad`, `flow_cytometry.csv` for a
-# simulated cohort), `results/<cohort>/findings/00.json`, `figures/<cohort>/00_design.{png,pdf}`.
+# simulated cohort), `results/<cohort>/findings/00.json`, `figures/<cohort>/00_design.{png,pdf}`. A cohort simulated
+# with the dask engine keeps each sample's counts in `data/processed/<cohort>/samples/<sample>.h5ad` and
+# `cells.h5ad` names them (its cells' obs and var, no values: `helpers.io.index_h5ad_rows`).
 
 # %% tags=["parameters"]
 cohort = "ifm2017_sim"  # a folder under data/cohorts/
@@ -71,7 +73,7 @@ if engine == "dask" and C.kind == "real":  # one Dask task per sample; cells.h5a
     with per_sample.dask_client(C.analysis("dask_scheduler", dask_scheduler) or None) as client:
         paths, summary = per_sample.ingest_by_sample(C, client)
     adata = read_annotations(paths["cells"])  # shape and labels, no matrix
-elif engine == "dask":  # simulated sample by sample into per-sample files, concatenated on disk
+elif engine == "dask":  # simulated sample by sample into per-sample files (samples/), which cells.h5ad names
     paths, summary = build_simulated_cohort_by_sample(C, n_jobs=n_jobs)
     adata = read_annotations(paths["cells"])  # shape and labels, no matrix
 else:

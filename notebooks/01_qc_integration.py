@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 
 from helpers.data.cohort import load_cohort
-from helpers.io import save_figure, write_h5ad, write_json, write_table
+from helpers.io import read_cohort_cells, save_figure, write_h5ad, write_json, write_table
 from helpers.preprocessing import integrate, per_sample
 from helpers.preprocessing.normalise import normalize_log
 from helpers.preprocessing.qc import qc_filter
@@ -68,7 +68,7 @@ if engine == "dask":  # QC, doublets, normalisation, HVG statistics and PCA as o
                                               n_hvg=n_hvg, n_pcs=n_pcs)
     kept, qc_table, thresholds, hvg, obs_in = pre.embedding, pre.table, pre.thresholds, pre.hvg, pre.obs_in
 else:  # the whole cohort in memory
-    adata = ad.read_h5ad(C.processed_dir / "cells.h5ad")
+    adata = read_cohort_cells(C.processed_dir / "cells.h5ad")  # (or the per-sample files it names)
     print(adata)
     kept, qc_table, thresholds = qc_filter(adata, seed=seed, nmads=nmads)
     obs_in = adata.obs

@@ -113,3 +113,29 @@ def test_annotations_of_a_file_that_is_not_h5ad_name_it(tmp_path):
         h["X"] = np.zeros(3)
     with pytest.raises(ValueError, match=r"x\.h5: no obs or var"):
         read_annotations(tmp_path / "x.h5")
+
+
+def test_an_index_of_sample_files_reads_back_as_their_concatenation(tmp_path):
+    """index_h5ad_rows: cells.h5ad naming per-sample files (obs and var, no values) reads whole as the files'
+    concatenation (read_cohort_cells), names its files by sample (indexed_files), and refuses files on other genes."""
+    from helpers.io import index_h5ad_rows, indexed_files, read_cohort_cells
+
+    parts = [_sample(i) for i in (2, 0, 1)]
+    (tmp_path / "samples").mkdir()
+    files = [tmp_path / "samples" / f"S{i}.h5ad" for i in (2, 0, 1)]
+    for a, f in zip(parts, files):
+        a.write_h5ad(f)
+    out = index_h5ad_rows(files, tmp_path / "cells.h5ad", uns={"cohort": {"name": "x"}})
+    shape = read_annotations(out)
+    assert shape.shape == (150, 40) and shape.obs_names[0] == "S2_c0"
+    assert indexed_files(out) == {f.stem: f.resolve() for f in files} and indexed_files(files[0]) is None
+    got, ref = read_cohort_cells(out), ad.concat(parts, merge="same")
+    assert got.obs_names.equals(ref.obs_names) and (got.X != ref.X).nnz == 0
+    assert isinstance(got.obs["sample_id"].dtype, pd.CategoricalDtype) and got.uns == {"cohort": {"name": "x"}}
+    assert read_cohort_cells(files[0]).n_obs == 50  # a file holding its own values is read as it is
+    _sample(3, genes=[f"H{j}" for j in range(40)]).write_h5ad(tmp_path / "samples" / "S3.h5ad")
+    with pytest.raises(ValueError, match="S3.h5ad"):
+        index_h5ad_rows(files + [tmp_path / "samples" / "S3.h5ad"], tmp_path / "other.h5ad")
+    with pytest.raises(ValueError, match="share a name"):
+        index_h5ad_rows([files[0], files[0]], tmp_path / "other.h5ad")
+    assert not (tmp_path / "other.h5ad").exists()

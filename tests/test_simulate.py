@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 
 import anndata as ad
+import h5py
 import numpy as np
 import pandas as pd
 import pytest
@@ -366,3 +367,34 @@ def test_batch_response_association_with_one_sample_per_batch():
     s = pd.DataFrame({"tissue": "BM", "batch": ["b1", "b2", "b3", "b4"], "response": ["CR", "NR", "CR", "NR"]})
     r = batch_response_association(s).iloc[0]
     assert r["p"] == 1.0 and r["cramers_v"] == 1.0 and bool(r["confounded"])
+
+
+def test_simulated_to_disk_keeping_samples_names_them_with_the_same_cells_and_hash(tiny_cohort, tmp_path):
+    """keep_samples (the dask engine's notebook 00): each sample's file kept under samples/, cells.h5ad names them
+    with obs and var but no values; the same matrix hash as the concatenated file and the in-memory cohort, the same
+    cells read back whole (helpers.io.read_cohort_cells) and per sample (per_sample.sample_sources / read_source)."""
+    from helpers.io import indexed_files, read_cohort_cells
+    from helpers.preprocessing import per_sample
+
+    sub = tiny_cohort.samples.iloc[[6, 0, 1]]  # not in sample-id order: files follow the design's order
+    sim = copy.deepcopy(tiny_cohort.simulation)
+    mem, _ = simulate_cohort(sub, sim, tiny_cohort.seed, progress=False)
+    out = tmp_path / "cells.h5ad"
+    truth, _ = simulate_cohort_to_disk(sub, sim, tiny_cohort.seed, out, n_jobs=2, progress=False,
+                                       uns={"cohort": {"name": "x"}}, keep_samples=True)
+    files = indexed_files(out)
+    assert sorted(files) == sorted(sub["sample_id"]) and all(f.parent == tmp_path / "samples" for f in files.values())
+    with h5py.File(out, "r") as h:
+        assert "X" not in h and ("layers" not in h or len(h["layers"]) == 0)
+    assert truth["matrix_sha256"] == matrix_hash(mem)
+    whole = read_cohort_cells(out)
+    assert whole.obs_names.equals(mem.obs_names) and (whole.X != mem.X).nnz == 0 and whole.uns["cohort"]["name"] == "x"
+    assert "shards" not in whole.uns
+    src = per_sample.sample_sources(tiny_cohort, cells_h5ad=out)
+    assert [s["sample_id"] for s in src] == list(sub["sample_id"])
+    a = per_sample.read_source(src[1])
+    part = mem[(mem.obs["sample_id"] == src[1]["sample_id"]).to_numpy()]
+    assert a.obs_names.equals(part.obs_names) and (a.layers["counts"] != part.layers["counts"]).nnz == 0
+    # the digest follows the cells' order: the files in another order give another one
+    assert matrix_hash_file([files[s] for s in sub["sample_id"]], names_from=out) == truth["matrix_sha256"]
+    assert matrix_hash_file([files[s] for s in reversed(list(sub["sample_id"]))], names_from=out) != truth["matrix_sha256"]

@@ -47,7 +47,7 @@ from helpers.data.genesets import (
     genesets_dir,
     progeny_weights,
 )
-from helpers.io import concat_h5ad_rows, write_h5ad, write_json, write_table
+from helpers.io import concat_h5ad_rows, index_h5ad_rows, read_annotations, write_h5ad, write_json, write_table
 
 # --------------------------------------------------------------------------------------------------
 # static inputs
@@ -1134,13 +1134,17 @@ def obs_categories(samples: pd.DataFrame, model: CohortModel) -> dict[str, list[
 
 
 def simulate_cohort_to_disk(samples: pd.DataFrame, sim: dict[str, Any], seed: int, out: str | Path,
-                            n_jobs: int = 1, progress: bool = True, uns: dict[str, Any] | None = None
-                            ) -> tuple[dict[str, Any], pd.DataFrame]:
+                            n_jobs: int = 1, progress: bool = True, uns: dict[str, Any] | None = None,
+                            keep_samples: bool = False) -> tuple[dict[str, Any], pd.DataFrame]:
     """Simulate the cohort sample by sample into ``out`` (cells.h5ad) without holding it in memory: each sample is
-    drawn (the same random streams as :func:`simulate_cohort`), written to its own file and the files are
-    concatenated on disk (:func:`helpers.io.concat_h5ad_rows`, one file at a time; ``uns`` written into the file). Peak memory is a
+    drawn (the same random streams as :func:`simulate_cohort`) and written to its own file; then either the files
+    are concatenated on disk (:func:`helpers.io.concat_h5ad_rows`, one file at a time) and removed, or, with
+    ``keep_samples``, they stay in ``out``'s folder under ``samples/<sample_id>.h5ad`` and ``out`` names them
+    (:func:`helpers.io.index_h5ad_rows`: obs and var, no values), as the dask engine reads them
+    (:func:`helpers.preprocessing.per_sample.sample_sources`). ``uns`` is written into ``out``. Peak memory is a
     few samples (``n_jobs`` at a time), whatever the cohort's size. Returns the truth record, with ``matrix_sha256``
-    (:func:`matrix_hash_file`), and the per-sample summary (:func:`helpers.data.describe.per_sample_summary`).
+    (:func:`matrix_hash_file`: the same digest either way), and the per-sample summary
+    (:func:`helpers.data.describe.per_sample_summary`).
 
     The categorical obs columns hold every category the simulator can draw (:func:`obs_categories`), so a category
     absent from this cohort (a cell type no sample drew) is kept as an unused category: the one difference from
@@ -1150,17 +1154,28 @@ def simulate_cohort_to_disk(samples: pd.DataFrame, sim: dict[str, Any], seed: in
     patients = draw_patients(samples, sim, seed)
     cats = obs_categories(samples, model)
     rows = [r for _, r in samples.iterrows()]
-    tmp_dir = Path(tempfile.mkdtemp(prefix="samples_", dir=out.parent))
+    sample_dir = out.parent / "samples"
+    if keep_samples:
+        shutil.rmtree(sample_dir, ignore_errors=True)  # an earlier build's files
+        sample_dir.mkdir(parents=True)
+    tmp_dir = sample_dir if keep_samples else Path(tempfile.mkdtemp(prefix="samples_", dir=out.parent))
     try:
         it = tqdm(rows, desc="simulating samples to disk", disable=not progress)
         done = Parallel(n_jobs=n_jobs)(
             delayed(_simulate_sample_file)(model, r, patients[r["patient_id"]], sim, seed,
-                                           tmp_dir / f"{i:05d}.h5ad", cats) for i, r in enumerate(it))
-        concat_h5ad_rows([f for f, _ in done], out, uns=uns)
+                                           tmp_dir / (f"{r['sample_id']}.h5ad" if keep_samples else f"{i:05d}.h5ad"),
+                                           cats) for i, r in enumerate(it))
+        files = [f for f, _ in done]
+        if keep_samples:
+            index_h5ad_rows(files, out, uns=uns)
+        else:
+            concat_h5ad_rows(files, out, uns=uns)
+        digest = matrix_hash_file(files if keep_samples else out, names_from=out)
     finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
+        if not keep_samples:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
     truth = cohort_truth(model, patients, sim, seed)
-    truth["matrix_sha256"] = matrix_hash_file(out)
+    truth["matrix_sha256"] = digest
     summary = pd.concat([d for _, d in done]).sort_values("sample_id", ignore_index=True)
     return truth, summary
 
@@ -1206,21 +1221,36 @@ def matrix_hash(adata: ad.AnnData) -> str:
     return h.hexdigest()
 
 
-def matrix_hash_file(path: str | Path, chunk: int = 50_000_000) -> str:
+def matrix_hash_file(path: str | Path | list[str | Path], chunk: int = 50_000_000,
+                     names_from: str | Path | None = None) -> str:
     """:func:`matrix_hash` of a cells.h5ad on disk (CSR X with sorted indices, as the simulator writes it), read in
-    chunks of ``chunk`` values: the same digest as the in-memory matrix's, without loading it."""
-
+    chunks of ``chunk`` values: the same digest as the in-memory matrix's, without loading it. ``path`` may be a list
+    of per-sample files in cell order: the digest of their rows one after the other (what
+    :func:`helpers.io.concat_h5ad_rows` would write), with the obs and var names of ``names_from`` (default: the
+    files' own)."""
+    files = [Path(f) for f in path] if isinstance(path, (list, tuple)) else [Path(path)]
     h = hashlib.sha256()
-    with h5py.File(path, "r") as f:
-        X = f["X"]
-        if X.attrs.get("encoding-type") != "csr_matrix":
-            raise ValueError(f"{path}: X is {X.attrs.get('encoding-type')}, not a CSR matrix")
-        for key, dtype in HASH_DTYPES.items():
-            d = X[key]
-            for s0 in range(0, d.shape[0], chunk):
-                h.update(np.ascontiguousarray(d[s0:s0 + chunk], dtype=dtype).tobytes())
-        obs = ad.io.read_elem(f["obs"]).index
-        var = ad.io.read_elem(f["var"]).index
+    for key, dtype in HASH_DTYPES.items():
+        offset = 0
+        for i, file in enumerate(files):
+            with h5py.File(file, "r") as f:
+                X = f["X"]
+                if X.attrs.get("encoding-type") != "csr_matrix":
+                    raise ValueError(f"{file}: X is {X.attrs.get('encoding-type')}, not a CSR matrix")
+                d = X[key]
+                if key == "indptr":  # the rows of every file after the first continue the first's offsets
+                    ptr = np.asarray(d[:], dtype=dtype)[0 if i == 0 else 1:] + offset
+                    offset = int(ptr[-1]) if len(ptr) else offset
+                    h.update(np.ascontiguousarray(ptr).tobytes())
+                    continue
+                for s0 in range(0, d.shape[0], chunk):
+                    h.update(np.ascontiguousarray(d[s0:s0 + chunk], dtype=dtype).tobytes())
+    if names_from is not None:
+        names = read_annotations(names_from)
+        obs, var = names.obs_names, names.var_names
+    else:
+        parts = [read_annotations(f) for f in files]
+        obs, var = pd.Index(np.concatenate([p.obs_names for p in parts])), parts[0].var_names
     h.update("|".join(obs).encode())
     h.update("|".join(var).encode())
     return h.hexdigest()
@@ -1241,13 +1271,15 @@ def build_simulated_cohort(cohort: Cohort, n_jobs: int = 2, progress: bool = Tru
 
 def build_simulated_cohort_by_sample(cohort: Cohort, n_jobs: int = 2, progress: bool = True
                                      ) -> tuple[dict[str, Path], pd.DataFrame]:
-    """:func:`build_simulated_cohort` sample by sample (:func:`simulate_cohort_to_disk`): the same files, never
-    the whole cohort in memory. Returns (paths, per-sample summary), as
-    :func:`helpers.preprocessing.per_sample.ingest_by_sample` does for real cohorts."""
+    """:func:`build_simulated_cohort` sample by sample (:func:`simulate_cohort_to_disk` with ``keep_samples``), never
+    the whole cohort in memory: the samples' files in data/processed/<cohort>/samples/ and cells.h5ad naming them
+    (the same cells and matrix hash; the dask engine's notebook 01 reads each sample's file), with the same side
+    tables. Returns (paths, per-sample summary), as :func:`helpers.preprocessing.per_sample.ingest_by_sample` does for
+    real cohorts."""
     cohort.processed_dir.mkdir(parents=True, exist_ok=True)
     cells = cohort.processed_dir / "cells.h5ad"
     truth, summary = simulate_cohort_to_disk(cohort.samples, cohort.simulation, cohort.seed, cells, n_jobs=n_jobs,
-                                             progress=progress,
+                                             progress=progress, keep_samples=True,
                                              uns={"cohort": {"name": cohort.name, "kind": "simulated",
                                                              "seed": cohort.seed}})
     return {"cells": cells, **write_side_tables(cohort, truth)}, summary

@@ -69,7 +69,7 @@ from helpers.data.ingest import (
     pop_extras,
     read_sample,
 )
-from helpers.io import atomic_path, concat_h5ad_rows, same_genes, write_h5ad
+from helpers.io import SHARDS, atomic_path, concat_h5ad_rows, indexed_files, same_genes, shard_map, write_h5ad
 from helpers.preprocessing.integrate import seurat_v3_hvg
 from helpers.preprocessing.normalise import normalize_log
 from helpers.preprocessing.qc import qc_filter
@@ -161,18 +161,26 @@ def reduce_samples(func: Callable, items: Sequence, combine: Callable, client: A
 
 def sample_sources(cohort: Cohort, cells_h5ad: str | Path | None = None, from_cells: bool = True) -> list[dict]:
     """One record per sample saying where its raw counts are: the sample's rows of cells.h5ad (simulated
-    cohorts, or a real cohort already ingested by notebook 00) or its own file from samples.csv (real cohorts
-    not ingested yet, or ``from_cells=False``)."""
+    cohorts, or a real cohort already ingested by notebook 00; when cells.h5ad names per-sample files,
+    :func:`helpers.io.index_h5ad_rows`, the rows of the sample's own file) or its own file from samples.csv (real
+    cohorts not ingested yet, or ``from_cells=False``)."""
     cells = Path(cells_h5ad) if cells_h5ad else cohort.processed_dir / "cells.h5ad"
     if cohort.kind == "simulated" or cells_h5ad is not None or (from_cells and cells.exists()):
         if not cells.exists():
             raise InputError(f"{cells} does not exist: run notebook 00 (make) first")
         obs = _read_obs(cells)
+        files = indexed_files(cells)  # cells.h5ad naming per-sample files (notebook 00 with the dask engine), or None
         sid = obs["sample_id"].astype(str).to_numpy()
         out = []
         for s in dict.fromkeys(sid):
             rows = np.flatnonzero(sid == s)
-            out.append({"sample_id": s, "cells_h5ad": str(cells), "rows": rows, "obs": obs.iloc[rows]})
+            if files is None:
+                out.append({"sample_id": s, "cells_h5ad": str(cells), "rows": rows, "obs": obs.iloc[rows]})
+            elif s not in files:
+                raise InputError(f"{cells} names no file for sample {s}: re-run notebook 00")
+            else:  # the sample's own file: all its rows
+                out.append({"sample_id": s, "cells_h5ad": str(files[s]), "rows": np.arange(len(rows)),
+                            "obs": obs.iloc[rows]})
         return out
     return [{"sample_id": str(r["sample_id"]), "row": r, "cohort_dir": str(cohort.dir)}
             for _, r in cohort.samples.iterrows()]
@@ -560,7 +568,6 @@ def group_pseudobulk_by_sample(shards: list[str], labels: pd.DataFrame, sample: 
 
 
 # ------------------------------------------------------------------- one entry point for either engine
-SHARDS = "shards"  # uns key: sample -> shard file (relative to the processed dir) of a cohort kept as shards
 
 
 def write_sharded(embedding: ad.AnnData, shards: list[str], out: str | Path) -> Path:
@@ -569,7 +576,7 @@ def write_sharded(embedding: ad.AnnData, shards: list[str], out: str | Path) -> 
     and log-normalised values) relative to the file's folder. Its size grows with cells x embedding, not genes."""
     out = Path(out)
     a = ad.AnnData(obs=embedding.obs.copy(), obsm=dict(embedding.obsm), obsp=dict(embedding.obsp),
-                   uns={**dict(embedding.uns), SHARDS: {Path(s).stem: os.path.relpath(s, out.parent) for s in shards}})
+                   uns={**dict(embedding.uns), SHARDS: shard_map(shards, out)})
     return write_h5ad(a, out)
 
 

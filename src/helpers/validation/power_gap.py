@@ -72,7 +72,7 @@ from helpers.data.simulate import (
     sample_profiles,
     simulate_sample,
 )
-from helpers.io import atomic_path
+from helpers.io import atomic_path, read_cohort_cells
 from helpers.validation import calibration as cal
 
 CLAIM = "classical_mono_phagocytosis"
@@ -383,7 +383,7 @@ def chain_stages(project: Path, cohort: Cohort, min_cells: int, planted: list[st
     pdir = cohort.processed_dir
     bm = cohort.discovery_tissue
     out: dict[str, Any] = {}
-    cells = ad.read_h5ad(pdir / "cells.h5ad")
+    cells = read_cohort_cells(pdir / "cells.h5ad")
     out["b_droplets_truth"] = droplet_stage(cells, cohort, min_cells, planted)
     in_bm = cells.obs["tissue"].astype(str) == bm
     target_in = truly_target(cells.obs[in_bm])

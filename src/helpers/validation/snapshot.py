@@ -22,6 +22,7 @@ from typing import Any
 import anndata as ad
 
 from helpers.data.cohort import Cohort, load_cohort
+from helpers.io import indexed_files
 from helpers.validation.realism import silhouette_against_reference
 
 # QC/annotation goals of the default cohort (issue 4, unchanged since): key in 01.json/02.json -> goal
@@ -73,8 +74,13 @@ def snapshot(cohort: Cohort, out_dir: Path | None = None, realism: bool = True) 
         written["planted"] = _write(out_dir / "planted.json", planted_summary(cohort))
     cells_path = cohort.processed_dir / "cells.h5ad"
     if realism and cohort.kind == "simulated" and cells_path.exists() and "PB" in cohort.config.get("tissues", []):
-        cells = ad.read_h5ad(cells_path, backed="r")
-        blood = cells[(cells.obs["tissue"].astype(str) == "PB").to_numpy()].to_memory()
+        files = indexed_files(cells_path)  # cells.h5ad naming per-sample files (dask engine), or None
+        if files is None:
+            cells = ad.read_h5ad(cells_path, backed="r")
+            blood = cells[(cells.obs["tissue"].astype(str) == "PB").to_numpy()].to_memory()
+        else:
+            pb = cohort.samples.loc[cohort.samples["tissue"].astype(str) == "PB", "sample_id"].astype(str)
+            blood = ad.concat([ad.read_h5ad(files[s]) for s in pb], merge="same")
         written["realism"] = _write(out_dir / "realism.json", silhouette_against_reference(blood))
     return written
 
