@@ -51,7 +51,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from memory import CommandFailed, measure  # noqa: E402
 from run import (ROOT, chain_lines, measured_points, merge_rows, remove_cohort, same_size, scaled_cohort,  # noqa: E402
-                 write_report)
+                 scaled_cohort_name, write_report)
 
 from helpers.io import read_annotations  # noqa: E402
 from helpers.runner import pin_environment  # noqa: E402
@@ -280,7 +280,7 @@ def main() -> None:
     notebooks = chain_notebooks()
     if args.stages_only:
         for n in args.sizes:
-            name = scaled_cohort(n, per_sample=args.per_sample, analysis={"engine": "dask", **settings})
+            name = scaled_cohort_name(n, args.per_sample)
             cells = read_annotations(ROOT / "data" / "processed" / name / "cells.h5ad").n_obs
             write_stages(stage_rows(name, cells, notebooks), args.stages)
             print(f"[chain.py] stages of {name} ({cells} cells) -> {args.stages}")

@@ -44,22 +44,29 @@ def timed_notebook(cohort: str, notebook: str) -> tuple[float, float]:
     return 3600 * h + 60 * m + s, rss
 
 
+def scaled_cohort_name(n_cells: int, per_sample: int | None = None) -> str:
+    """The name :func:`scaled_cohort` gives the cohort of ~n_cells (samples of ``per_sample`` cells, or the 21
+    default samples made larger)."""
+    if per_sample:
+        return f"bench_{n_cells // 1000}k_{max(4, int(round(n_cells / per_sample)))}s"
+    return f"bench_{n_cells // 1000}k"
+
+
 def scaled_cohort(n_cells: int, per_sample: int | None = None, analysis: dict | None = None) -> str:
     """A copy of the default cohort's design, bone marrow only, with ~n_cells cells in all: the 21 samples made
     larger (default), or, with ``per_sample``, more samples of that size (the atlas case: more patients).
     ``analysis`` replaces the default cohort's ``analysis:`` block (e.g. ``{engine: dask}``)."""
     src = ROOT / "data" / "cohorts" / "ifm2017_sim"
     cfg = yaml.safe_load((src / "cohort.yaml").read_text())
+    name = scaled_cohort_name(n_cells, per_sample)
     if per_sample:
         from helpers.data.simulate import make_design
 
         n_s = max(4, int(round(n_cells / per_sample)))
         samples = make_design(n_s // 2, n_s - n_s // 2, seed=cfg["seed"], n_batches=4)
-        name = f"bench_{n_cells // 1000}k_{n_s}s"
     else:
         samples = pd.read_csv(src / "samples.csv")
         samples = samples[samples["tissue"] == "BM"]
-        name = f"bench_{n_cells // 1000}k"
     dst = ROOT / "data" / "cohorts" / name
     shutil.rmtree(dst, ignore_errors=True)
     dst.mkdir(parents=True)  # (a kept build under data/processed/<name> is reused by bench_cohort)

@@ -406,3 +406,11 @@ def test_liana_one_sample_per_task_equals_in_memory(dask_run, shard_cells, tmp_p
     assert whole["sample_id"].nunique() >= 3 and len(whole) > 50
     pd.testing.assert_frame_equal(local, whole)
     pd.testing.assert_frame_equal(remote, whole)
+
+
+def test_positions_by_sample_are_each_sample_s_cells_in_order():
+    sid = pd.Series(["b", "a", "b", "c", "a", "b"], dtype="category")
+    pos = ps.positions_by_sample(sid)
+    assert list(pos) == ["b", "a", "c"]  # first appearance
+    for s, p in pos.items():
+        np.testing.assert_array_equal(p, np.flatnonzero(sid.astype(str).to_numpy() == s))
