@@ -151,3 +151,20 @@ def test_hvg_retries_a_singular_loess_with_a_wider_span(monkeypatch):
     monkeypatch.setattr(sc.pp, "highly_variable_genes", broken)
     with pytest.raises(ValueError, match="something else"):
         integrate.select_hvg(a, n_top=10)
+
+
+def test_umap_starts_from_the_embedding_above_the_spectral_limit(monkeypatch):
+    """Up to UMAP_SPECTRAL_MAX_CELLS cells UMAP starts from its spectral layout; above, from the first two columns
+    of the representation (recorded in uns['umap']['init']); either way a finite layout of every cell."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 6, (3, 10))
+    X = np.vstack([c + rng.normal(0, 1, (100, 10)) for c in centres]).astype(np.float32)
+    small = ad.AnnData(obs=pd.DataFrame(index=[f"c{i}" for i in range(300)]), obsm={"X_pca": X})
+    integrate.embed(small, use_rep="X_pca", seed=0)
+    assert small.uns["umap"]["init"] == "spectral"
+    monkeypatch.setattr(integrate, "UMAP_SPECTRAL_MAX_CELLS", 100)
+    large = ad.AnnData(obs=small.obs.copy(), obsm={"X_pca": X})
+    integrate.embed(large, use_rep="X_pca", seed=0)
+    assert large.uns["umap"]["init"] == "X_pca[:, :2]"
+    assert large.obsm["X_umap"].shape == (300, 2) and np.isfinite(large.obsm["X_umap"]).all()
+    assert not np.allclose(large.obsm["X_umap"], small.obsm["X_umap"])

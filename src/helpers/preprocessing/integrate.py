@@ -81,9 +81,25 @@ def knn_transformer(n_obs: int) -> str | None:
     return "sklearn" if n_obs <= EXACT_KNN_MAX_CELLS else None
 
 
+UMAP_SPECTRAL_MAX_CELLS = 200_000
+
+
+def umap_init(adata: ad.AnnData, use_rep: str) -> str | np.ndarray:
+    """UMAP's starting layout: its own spectral embedding of the neighbour graph up to UMAP_SPECTRAL_MAX_CELLS cells;
+    above that, the first two columns of ``use_rep`` (PCA initialisation, which keeps the global structure as the
+    spectral one does: Kobak & Linderman 2021, Nat Biotechnol 39:156). umap-learn finds the spectral layout with
+    ARPACK's smallest-eigenvalue search on the graph Laplacian, which grows faster than the cells: in the chain
+    benchmark at 1,042,756 cells it ran for tens of minutes on 2 cores. The UMAP is drawn in figures only; no
+    statistic reads it."""
+    if adata.n_obs <= UMAP_SPECTRAL_MAX_CELLS:
+        return "spectral"
+    return np.asarray(adata.obsm[use_rep][:, :2], dtype=np.float32)
+
+
 def embed(adata: ad.AnnData, use_rep: str, seed: int = 0, n_neighbors: int = 15, resolution: float = 1.0,
           umap: bool = True, key_added: str = "leiden") -> ad.AnnData:
-    """Neighbours (see :func:`knn_transformer`), Leiden (igraph) and UMAP, seeded."""
+    """Neighbours (see :func:`knn_transformer`), Leiden (igraph) and UMAP (started from :func:`umap_init`), seeded;
+    ``uns['umap']['init']`` says how the UMAP was started."""
     import scanpy as sc
 
     sc.pp.neighbors(adata, n_neighbors=n_neighbors, use_rep=use_rep, random_state=seed,
@@ -91,7 +107,9 @@ def embed(adata: ad.AnnData, use_rep: str, seed: int = 0, n_neighbors: int = 15,
     sc.tl.leiden(adata, resolution=resolution, random_state=seed, flavor="igraph", n_iterations=2,
                  directed=False, key_added=key_added)
     if umap:
-        sc.tl.umap(adata, random_state=seed)
+        init = umap_init(adata, use_rep)
+        sc.tl.umap(adata, random_state=seed, init_pos=init)
+        adata.uns["umap"]["init"] = init if isinstance(init, str) else f"{use_rep}[:, :2]"
     return adata
 
 
