@@ -22,8 +22,9 @@ run; exit status 1). After each size the cohort's data, results, figures and def
 
 Resumable per notebook: chain_details.tsv is rewritten after every notebook, and a size whose earlier run was
 stopped (killed, or the session ended) before its last notebook keeps its cohort on disk; run again, it goes on from
-the first notebook not measured (each notebook is measured in its own process, so a size can span sessions: its
-seconds are summed and its peaks maxed over the rows, whichever session measured them). --force starts afresh.
+the first notebook not measured if the cohort is still whole (:func:`missing_cohort_files`; else it starts afresh).
+Each notebook is measured in its own process, so a size can span sessions: its seconds are summed and its peaks
+maxed over the rows, whichever session measured them. --force starts afresh.
 
     .venv/bin/python benchmarks/chain.py [--sizes 100000 250000 500000 1000000] [--power-reps 20] [--n-perm 100]
                                          [--force] [--keep] [--keep-going] [--commit]
@@ -53,7 +54,7 @@ from memory import CommandFailed, measure  # noqa: E402
 from run import (ROOT, chain_lines, measured_points, merge_rows, remove_cohort, same_size, scaled_cohort,  # noqa: E402
                  scaled_cohort_name, write_report)
 
-from helpers.io import read_annotations  # noqa: E402
+from helpers.io import indexed_files, read_annotations  # noqa: E402
 from helpers.runner import pin_environment  # noqa: E402
 
 DEFAULT_OUT = ROOT / "benchmarks" / "chain.tsv"
@@ -111,7 +112,7 @@ def unfinished_rows(details: Path, n_cells: int, n_samples: int, settings: dict,
                     built: bool) -> list[dict]:
     """The rows of an earlier run of this size that stopped before its last notebook, to resume from: every row
     of the size ``ok``, its notebooks the first ones of ``notebooks`` (in order, not all of them), measured with
-    the same number of samples and ``settings``, and the cohort still ``built`` (its cells.h5ad on disk). Empty
+    the same number of samples and ``settings``, and the cohort still ``built`` (whole on disk: :func:`missing_cohort_files`). Empty
     otherwise (nothing to resume: the size starts afresh)."""
     if not built or not details.exists():
         return []
@@ -124,6 +125,16 @@ def unfinished_rows(details: Path, n_cells: int, n_samples: int, settings: dict,
     if any((rows[k] != v).any() for k, v in settings.items()):
         return []
     return rows.to_dict("records")
+
+
+def missing_cohort_files(processed_dir: Path) -> list[Path]:
+    """What a cohort on disk lacks to be resumed: its cells.h5ad, or any per-sample file that one of its .h5ad files
+    names (:func:`helpers.io.indexed_files`: notebook 00's samples, 01/02's shards). Empty when it is whole."""
+    cells = processed_dir / "cells.h5ad"
+    if not cells.exists():
+        return [cells]
+    named = [f for h5ad in sorted(processed_dir.glob("*.h5ad")) for f in (indexed_files(h5ad) or {}).values()]
+    return [f for f in named if not f.exists()]
 
 
 STAGE_COLUMNS = ["cells", "notebook", "cell", "stage", "seconds", "share"]
@@ -288,7 +299,11 @@ def main() -> None:
     for n in [s for s in args.sizes if s not in skip]:
         name = define_cohort(n, args.per_sample, args.power_reps, args.n_perm, fresh=False)
         n_samples = len(pd.read_csv(ROOT / "data" / "cohorts" / name / "samples.csv"))
-        built = (ROOT / "data" / "processed" / name / "cells.h5ad").exists()
+        missing = missing_cohort_files(ROOT / "data" / "processed" / name)
+        built = not missing
+        if missing and (ROOT / "data" / "processed" / name).exists():
+            print(f"[chain.py] cohort {name}: {len(missing)} of its files are missing (e.g. {missing[0]}): not resumed, "
+                  "started afresh", flush=True)
         done = [] if args.force else unfinished_rows(args.details, n, n_samples, settings, notebooks, built)
         if done:
             print(f"[chain.py] cohort {name}: resuming after {done[-1]['notebook']} (measured earlier)", flush=True)

@@ -92,6 +92,32 @@ def test_nothing_to_resume_starts_the_size_afresh(tmp_path, case):
     assert _unfinished(path, **kwargs) == []
 
 
+def test_a_cohort_missing_files_its_index_names_is_not_resumed(tmp_path):
+    """A resumed size needs its cohort whole: cells.h5ad and every per-sample file an index on disk names (a run
+    that found integrated.h5ad without its shards failed in notebook 02 instead of starting afresh)."""
+    import anndata as ad
+    import numpy as np
+    import scipy.sparse as sp
+    from chain import missing_cohort_files
+
+    from helpers.io import index_h5ad_rows
+
+    assert missing_cohort_files(tmp_path) == [tmp_path / "cells.h5ad"]
+    (tmp_path / "shards").mkdir()
+    files = []
+    for s in ("S0", "S1"):
+        a = ad.AnnData(X=sp.csr_matrix(np.ones((3, 2), dtype=np.float32)),
+                       obs=pd.DataFrame({"sample_id": [s] * 3}, index=[f"{s}_c{k}" for k in range(3)]),
+                       var=pd.DataFrame(index=["G0", "G1"]))
+        files.append(tmp_path / "shards" / f"{s}.h5ad")
+        a.write_h5ad(files[-1])
+    index_h5ad_rows(files, tmp_path / "cells.h5ad")
+    index_h5ad_rows(files, tmp_path / "integrated.h5ad")
+    assert missing_cohort_files(tmp_path) == []
+    files[1].unlink()
+    assert missing_cohort_files(tmp_path) == [files[1].resolve()] * 2
+
+
 def test_a_size_measured_in_part_is_reported_with_where_it_resumes(tmp_path):
     import pandas as pd
     from run import readme_lines, unfinished_sizes

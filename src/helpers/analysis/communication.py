@@ -28,6 +28,9 @@ def lr_resource(name: str = "consensus") -> pd.DataFrame:
     return li.resource.select_resource(name)
 
 
+LIANA_COLUMNS = ["source", "target", "ligand", "receptor", "magnitude", "lr_means", "expr_prod", "expressed"]
+
+
 def liana_by_sample(adata: ad.AnnData, groupby: str, sample_key: str = "sample_id",
                     pairs: list[tuple[str, str]] | None = None, resource_name: str = "consensus",
                     ligands: set[str] | None = None, expr_prop: float = 0.1, min_cells: int = 10,
@@ -57,9 +60,6 @@ def liana_by_sample(adata: ad.AnnData, groupby: str, sample_key: str = "sample_i
     if not out:
         return pd.DataFrame(columns=[sample_key, *LIANA_COLUMNS])
     return pd.concat(out, ignore_index=True)
-
-
-LIANA_COLUMNS = ["source", "target", "ligand", "receptor", "magnitude", "lr_means", "expr_prod", "expressed"]
 
 
 def liana_one_sample(sample: str, cells: ad.AnnData, groupby: str, sample_key: str,

@@ -641,9 +641,9 @@ def read_cell_table(path: str | Path) -> ad.AnnData:
 
 
 def is_sharded_file(path: str | Path) -> bool:
-    """Whether the .h5ad at ``path`` is a per-sample cohort file (:func:`write_sharded`)."""
-    with h5py.File(path, "r") as f:
-        return "uns" in f and SHARDS in f["uns"]
+    """Whether the .h5ad at ``path`` is a per-sample cohort file (:func:`write_sharded`,
+    :func:`helpers.io.index_h5ad_rows`)."""
+    return indexed_files(path) is not None
 
 
 def cell_table(adata: ad.AnnData) -> ad.AnnData:
@@ -659,20 +659,25 @@ def cell_table(adata: ad.AnnData) -> ad.AnnData:
     return table[keep.to_numpy()].copy()
 
 
+def _shard_items(cells: ad.AnnData, columns: list[str] | None) -> list[dict]:
+    """One item per sample of the sharded ``cells`` (sorted by sample id): its shard and its cells' ``columns``."""
+    positions = positions_by_sample(cells.obs["sample_id"])
+    paths = dict(zip(cells.uns[SHARDS], shard_paths(cells)))
+    cols = list(columns or [])
+    return [{"sample_id": s, "shard": paths[s], "rows": cells.obs.iloc[positions[s]][cols]} for s in sorted(positions)]
+
+
 def cells_by_sample(adata: ad.AnnData, columns: list[str] | None = None) -> Iterator[tuple[str, ad.AnnData]]:
     """(sample id, that sample's cells with every gene) for each sample behind ``adata`` (cells, or cell groups
     whose cells are read one shard at a time with ``columns`` of their annotation added to obs)."""
     cells = cell_table(adata)
-    sid = cells.obs["sample_id"].astype(str)
-    positions = positions_by_sample(sid)
     if not is_sharded(cells):
+        positions = positions_by_sample(cells.obs["sample_id"])
         for s in sorted(positions):
             yield s, cells[positions[s]]
         return
-    paths = dict(zip(cells.uns[SHARDS], shard_paths(cells)))
-    cols = list(columns or [])
-    for s in sorted(positions):
-        yield s, _cells_of_shard({"shard": paths[s], "rows": cells.obs.iloc[positions[s]][cols]})
+    for item in _shard_items(cells, columns):
+        yield item["sample_id"], _cells_of_shard(item)
 
 
 def _apply_to_shard(item: dict, apply: Callable, **kwargs) -> Any:
@@ -687,13 +692,9 @@ def map_cells_by_sample(func: Callable, adata: ad.AnnData, columns: list[str] | 
     none of the cells); otherwise in this process, one sample at a time."""
     cells = cell_table(adata)
     if client is None or not is_sharded(cells):
-        return [func(s, c, **kwargs) for s, c in tqdm(cells_by_sample(adata, columns), desc=desc,
+        return [func(s, c, **kwargs) for s, c in tqdm(cells_by_sample(cells, columns), desc=desc,
                                                       total=cells.obs["sample_id"].nunique())]
-    positions = positions_by_sample(cells.obs["sample_id"])
-    paths = dict(zip(cells.uns[SHARDS], shard_paths(cells)))
-    cols = list(columns or [])
-    items = [{"sample_id": s, "shard": paths[s], "rows": cells.obs.iloc[positions[s]][cols]} for s in sorted(positions)]
-    return map_samples(_apply_to_shard, items, client, desc=desc, apply=func, **kwargs)
+    return map_samples(_apply_to_shard, _shard_items(cells, columns), client, desc=desc, apply=func, **kwargs)
 
 
 def client_for_cells(adata: ad.AnnData, address: str | None = None) -> Any:
