@@ -112,8 +112,8 @@ def unfinished_rows(details: Path, n_cells: int, n_samples: int, settings: dict,
                     built: bool) -> list[dict]:
     """The rows of an earlier run of this size that stopped before its last notebook, to resume from: every row
     of the size ``ok``, its notebooks the first ones of ``notebooks`` (in order, not all of them), measured with
-    the same number of samples and ``settings``, and the cohort still ``built`` (whole on disk: :func:`missing_cohort_files`). Empty
-    otherwise (nothing to resume: the size starts afresh)."""
+    the same number of samples and ``settings``, and the cohort still ``built`` (whole on disk:
+    :func:`missing_cohort_files`). Empty otherwise (nothing to resume: the size starts afresh)."""
     if not built or not details.exists():
         return []
     det = pd.read_csv(details, sep="\t", keep_default_na=False)
@@ -302,8 +302,8 @@ def main() -> None:
         missing = missing_cohort_files(ROOT / "data" / "processed" / name)
         built = not missing
         if missing and (ROOT / "data" / "processed" / name).exists():
-            print(f"[chain.py] cohort {name}: {len(missing)} of its files are missing (e.g. {missing[0]}): not resumed, "
-                  "started afresh", flush=True)
+            print(f"[chain.py] cohort {name}: {len(missing)} of its files are missing (e.g. {missing[0]}): "
+                  "not resumed, started afresh", flush=True)
         done = [] if args.force else unfinished_rows(args.details, n, n_samples, settings, notebooks, built)
         if done:
             print(f"[chain.py] cohort {name}: resuming after {done[-1]['notebook']} (measured earlier)", flush=True)

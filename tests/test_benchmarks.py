@@ -4,8 +4,11 @@ import sys
 import textwrap
 from pathlib import Path
 
+import anndata as ad
+import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from memory import measure  # noqa: E402
@@ -95,9 +98,6 @@ def test_nothing_to_resume_starts_the_size_afresh(tmp_path, case):
 def test_a_cohort_missing_files_its_index_names_is_not_resumed(tmp_path):
     """A resumed size needs its cohort whole: cells.h5ad and every per-sample file an index on disk names (a run
     that found integrated.h5ad without its shards failed in notebook 02 instead of starting afresh)."""
-    import anndata as ad
-    import numpy as np
-    import scipy.sparse as sp
     from chain import missing_cohort_files
 
     from helpers.io import index_h5ad_rows
